@@ -1,0 +1,1 @@
+//! hexa-actors: the supervised actors that own hexa's state in LMDB.

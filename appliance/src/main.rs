@@ -1,0 +1,2 @@
+//! The `hexa` binary. Placeholder until the CLI lands.
+fn main() {}

@@ -1,0 +1,2 @@
+//! hexa-hal: drivers for the consent readers, generic over embedded-hal 1.0 and
+//! embedded-io 0.7, and byte-level simulators that implement the same traits.
