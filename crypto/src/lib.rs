@@ -1,4 +1,74 @@
 //! hexa-crypto: the pure cryptographic core of hexa.
 //!
-//! No I/O beyond the bytes a caller hands in; time is always a parameter.
-//! Auditors' tools link this crate and nothing else of ours.
+//! No I/O beyond the bytes a caller hands in; time is always a parameter
+//! (`now: u64`, unix seconds); randomness comes only from the OS RNG
+//! (`getrandom`). Auditors' tools link this crate and nothing else of ours.
+//!
+//! Modules:
+//! - [`keys`]: Ed25519 keys, RFC 7638 thumbprint key IDs, JWK/JWKS (RFC 8037).
+//! - [`keyfile`]: the appliance's secrets file (optionally Argon2id + XChaCha20-Poly1305).
+//! - [`jcs`]: RFC 8785 JSON canonicalization.
+//! - [`jws`]: detached compact JWS (RFC 7515 appendix F) with `alg: EdDSA`.
+//! - [`seal`]: XChaCha20-Poly1305 sealing with AAD binding, HKDF per-purpose keys, blind indexes.
+//! - [`merkle`]: RFC 6962/9162 Merkle tree hashing, proofs, frontier, storage-friendly proofs.
+//! - [`checkpoint`]: C2SP tlog-checkpoint bodies and C2SP signed notes (Ed25519).
+//! - [`roster`]: the signed roster of trusted facilities and their node keys.
+//! - [`consent`]: consent challenges and FIDO2 (CTAP2) assertion verification.
+//!
+//! API notes relative to the original design sketch:
+//! - `merkle::*_from` functions return `Result<_, merkle::SourceError<S::Error>>`, which wraps
+//!   either the source's own error or a [`merkle::ProofError`].
+//! - `consent::ConsentChallenge::validate` exists; `verify_assertion` calls it (all integer
+//!   times must be at most 2^53 - 1 so that the JCS encoding is exact).
+//! - `jcs::canonicalize` never fails for a `serde_json::Value` (it cannot hold NaN/Infinity),
+//!   but keeps its `Result` signature; integers beyond ±2^53 are formatted as the nearest
+//!   IEEE 754 double, exactly as RFC 8785 prescribes.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod jcs;
+pub mod jws;
+pub mod keyfile;
+pub mod keys;
+
+pub mod seal;
+
+/// Base64 helpers shared by the modules (URL-safe without padding, and standard with padding).
+pub(crate) mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+    /// Encodes as base64url without padding.
+    pub(crate) fn url_encode(b: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// Decodes strict base64url without padding (non-canonical trailing bits are rejected).
+    pub(crate) fn url_decode(s: &str) -> Option<Vec<u8>> {
+        URL_SAFE_NO_PAD.decode(s).ok()
+    }
+
+    /// Encodes as standard base64 with padding.
+    #[allow(dead_code)]
+    pub(crate) fn std_encode(b: &[u8]) -> String {
+        STANDARD.encode(b)
+    }
+
+    /// Decodes strict standard base64 with padding.
+    #[allow(dead_code)]
+    pub(crate) fn std_decode(s: &str) -> Option<Vec<u8>> {
+        STANDARD.decode(s).ok()
+    }
+}
+
+/// Fills `buf` from the operating system's random number generator.
+pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    getrandom::fill(buf)
+}
+
+/// SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}

@@ -1,0 +1,246 @@
+//! RFC 8785 JSON Canonicalization Scheme (JCS).
+//!
+//! Object members are sorted by the UTF-16 code units of their names, strings use the minimal
+//! JSON escaping of ECMAScript `JSON.stringify`, and numbers are IEEE 754 doubles formatted
+//! with the ECMAScript `Number.prototype.toString` algorithm (shortest round-trip digits).
+//! [`canonicalize_str`] also rejects duplicate member names (I-JSON, RFC 7493), which
+//! `serde_json` would otherwise silently collapse.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Errors from canonicalization.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JcsError {
+    /// The input text is not valid JSON (or has duplicate member names).
+    #[error("invalid JSON: {0}")]
+    Parse(String),
+    /// A number is not finite (NaN or infinity cannot be represented in JSON).
+    #[error("number is not finite")]
+    NonFinite,
+}
+
+/// Canonicalizes a JSON value to its RFC 8785 UTF-8 bytes.
+pub fn canonicalize(v: &Value) -> Result<Vec<u8>, JcsError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(v, &mut out)?;
+    Ok(out)
+}
+
+/// Parses JSON text (rejecting duplicate member names) and canonicalizes it.
+pub fn canonicalize_str(json: &str) -> Result<Vec<u8>, JcsError> {
+    let v = parse_strict(json)?;
+    canonicalize(&v)
+}
+
+/// Parses JSON text into a `Value`, rejecting duplicate member names.
+pub fn parse_strict(json: &str) -> Result<Value, JcsError> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    let v = NoDup::deserialize(&mut de).map_err(|e| JcsError::Parse(e.to_string()))?;
+    de.end().map_err(|e| JcsError::Parse(e.to_string()))?;
+    Ok(v.0)
+}
+
+/// A `Value` whose deserialization fails on duplicate object member names.
+struct NoDup(Value);
+
+impl<'de> Deserialize<'de> for NoDup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDupVisitor).map(NoDup)
+    }
+}
+
+struct NoDupVisitor;
+
+impl<'de> Visitor<'de> for NoDupVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(NoDup(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let NoDup(v) = map.next_value()?;
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format!("duplicate member name {k:?}")));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(n, out)?,
+        Value::String(s) => write_string(s, out),
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(m) => {
+            let mut entries: Vec<(Vec<u16>, &String, &Value)> = m
+                .iter()
+                .map(|(k, v)| (k.encode_utf16().collect(), k, v))
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(b'{');
+            for (i, (_, k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(k, out);
+                out.push(b':');
+                write_value(v, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\u{08}' => out.extend_from_slice(b"\\b"),
+            '\u{09}' => out.extend_from_slice(b"\\t"),
+            '\u{0a}' => out.extend_from_slice(b"\\n"),
+            '\u{0c}' => out.extend_from_slice(b"\\f"),
+            '\u{0d}' => out.extend_from_slice(b"\\r"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), JcsError> {
+    const SAFE: u64 = (1u64 << 53) - 1;
+    if let Some(u) = n.as_u64().filter(|u| *u <= SAFE) {
+        out.extend_from_slice(u.to_string().as_bytes());
+        return Ok(());
+    }
+    if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= SAFE) {
+        out.extend_from_slice(i.to_string().as_bytes());
+        return Ok(());
+    }
+    let f = n.as_f64().ok_or(JcsError::NonFinite)?;
+    out.extend_from_slice(format_es6(f)?.as_bytes());
+    Ok(())
+}
+
+/// Formats a double exactly like ECMAScript's `Number.prototype.toString()` (RFC 8785 §3.2.2.3).
+pub fn format_es6(f: f64) -> Result<String, JcsError> {
+    if !f.is_finite() {
+        return Err(JcsError::NonFinite);
+    }
+    if f == 0.0 {
+        return Ok("0".to_owned());
+    }
+    let mut s = String::new();
+    if f < 0.0 {
+        s.push('-');
+    }
+    // Rust's `{:e}` yields the shortest round-trip digits: "d[.ddd]e[-]x".
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').ok_or(JcsError::NonFinite)?;
+    let exp: i32 = exp.parse().map_err(|_| JcsError::NonFinite)?;
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    let n = exp + 1; // position of the decimal point relative to the digits
+    if k <= n && n <= 21 {
+        s.push_str(&digits);
+        s.extend(std::iter::repeat_n('0', (n - k) as usize));
+    } else if 0 < n && n <= 21 {
+        s.push_str(&digits[..n as usize]);
+        s.push('.');
+        s.push_str(&digits[n as usize..]);
+    } else if -6 < n && n <= 0 {
+        s.push_str("0.");
+        s.extend(std::iter::repeat_n('0', (-n) as usize));
+        s.push_str(&digits);
+    } else {
+        s.push_str(&digits[..1]);
+        if k > 1 {
+            s.push('.');
+            s.push_str(&digits[1..]);
+        }
+        s.push('e');
+        s.push(if n > 0 { '+' } else { '-' });
+        s.push_str(&(n - 1).abs().to_string());
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_rejected() {
+        assert!(matches!(
+            canonicalize_str(r#"{"a":1,"a":2}"#),
+            Err(JcsError::Parse(_))
+        ));
+        assert!(canonicalize_str(r#"{"a":{"b":1},"b":{"b":2}}"#).is_ok());
+    }
+
+    #[test]
+    fn trailing_garbage_rejected() {
+        assert!(canonicalize_str("{} x").is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! Ed25519 keys: generation from the OS RNG, RFC 7638 thumbprint key IDs, JWK/JWKS (RFC 8037).
+//!
+//! Public keys are validated on construction: a key that does not decode to a curve point, is
+//! not canonically encoded, or has small order (a "weak" key) is rejected. Verification always
+//! uses Ed25519 `verify_strict` (rejects non-canonical `S` and small-order `R`/`A`).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use ed25519_dalek::Signer as _;
+use serde_json::{Value, json};
+use zeroize::ZeroizeOnDrop;
+
+use crate::b64;
+
+/// Errors about keys and raw signatures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The operating system's random number generator failed.
+    #[error("the operating system random number generator failed: {0}")]
+    Rng(String),
+    /// The 32 bytes are not the canonical encoding of an Ed25519 curve point.
+    #[error("public key is not a valid Ed25519 point encoding")]
+    InvalidPoint,
+    /// The point has small order; such keys let one signature verify for many messages.
+    #[error("public key is a small-order (weak) Ed25519 point")]
+    WeakKey,
+    /// The JWK is not an Ed25519 OKP public key.
+    #[error("JWK is not a valid Ed25519 OKP public key: {0}")]
+    InvalidJwk(&'static str),
+    /// The JWK's `kid` is not the RFC 7638 thumbprint of its key.
+    #[error("JWK kid does not match the key's RFC 7638 thumbprint")]
+    KidMismatch,
+    /// The signature is malformed or does not verify.
+    #[error("signature verification failed")]
+    BadSignature,
+}
+
+/// An Ed25519 signing key. Zeroized on drop; `Debug` prints only the kid, never the secret.
+#[derive(ZeroizeOnDrop)]
+pub struct SigningKey {
+    inner: ed25519_dalek::SigningKey,
+}
+
+impl SigningKey {
+    /// Generates a fresh key from the operating system's RNG.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        crate::os_random(seed.as_mut()).map_err(|e| KeyError::Rng(e.to_string()))?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// Builds the key from its 32-byte RFC 8032 seed (the "secret key").
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            inner: ed25519_dalek::SigningKey::from_bytes(seed),
+        }
+    }
+
+    /// The 32-byte seed; only for writing the key file.
+    pub fn seed(&self) -> &[u8; 32] {
+        self.inner.as_bytes()
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        let vk = self.inner.verifying_key();
+        PublicKey {
+            bytes: vk.to_bytes(),
+            vk,
+        }
+    }
+
+    /// The key ID: RFC 7638 JWK thumbprint of the public key, base64url without padding.
+    pub fn kid(&self) -> String {
+        self.public().kid()
+    }
+
+    /// Signs `msg` (pure Ed25519, RFC 8032).
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.inner.sign(msg).to_bytes()
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated Ed25519 public key.
+#[derive(Clone)]
+pub struct PublicKey {
+    bytes: [u8; 32],
+    vk: ed25519_dalek::VerifyingKey,
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+impl Eq for PublicKey {}
+impl Hash for PublicKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
+}
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.kid())
+    }
+}
+
+impl PublicKey {
+    /// Parses a 32-byte public key, rejecting non-points, non-canonical encodings and
+    /// small-order (weak) keys.
+    pub fn from_bytes(b: &[u8; 32]) -> Result<Self, KeyError> {
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(b).map_err(|_| KeyError::InvalidPoint)?;
+        if vk.to_edwards().compress().as_bytes() != b {
+            return Err(KeyError::InvalidPoint);
+        }
+        if vk.is_weak() {
+            return Err(KeyError::WeakKey);
+        }
+        Ok(Self { bytes: *b, vk })
+    }
+
+    /// The 32-byte encoding.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// RFC 7638 thumbprint: base64url(SHA-256(`{"crv":"Ed25519","kty":"OKP","x":"..."}`)).
+    pub fn kid(&self) -> String {
+        let canonical = format!(
+            "{{\"crv\":\"Ed25519\",\"kty\":\"OKP\",\"x\":\"{}\"}}",
+            b64::url_encode(&self.bytes)
+        );
+        b64::url_encode(&crate::sha256(canonical.as_bytes()))
+    }
+
+    /// The public JWK: `{"kty":"OKP","crv":"Ed25519","x":..,"kid":..,"alg":"EdDSA","use":"sig"}`.
+    pub fn to_jwk(&self) -> Value {
+        json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": b64::url_encode(&self.bytes),
+            "kid": self.kid(),
+            "alg": "EdDSA",
+            "use": "sig",
+        })
+    }
+
+    /// Parses a public JWK. Rejects private keys (`d`), other key types and curves, an `alg`
+    /// other than `EdDSA`/`Ed25519`, and a `kid` that is not the key's thumbprint.
+    pub fn from_jwk(v: &Value) -> Result<Self, KeyError> {
+        let obj = v
+            .as_object()
+            .ok_or(KeyError::InvalidJwk("not a JSON object"))?;
+        if obj.get("kty").and_then(Value::as_str) != Some("OKP") {
+            return Err(KeyError::InvalidJwk("kty must be \"OKP\""));
+        }
+        if obj.get("crv").and_then(Value::as_str) != Some("Ed25519") {
+            return Err(KeyError::InvalidJwk("crv must be \"Ed25519\""));
+        }
+        if obj.contains_key("d") {
+            return Err(KeyError::InvalidJwk("contains private key material \"d\""));
+        }
+        if let Some(alg) = obj.get("alg") {
+            match alg.as_str() {
+                Some("EdDSA") | Some("Ed25519") => {}
+                _ => return Err(KeyError::InvalidJwk("alg must be \"EdDSA\"")),
+            }
+        }
+        let x = obj
+            .get("x")
+            .and_then(Value::as_str)
+            .ok_or(KeyError::InvalidJwk("missing \"x\""))?;
+        let raw = b64::url_decode(x).ok_or(KeyError::InvalidJwk("\"x\" is not base64url"))?;
+        let arr: [u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::InvalidJwk("\"x\" is not 32 bytes"))?;
+        let key = Self::from_bytes(&arr)?;
+        if let Some(kid) = obj.get("kid")
+            && kid.as_str() != Some(key.kid().as_str())
+        {
+            return Err(KeyError::KidMismatch);
+        }
+        Ok(key)
+    }
+
+    /// Verifies a 64-byte Ed25519 signature with `verify_strict` (rejects `S >= L`,
+    /// small-order `R`, and any length other than 64).
+    pub fn verify_strict(&self, msg: &[u8], sig: &[u8]) -> Result<(), KeyError> {
+        let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| KeyError::BadSignature)?;
+        self.vk
+            .verify_strict(msg, &sig)
+            .map_err(|_| KeyError::BadSignature)
+    }
+}
+
+/// A JWKS document: `{"keys":[jwk, ...]}`.
+pub fn jwks(keys: &[PublicKey]) -> Value {
+    json!({ "keys": keys.iter().map(PublicKey::to_jwk).collect::<Vec<_>>() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secret() {
+        let k = SigningKey::from_seed(&[7u8; 32]);
+        let d = format!("{k:?}");
+        assert!(d.contains(&k.kid()));
+        assert!(!d.contains("07, 07"));
+        assert!(!d.contains("[7, 7"));
+    }
+
+    #[test]
+    fn jwk_roundtrip_and_kid_check() {
+        let k = SigningKey::generate().unwrap();
+        let p = k.public();
+        let jwk = p.to_jwk();
+        assert_eq!(PublicKey::from_jwk(&jwk).unwrap(), p);
+        let mut bad = jwk.clone();
+        bad["kid"] = json!("nope");
+        assert_eq!(PublicKey::from_jwk(&bad), Err(KeyError::KidMismatch));
+        let mut priv_ = jwk;
+        priv_["d"] = json!("AAAA");
+        assert!(PublicKey::from_jwk(&priv_).is_err());
+        assert_eq!(
+            jwks(std::slice::from_ref(&p))["keys"][0]["kid"],
+            json!(p.kid())
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Sealing values at rest: XChaCha20-Poly1305 with random 24-byte nonces, per-purpose keys
+//! derived from one master key with HKDF-SHA256, and an AAD that binds a sealed value to where
+//! it lives (database, key, version) so that a value moved or replayed elsewhere fails to open.
+//! Blind indexes (HMAC-SHA256 keyed hashes) make equality search possible without plaintext.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Length of the random nonce prefix of a sealed value.
+pub const NONCE_LEN: usize = 24;
+/// Length of the Poly1305 tag suffix of a sealed value.
+pub const TAG_LEN: usize = 16;
+
+/// Errors from sealing and opening.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The operating system's random number generator failed.
+    #[error("the operating system random number generator failed: {0}")]
+    Rng(String),
+    /// The sealed value is shorter than nonce + tag.
+    #[error("sealed value is truncated ({0} bytes)")]
+    Truncated(usize),
+    /// Authentication failed: wrong key, tampered bytes, or a value moved to another place.
+    #[error(
+        "sealed value failed authentication (tampered, wrong key, or wrong database/key/version)"
+    )]
+    Open,
+    /// Encryption failed (the plaintext is too long for the AEAD).
+    #[error("encryption failed")]
+    Seal,
+}
+
+/// The 32-byte master key all sealing and blind-index keys derive from. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey([u8; 32]);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    /// Generates a master key from the operating system's RNG.
+    pub fn generate() -> Result<Self, SealError> {
+        let mut k = [0u8; 32];
+        crate::os_random(&mut k).map_err(|e| SealError::Rng(e.to_string()))?;
+        Ok(Self(k))
+    }
+
+    /// Wraps existing key bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
+    /// The raw key bytes (for the key file only).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The sealing key for `purpose` (HKDF-SHA256, info `"hexa seal v1 " + purpose`).
+    pub fn sealing_key(&self, purpose: &str) -> SealKey {
+        SealKey(self.derive("hexa seal v1 ", purpose))
+    }
+
+    /// The blind-index key for `purpose` (HKDF-SHA256, info `"hexa blind index v1 " + purpose`).
+    pub fn blind_index_key(&self, purpose: &str) -> BlindIndexKey {
+        BlindIndexKey(self.derive("hexa blind index v1 ", purpose))
+    }
+
+    fn derive(&self, prefix: &str, purpose: &str) -> [u8; 32] {
+        let hk = Hkdf::<Sha256>::new(None, &self.0);
+        let mut info = Vec::with_capacity(prefix.len() + purpose.len());
+        info.extend_from_slice(prefix.as_bytes());
+        info.extend_from_slice(purpose.as_bytes());
+        let mut okm = [0u8; 32];
+        // 32 bytes is always a valid HKDF-SHA256 output length (<= 255 * 32).
+        if hk.expand(&info, &mut okm).is_err() {
+            unreachable!("HKDF-SHA256 can always expand 32 bytes");
+        }
+        okm
+    }
+}
+
+/// Where a sealed value lives; authenticated but not encrypted.
+///
+/// Encoded unambiguously as `"hexa-aad-v1" || u64be(len(database)) || database ||
+/// u64be(len(key)) || key || u64be(version)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aad<'a> {
+    /// The logical database (table) the value is stored in.
+    pub database: &'a str,
+    /// The record key the value is stored under.
+    pub key: &'a [u8],
+    /// The record version, so an old value cannot be replayed as a newer one.
+    pub version: u64,
+}
+
+impl Aad<'_> {
+    /// The unambiguous byte encoding used as AEAD associated data.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11 + 24 + self.database.len() + self.key.len());
+        out.extend_from_slice(b"hexa-aad-v1");
+        out.extend_from_slice(&(self.database.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.database.as_bytes());
+        out.extend_from_slice(&(self.key.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out
+    }
+}
+
+/// A per-purpose XChaCha20-Poly1305 key. Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct SealKey([u8; 32]);
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+impl SealKey {
+    /// Wraps raw key bytes (mainly for test vectors; normally derive from a [`MasterKey`]).
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
+    /// Seals `plaintext` bound to `aad`; returns `nonce(24) || ciphertext || tag(16)`.
+    pub fn seal(&self, plaintext: &[u8], aad: &Aad) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        crate::os_random(&mut nonce).map_err(|e| SealError::Rng(e.to_string()))?;
+        let ct = self.seal_with_nonce(&nonce, plaintext, &aad.encode())?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens a value produced by [`SealKey::seal`] with the same `aad`.
+    pub fn open(&self, sealed: &[u8], aad: &Aad) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(SealError::Truncated(sealed.len()));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Open)?;
+        self.open_with_nonce(&nonce, ct, &aad.encode())
+    }
+
+    /// Raw XChaCha20-Poly1305 encryption with a caller-chosen nonce; returns `ciphertext || tag`.
+    /// Never reuse a nonce: prefer [`SealKey::seal`], which draws a random one.
+    pub fn seal_with_nonce(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let cipher = XChaCha20Poly1305::new(&self.0.into());
+        cipher
+            .encrypt(
+                &XNonce::from(*nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| SealError::Seal)
+    }
+
+    /// Raw XChaCha20-Poly1305 decryption of `ciphertext || tag`.
+    pub fn open_with_nonce(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let cipher = XChaCha20Poly1305::new(&self.0.into());
+        cipher
+            .decrypt(
+                &XNonce::from(*nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .map_err(|_| SealError::Open)
+    }
+}
+
+/// A key for blind indexes (keyed hashes of searchable fields). Zeroized on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct BlindIndexKey([u8; 32]);
+
+impl std::fmt::Debug for BlindIndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlindIndexKey(..)")
+    }
+}
+
+impl BlindIndexKey {
+    /// HMAC-SHA256 over `u64be(len(field)) || field || value`: the field name is bound in, so
+    /// equal values in different fields give unrelated indexes.
+    pub fn index(&self, field: &str, value: &[u8]) -> [u8; 32] {
+        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of any length"),
+        };
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field.as_bytes());
+        mac.update(value);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_roundtrip_and_binding() {
+        let mk = MasterKey::from_bytes([1u8; 32]);
+        let k = mk.sealing_key("records");
+        let aad = Aad {
+            database: "patients",
+            key: b"p1",
+            version: 3,
+        };
+        let s = k.seal(b"hello", &aad).unwrap();
+        assert_eq!(s.len(), NONCE_LEN + 5 + TAG_LEN);
+        assert_eq!(k.open(&s, &aad).unwrap(), b"hello");
+        let moved = Aad { key: b"p2", ..aad };
+        assert_eq!(k.open(&s, &moved), Err(SealError::Open));
+        let other = mk.sealing_key("other");
+        assert_eq!(other.open(&s, &aad), Err(SealError::Open));
+        assert_eq!(k.open(&s[..39], &aad), Err(SealError::Truncated(39)));
+    }
+
+    #[test]
+    fn aad_is_unambiguous() {
+        let a = Aad {
+            database: "ab",
+            key: b"c",
+            version: 1,
+        }
+        .encode();
+        let b = Aad {
+            database: "a",
+            key: b"bc",
+            version: 1,
+        }
+        .encode();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn blind_index_binds_field_and_key() {
+        let mk = MasterKey::from_bytes([2u8; 32]);
+        let bi = mk.blind_index_key("search");
+        assert_eq!(bi.index("family", b"Doe"), bi.index("family", b"Doe"));
+        assert_ne!(bi.index("family", b"Doe"), bi.index("given", b"Doe"));
+        assert_ne!(
+            bi.index("family", b"Doe"),
+            mk.blind_index_key("x").index("family", b"Doe")
+        );
+    }
+}
