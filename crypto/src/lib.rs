@@ -27,10 +27,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod jcs;
 pub mod jws;
 pub mod keyfile;
 pub mod keys;
+pub mod merkle;
 
 pub mod seal;
 
@@ -50,13 +52,11 @@ pub(crate) mod b64 {
     }
 
     /// Encodes as standard base64 with padding.
-    #[allow(dead_code)]
     pub(crate) fn std_encode(b: &[u8]) -> String {
         STANDARD.encode(b)
     }
 
     /// Decodes strict standard base64 with padding.
-    #[allow(dead_code)]
     pub(crate) fn std_decode(s: &str) -> Option<Vec<u8>> {
         STANDARD.decode(s).ok()
     }
