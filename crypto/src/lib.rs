@@ -28,11 +28,13 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod consent;
 pub mod jcs;
 pub mod jws;
 pub mod keyfile;
 pub mod keys;
 pub mod merkle;
+pub mod roster;
 
 pub mod seal;
 
