@@ -200,6 +200,7 @@ pub fn format_es6(f: f64) -> Result<String, JcsError> {
     let (mantissa, exp) = sci.split_once('e').ok_or(JcsError::NonFinite)?;
     let exp: i32 = exp.parse().map_err(|_| JcsError::NonFinite)?;
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let digits = round_half_even(f.abs(), digits, exp);
     let k = digits.len() as i32;
     let n = exp + 1; // position of the decimal point relative to the digits
     if k <= n && n <= 21 {
@@ -226,6 +227,50 @@ pub fn format_es6(f: f64) -> Result<String, JcsError> {
     Ok(s)
 }
 
+/// Rust's shortest round-trip digits break an exact tie between two shortest candidates
+/// away from zero; ECMAScript (and so RFC 8785) picks the even one. When `x` lies exactly
+/// half-way between two `k`-digit decimals, return the even candidate if it round-trips.
+fn round_half_even(x: f64, digits: String, exp: i32) -> String {
+    let k = digits.len();
+    // Cheap filter: a tie needs the (k+1)-digit rounding of x to end in 5.
+    let near = format!("{:.*e}", k, x);
+    if !near.split_once('e').is_some_and(|(m, _)| m.ends_with('5')) {
+        return digits;
+    }
+    // Every double has a finite decimal expansion of at most 767 significant digits.
+    let exact = format!("{:.800e}", x);
+    let Some((m, e)) = exact.split_once('e') else {
+        return digits;
+    };
+    if e.parse::<i32>().ok() != Some(exp) {
+        return digits;
+    }
+    let exact_digits: String = m.chars().filter(|c| *c != '.').collect();
+    let exact_digits = exact_digits.trim_end_matches('0');
+    if exact_digits.len() != k + 1 || !exact_digits.ends_with('5') {
+        return digits;
+    }
+    let low = &exact_digits[..k];
+    let last = low.as_bytes()[k - 1] - b'0';
+    let candidate = if last.is_multiple_of(2) {
+        low.to_owned()
+    } else if last < 9 {
+        format!("{}{}", &low[..k - 1], last + 1)
+    } else {
+        return digits;
+    };
+    let text = if k == 1 {
+        format!("{candidate}e{exp}")
+    } else {
+        format!("{}.{}e{}", &candidate[..1], &candidate[1..], exp)
+    };
+    if text.parse::<f64>().ok() == Some(x) {
+        candidate
+    } else {
+        digits
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +282,16 @@ mod tests {
             Err(JcsError::Parse(_))
         ));
         assert!(canonicalize_str(r#"{"a":{"b":1},"b":{"b":2}}"#).is_ok());
+    }
+
+    #[test]
+    fn ties_round_to_even() {
+        // 0.5 ulp ties at one and two digits: 2.5 and 0.125 are exact, shortest forms unique.
+        assert_eq!(format_es6(2.5).unwrap(), "2.5");
+        assert_eq!(format_es6(0.125).unwrap(), "0.125");
+        assert_eq!(format_es6(1e21).unwrap(), "1e+21");
+        assert_eq!(format_es6(-1.5e-7).unwrap(), "-1.5e-7");
+        assert_eq!(format_es6(123.0).unwrap(), "123");
     }
 
     #[test]

@@ -490,7 +490,7 @@ mod tests {
         let j = serde_json::to_string(&f).unwrap();
         let back: Frontier = serde_json::from_str(&j).unwrap();
         assert_eq!(back, f);
-        let bad = j.replace("\"size\":5", "\"size\":6");
+        let bad = j.replace("\"size\":5", "\"size\":7");
         assert!(serde_json::from_str::<Frontier>(&bad).is_err());
     }
 }
