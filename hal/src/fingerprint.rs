@@ -477,6 +477,11 @@ impl<S: Read + Write + ReadReady, D: DelayNs> Fingerprint<S, D> {
     /// Enrols a finger into `slot`: two scans (lift between), RegModel, Store.
     pub fn enroll(&mut self, slot: u16) -> Result<(), Error<S::Error>> {
         self.wait_finger()?;
+        self.enroll_captured(slot)
+    }
+
+    /// Finishes an enrolment whose first image was just captured by GenImg.
+    pub fn enroll_captured(&mut self, slot: u16) -> Result<(), Error<S::Error>> {
         self.img2tz(1)?;
         self.wait_lift()?;
         self.wait_finger()?;
@@ -489,6 +494,11 @@ impl<S: Read + Write + ReadReady, D: DelayNs> Fingerprint<S, D> {
     /// (Err(Module(NOT_FOUND)) when no template matches).
     pub fn identify(&mut self, library_size: u16) -> Result<Match, Error<S::Error>> {
         self.wait_finger()?;
+        self.identify_captured(library_size)
+    }
+
+    /// Identifies the image just captured by GenImg.
+    pub fn identify_captured(&mut self, library_size: u16) -> Result<Match, Error<S::Error>> {
         self.img2tz(1)?;
         self.search(1, 0, library_size)
     }
