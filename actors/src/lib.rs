@@ -1,1 +1,2 @@
 //! hexa-actors: the supervised actors that own hexa's state in LMDB.
+pub mod matching;
