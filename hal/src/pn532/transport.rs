@@ -228,6 +228,14 @@ impl<S: Read + Write + ReadReady> Transport for HsuTransport<S> {
     type BusError = S::Error;
 
     fn wake<D: DelayNs>(&mut self, delay: &mut D) -> Result<(), Error<S::Error>> {
+        // Drop whatever a previous, failed exchange left in the receive buffer.
+        let mut junk = [0u8; 64];
+        for _ in 0..64 {
+            if !self.serial.read_ready().map_err(Error::Bus)? {
+                break;
+            }
+            self.serial.read(&mut junk).map_err(Error::Bus)?;
+        }
         self.serial.write_all(&HSU_WAKEUP).map_err(Error::Bus)?;
         self.serial.flush().map_err(Error::Bus)?;
         delay.delay_ms(2);
