@@ -13,8 +13,9 @@ pub const TFI_HOST: u8 = 0xD4;
 pub const TFI_PN532: u8 = 0xD5;
 /// Largest LEN (TFI + data) an extended information frame may carry.
 pub const MAX_FRAME_DATA: usize = 265;
-/// Largest encoded frame on the wire: preamble, start code, extended length, LCS, data, DCS, postamble.
-pub const MAX_WIRE_FRAME: usize = 1 + 2 + 3 + 1 + MAX_FRAME_DATA + 1 + 1;
+/// Largest encoded frame on the wire: preamble, start code, FF FF LENM LENL LCS, data,
+/// DCS, postamble.
+pub const MAX_WIRE_FRAME: usize = 1 + 2 + 5 + MAX_FRAME_DATA + 1 + 1;
 /// ACK frame as sent on the wire.
 pub const ACK: [u8; 6] = [0x00, 0x00, 0xFF, 0x00, 0xFF, 0x00];
 /// NACK frame as sent on the wire (asks the other side to resend its last frame).
@@ -185,6 +186,7 @@ mod tests {
         for n in [0usize, 1, 200, 254, 255, 264] {
             let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
             let wire = encode(TFI_PN532, &data).unwrap();
+            assert!(wire.len() <= MAX_WIRE_FRAME);
             assert_eq!(wire[3] == 0xFF && wire[4] == 0xFF, n >= 255);
             match decode(&wire).unwrap() {
                 Decoded::Complete(Frame::Info { tfi, data: d }, used) => {
