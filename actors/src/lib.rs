@@ -1,2 +1,3 @@
 //! hexa-actors: the supervised actors that own hexa's state in LMDB.
 pub mod matching;
+pub mod store;

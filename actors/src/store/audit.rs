@@ -1,0 +1,608 @@
+//! Audit: AuditEvents in a Merkle log (RFC 6962 leaves over their JCS bytes), Provenance of
+//! every version, signed C2SP checkpoints, inclusion and consistency proofs.
+//!
+//! The writer appends AuditEvents in the same LMDB transaction as the change they record
+//! (reads and searches: before the data is handed out). The log persists the
+//! [`Frontier`] (in `meta`) and every completed perfect subtree in `audit.tree`
+//! (`level:u8 || index:u64 BE -> hash`), so roots and proofs are O(log n) reads.
+
+use base64::Engine as _;
+use hexa_crypto::checkpoint::{Checkpoint, sign_note};
+use hexa_crypto::jcs;
+use hexa_crypto::merkle::{self, Frontier, Hash, SubtreeSource};
+use hexa_crypto::seal::Aad;
+use heed::{RoTxn, RwTxn};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::error::{StoreError, StoreResult};
+use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, time};
+
+/// Who is asking, on whose behalf and why; recorded in every AuditEvent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessContext {
+    /// Authenticated client system (integrator key id or name).
+    pub client_id: String,
+    /// Facility the request comes from.
+    pub facility_id: String,
+    /// Practitioner on whose behalf the client acts, if any (id of a Practitioner).
+    pub practitioner: Option<String>,
+    /// Purpose of use (v3 ActReason code, e.g. `TREAT`, `ETREAT`, `HOPERAT`).
+    pub purpose_of_use: String,
+    /// Justification text (required later for emergency overrides).
+    pub justification: Option<String>,
+}
+
+impl AccessContext {
+    /// A context for the appliance's own operations (`HOPERAT`).
+    pub fn system(facility_id: &str) -> Self {
+        AccessContext {
+            client_id: "hexa-appliance".into(),
+            facility_id: facility_id.into(),
+            practitioner: None,
+            purpose_of_use: "HOPERAT".into(),
+            justification: None,
+        }
+    }
+}
+
+/// The RESTful interaction an AuditEvent records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    /// create / conditional create.
+    Create,
+    /// read.
+    Read,
+    /// vread.
+    Vread,
+    /// update.
+    Update,
+    /// delete.
+    Delete,
+    /// search-type.
+    Search,
+    /// history-instance / history-type.
+    History,
+    /// transaction (one event per entry is also written).
+    Transaction,
+    /// patient matching ($match).
+    Operation,
+}
+
+impl Interaction {
+    /// `http://hl7.org/fhir/restful-interaction` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Interaction::Create => "create",
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Update => "update",
+            Interaction::Delete => "delete",
+            Interaction::Search => "search-type",
+            Interaction::History => "history-instance",
+            Interaction::Transaction => "transaction",
+            Interaction::Operation => "operation",
+        }
+    }
+
+    /// AuditEvent.action (C, R, U, D, E).
+    pub fn action(self) -> &'static str {
+        match self {
+            Interaction::Create => "C",
+            Interaction::Read | Interaction::Vread | Interaction::History => "R",
+            Interaction::Update => "U",
+            Interaction::Delete => "D",
+            Interaction::Search | Interaction::Transaction | Interaction::Operation => "E",
+        }
+    }
+}
+
+/// An AuditEvent before the writer gives it its log index.
+#[derive(Debug, Clone)]
+pub struct AuditDraft {
+    /// What happened.
+    pub interaction: Interaction,
+    /// When (unix millis).
+    pub recorded: u64,
+    /// Who / why.
+    pub ctx: AccessContext,
+    /// References of the resources touched (`Type/id` or versioned).
+    pub entities: Vec<String>,
+    /// Patients whose record was touched (`Patient/id`).
+    pub patients: Vec<String>,
+    /// The search query string, for searches.
+    pub query: Option<String>,
+}
+
+impl AuditDraft {
+    /// A draft stamped now.
+    pub fn new(interaction: Interaction, ctx: &AccessContext) -> Self {
+        AuditDraft {
+            interaction,
+            recorded: time::now_millis(),
+            ctx: ctx.clone(),
+            entities: Vec::new(),
+            patients: Vec::new(),
+            query: None,
+        }
+    }
+
+    /// Adds a touched resource and the patient(s) it belongs to.
+    pub fn touch(&mut self, r: &Record) {
+        self.entities.push(r.versioned_reference());
+        for p in patients_of(&r.resource_type, &r.id, &r.resource) {
+            if !self.patients.contains(&p) {
+                self.patients.push(p);
+            }
+        }
+    }
+}
+
+/// `Patient/id` references of the patients a resource belongs to.
+pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
+    if ty == "Patient" {
+        return vec![format!("Patient/{id}")];
+    }
+    let mut out = Vec::new();
+    if let Some(def) = params::param(ty, "patient") {
+        for v in params::values(def, resource) {
+            for r in params::references(v, Some("Patient")) {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The FHIR AuditEvent of a draft (without `id`, which the log index gives).
+pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&str>) -> Value {
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+        "who": {"identifier": {"system": "urn:hexa:client", "value": d.ctx.client_id}},
+        "requestor": d.ctx.practitioner.is_none(),
+        "purposeOfUse": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}]}]
+    })];
+    agents.push(json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV", "display": "healthcare provider"}]},
+        "who": {"reference": format!("Organization/{}", d.ctx.facility_id)},
+        "requestor": false
+    }));
+    if let Some(p) = &d.ctx.practitioner {
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+            "who": {"reference": format!("Practitioner/{p}")},
+            "requestor": true
+        }));
+    }
+    let mut entities: Vec<Value> = d
+        .patients
+        .iter()
+        .map(|p| {
+            json!({"what": {"reference": p},
+                   "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                   "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}})
+        })
+        .collect();
+    for e in &d.entities {
+        entities.push(json!({"what": {"reference": e},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
+    }
+    if let Some(q) = &d.query {
+        entities.push(json!({
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+            "query": base64::engine::general_purpose::STANDARD.encode(q.as_bytes())
+        }));
+    }
+    let mut ev = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": d.interaction.code()}],
+        "action": d.interaction.action(),
+        "recorded": time::instant(d.recorded),
+        "outcome": if failure.is_some() { "4" } else { "0" },
+        "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}]}],
+        "agent": agents,
+        "source": {"site": d.ctx.facility_id, "observer": {"reference": format!("Device/{}", store.config.appliance_id)}},
+        "entity": entities
+    });
+    if let (Some(f), Some(obj)) = (failure, ev.as_object_mut()) {
+        obj.insert("outcomeDesc".into(), json!(f));
+    }
+    if let (Some(j), Some(obj)) = (&d.ctx.justification, ev.as_object_mut()) {
+        obj.insert("purposeOfEvent".into(), json!([{
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}],
+            "text": j
+        }]));
+    }
+    ev
+}
+
+/// Deterministic Provenance id of a version: hex of the first 16 bytes of
+/// SHA-256(`Type/id/_history/v`).
+pub fn provenance_id(r: &Record) -> String {
+    let h = sha2::Sha256::digest(r.versioned_reference().as_bytes());
+    h[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Provenance of a stored version: target, agent (this appliance, and the author when
+/// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose).
+pub(crate) fn provenance_json(store: &Store, r: &Record, author: Option<&str>) -> Value {
+    let device = json!({"reference": format!("Device/{}", store.config.appliance_id)});
+    let when = time::instant(r.last_updated);
+    let activity = match (r.version, r.deleted) {
+        (_, true) => "DELETE",
+        (1, false) => "CREATE",
+        _ => "UPDATE",
+    };
+    let author_sig_type = json!([{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1", "display": "Author's Signature"}]);
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian"}]},
+        "who": device
+    })];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut sigs = vec![json!({
+        "type": author_sig_type,
+        "when": when,
+        "who": device,
+        "targetFormat": "application/fhir+json",
+        "sigFormat": "application/jose",
+        "data": b64.encode(r.jws.as_bytes())
+    })];
+    if let Some(a) = &r.author_jws {
+        let author = match author {
+            Some(a) => json!({"reference": a}),
+            None => json!({"display": "author (identified by the JWS kid)"}),
+        };
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
+            "who": author
+        }));
+        sigs.push(json!({
+            "type": author_sig_type,
+            "when": when,
+            "who": author,
+            "targetFormat": "application/fhir+json",
+            "sigFormat": "application/jose",
+            "data": b64.encode(a.as_bytes())
+        }));
+    }
+    json!({
+        "resourceType": "Provenance",
+        "id": provenance_id(r),
+        "target": [{"reference": r.versioned_reference()}],
+        "recorded": when,
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": activity}]},
+        "agent": agents,
+        "signature": sigs
+    })
+}
+
+/// Key of a perfect subtree in `audit.tree`.
+pub(crate) fn tree_key(level: u32, index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = level as u8;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Log entry key.
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The writer's view of the audit log: frontier and checkpoint bookkeeping.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditAppender {
+    pub frontier: Frontier,
+    pub last_ckpt_size: u64,
+    pub last_ckpt_time: u64,
+}
+
+impl AuditAppender {
+    /// Loads the persisted frontier and checkpoint state.
+    pub fn load(store: &Store, txn: &RoTxn) -> StoreResult<Self> {
+        let frontier = match store.meta.get(txn, META_FRONTIER)? {
+            Some(b) => postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
+                database: "meta".into(),
+                key: "frontier".into(),
+                reason: e.to_string(),
+            })?,
+            None => Frontier::new(),
+        };
+        let (last_ckpt_size, last_ckpt_time) = match store.meta.get(txn, META_LAST_CKPT)? {
+            Some(b) if b.len() == 16 => (
+                u64::from_be_bytes(b[..8].try_into().unwrap_or_default()),
+                u64::from_be_bytes(b[8..].try_into().unwrap_or_default()),
+            ),
+            _ => (0, 0),
+        };
+        Ok(AuditAppender { frontier, last_ckpt_size, last_ckpt_time })
+    }
+
+    /// Appends one AuditEvent; returns its log index.
+    pub fn append(&mut self, store: &Store, wtxn: &mut RwTxn, mut event: Value) -> StoreResult<u64> {
+        let index = self.frontier.size();
+        if let Some(obj) = event.as_object_mut() {
+            obj.insert("id".into(), json!(index.to_string()));
+        }
+        let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let leaf = merkle::leaf_hash(&bytes);
+        for (level, i, h) in self.frontier.append(leaf) {
+            store.audit_tree.put(wtxn, &tree_key(level, i), &h)?;
+        }
+        let key = log_key(index);
+        let sealed = store
+            .seal_log
+            .seal(&bytes, &Aad { database: "audit.log", key: &key, version: index })
+            .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        store.audit_log.put(wtxn, &key, &sealed)?;
+        let id = index.to_string();
+        let dbs = store.dbs(super::Component::Audit);
+        for k in store.index_keys(super::Component::Audit, "AuditEvent", &id, &event) {
+            dbs.index.put(wtxn, &k, &[])?;
+        }
+        Ok(index)
+    }
+
+    /// Persists the frontier (end of every batch).
+    pub fn persist(&self, store: &Store, wtxn: &mut RwTxn) -> StoreResult<()> {
+        let b = postcard::to_stdvec(&self.frontier).map_err(|e| StoreError::Storage(e.to_string()))?;
+        store.meta.put(wtxn, META_FRONTIER, &b)?;
+        Ok(())
+    }
+
+    /// Signs and stores a checkpoint if due (or `force`d and the log grew). Returns its size.
+    pub fn maybe_checkpoint(&mut self, store: &Store, wtxn: &mut RwTxn, now: u64, force: bool) -> StoreResult<Option<u64>> {
+        let size = self.frontier.size();
+        if size == 0 || size == self.last_ckpt_size {
+            return Ok(None);
+        }
+        let due = size - self.last_ckpt_size >= store.config.checkpoint_every
+            || now.saturating_sub(self.last_ckpt_time) >= store.config.checkpoint_interval_ms;
+        if !(due || force) {
+            return Ok(None);
+        }
+        let cp = Checkpoint { origin: store.origin.clone(), size, root: self.frontier.root(), extensions: vec![] };
+        let note = sign_note(&cp.body(), &store.origin, &store.node_key);
+        store.audit_checkpoints.put(wtxn, &size.to_be_bytes(), note.as_bytes())?;
+        let mut st = [0u8; 16];
+        st[..8].copy_from_slice(&size.to_be_bytes());
+        st[8..].copy_from_slice(&now.to_be_bytes());
+        store.meta.put(wtxn, META_LAST_CKPT, &st)?;
+        self.last_ckpt_size = size;
+        self.last_ckpt_time = now;
+        Ok(Some(size))
+    }
+}
+
+/// `SubtreeSource` over the `audit.tree` database in a read transaction.
+struct TreeSource<'a, 't> {
+    store: &'a Store,
+    txn: &'a RoTxn<'t>,
+}
+
+impl SubtreeSource for TreeSource<'_, '_> {
+    type Error = StoreError;
+    fn subtree(&mut self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let v = self
+            .store
+            .audit_tree
+            .get(self.txn, &tree_key(level, index))?
+            .ok_or_else(|| StoreError::Audit(format!("subtree ({level}, {index}) missing")))?;
+        v.try_into().map_err(|_| StoreError::Audit("subtree hash has wrong length".into()))
+    }
+}
+
+fn source_err(e: merkle::SourceError<StoreError>) -> StoreError {
+    match e {
+        merkle::SourceError::Source(s) => s,
+        merkle::SourceError::Proof(p) => StoreError::Audit(p.to_string()),
+    }
+}
+
+/// One audit-log entry: its index, the exact JCS bytes and their RFC 6962 leaf hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Log index (also the AuditEvent id).
+    pub index: u64,
+    /// JCS bytes of the AuditEvent.
+    pub bytes: Vec<u8>,
+    /// `merkle::leaf_hash(bytes)`.
+    pub leaf: Hash,
+}
+
+impl Store {
+    /// Number of entries in the audit log.
+    pub fn audit_size(&self) -> StoreResult<u64> {
+        self.with_read(|txn| Ok(self.frontier_in(txn)?.size()))
+    }
+
+    pub(crate) fn frontier_in(&self, txn: &RoTxn) -> StoreResult<Frontier> {
+        match self.meta.get(txn, META_FRONTIER)? {
+            Some(b) => postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
+                database: "meta".into(),
+                key: "frontier".into(),
+                reason: e.to_string(),
+            }),
+            None => Ok(Frontier::new()),
+        }
+    }
+
+    pub(crate) fn audit_entry_in(&self, txn: &RoTxn, index: u64) -> StoreResult<AuditEntry> {
+        let key = log_key(index);
+        let sealed = self
+            .audit_log
+            .get(txn, &key)?
+            .ok_or_else(|| StoreError::Audit(format!("no audit entry {index}")))?;
+        let bytes = self
+            .seal_log
+            .open(sealed, &Aad { database: "audit.log", key: &key, version: index })
+            .map_err(|e| StoreError::Corrupt {
+                database: "audit.log".into(),
+                key: index.to_string(),
+                reason: e.to_string(),
+            })?;
+        let leaf = merkle::leaf_hash(&bytes);
+        Ok(AuditEntry { index, bytes, leaf })
+    }
+
+    /// The audit entry at `index`.
+    pub fn audit_entry(&self, index: u64) -> StoreResult<AuditEntry> {
+        self.with_read(|txn| self.audit_entry_in(txn, index))
+    }
+
+    /// Root of the first `size` entries (O(log n) reads).
+    pub fn audit_root(&self, size: u64) -> StoreResult<Hash> {
+        self.with_read(|txn| {
+            if size > self.frontier_in(txn)?.size() {
+                return Err(StoreError::Audit(format!("log has fewer than {size} entries")));
+            }
+            merkle::root_from(&mut TreeSource { store: self, txn }, size)
+        })
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn audit_inclusion_proof(&self, index: u64, size: u64) -> StoreResult<Vec<Hash>> {
+        self.with_read(|txn| {
+            if size > self.frontier_in(txn)?.size() {
+                return Err(StoreError::Audit(format!("log has fewer than {size} entries")));
+            }
+            merkle::inclusion_proof_from(&mut TreeSource { store: self, txn }, index, size).map_err(source_err)
+        })
+    }
+
+    /// Consistency proof between tree sizes `old` and `new`.
+    pub fn audit_consistency_proof(&self, old: u64, new: u64) -> StoreResult<Vec<Hash>> {
+        self.with_read(|txn| {
+            if new > self.frontier_in(txn)?.size() {
+                return Err(StoreError::Audit(format!("log has fewer than {new} entries")));
+            }
+            merkle::consistency_proof_from(&mut TreeSource { store: self, txn }, old, new).map_err(source_err)
+        })
+    }
+
+    /// The latest signed checkpoint note, if any.
+    pub fn latest_checkpoint(&self) -> StoreResult<Option<String>> {
+        self.with_read(|txn| {
+            Ok(match self.audit_checkpoints.last(txn)? {
+                Some((_, note)) => Some(String::from_utf8_lossy(note).into_owned()),
+                None => None,
+            })
+        })
+    }
+
+    /// The checkpoint signed at exactly `size`, if one was.
+    pub fn checkpoint_at(&self, size: u64) -> StoreResult<Option<String>> {
+        self.with_read(|txn| {
+            Ok(self.audit_checkpoints.get(txn, &size.to_be_bytes())?.map(|n| String::from_utf8_lossy(n).into_owned()))
+        })
+    }
+
+    /// AuditEvent (id = log index) or Provenance (deterministic id) as a record.
+    pub(crate) fn read_audit_resource(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Record> {
+        let not_found = || StoreError::NotFound { resource_type: ty.into(), id: id.into() };
+        match ty {
+            "AuditEvent" => {
+                let index: u64 = id.parse().map_err(|_| not_found())?;
+                let e = self.audit_entry_in(txn, index).map_err(|_| not_found())?;
+                audit_record(e)
+            }
+            "Provenance" => {
+                let key = self.audit_provids.get(txn, id.as_bytes())?.ok_or_else(not_found)?.to_vec();
+                self.provenance_at(txn, &key)
+            }
+            _ => Err(not_found()),
+        }
+    }
+
+    /// Provenance stored under a version key.
+    pub(crate) fn provenance_at(&self, txn: &RoTxn, key: &[u8]) -> StoreResult<Record> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            database: "audit.provenance".into(),
+            key: format::printable_key(key),
+            reason,
+        };
+        let (_, _, version) = format::parse_version_key(key).ok_or_else(|| corrupt("bad key".into()))?;
+        let sealed = self
+            .audit_provenance
+            .get(txn, key)?
+            .ok_or_else(|| StoreError::NotFound { resource_type: "Provenance".into(), id: format::printable_key(key) })?;
+        let bytes = self
+            .seal_provenance
+            .open(sealed, &Aad { database: "audit.provenance", key, version })
+            .map_err(|e| corrupt(e.to_string()))?;
+        let resource: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let last_updated = 0;
+        Ok(Record {
+            resource_type: "Provenance".into(),
+            id,
+            version: 1,
+            last_updated,
+            deleted: false,
+            resource,
+            canonical: bytes,
+            jws: String::new(),
+            author_jws: None,
+        })
+    }
+
+    /// Provenances of every version of `Type/id` (or of one version).
+    pub fn provenance_for(&self, target: &str) -> StoreResult<Vec<Record>> {
+        self.with_read(|txn| self.provenance_for_in(txn, target))
+    }
+
+    pub(crate) fn provenance_for_in(&self, txn: &RoTxn, target: &str) -> StoreResult<Vec<Record>> {
+        let (base, version) = match target.split_once("/_history/") {
+            Some((b, v)) => (b, v.parse::<u64>().ok()),
+            None => (target, None),
+        };
+        let (ty, id) = base
+            .split_once('/')
+            .ok_or_else(|| StoreError::Invalid(format!("`{target}` is not Type/id")))?;
+        let mut out = Vec::new();
+        match version {
+            Some(v) => {
+                let key = format::version_key(ty, id, v);
+                if self.audit_provenance.get(txn, &key)?.is_some() {
+                    out.push(self.provenance_at(txn, &key)?);
+                }
+            }
+            None => {
+                let prefix = format::history_prefix(ty, id);
+                let keys: Vec<Vec<u8>> = self
+                    .audit_provenance
+                    .prefix_iter(txn, &prefix)?
+                    .map(|r| r.map(|(k, _)| k.to_vec()))
+                    .collect::<Result<_, _>>()?;
+                for k in keys {
+                    out.push(self.provenance_at(txn, &k)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An audit entry as a FHIR record.
+pub(crate) fn audit_record(e: AuditEntry) -> StoreResult<Record> {
+    let resource: Value = serde_json::from_slice(&e.bytes).map_err(|err| StoreError::Corrupt {
+        database: "audit.log".into(),
+        key: e.index.to_string(),
+        reason: err.to_string(),
+    })?;
+    Ok(Record {
+        resource_type: "AuditEvent".into(),
+        id: e.index.to_string(),
+        version: 1,
+        last_updated: 0,
+        deleted: false,
+        resource,
+        canonical: e.bytes,
+        jws: String::new(),
+        author_jws: None,
+    })
+}

@@ -1,0 +1,680 @@
+//! The store: one LMDB environment (heed) per data directory, sealed and signed versioned
+//! records, blind search indexes, Provenance and the Merkle audit log.
+//!
+//! Reads ([`Store::read`], [`Store::search`], ...) are synchronous and run on the registry
+//! actors' threads. Writes are *prepared* on those threads (canonicalise, sign, seal, blind
+//! index: the CPU work, in parallel) and then applied by the single group-commit writer
+//! ([`writer`]), which checks versions, writes and appends the AuditEvents in one LMDB
+//! transaction per batch.
+
+pub mod audit;
+pub mod error;
+pub mod format;
+pub mod params;
+pub mod route;
+pub mod search;
+pub mod time;
+pub mod writer;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, CompactionOption, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use hexa_crypto::keyfile::ApplianceSecrets;
+use hexa_crypto::keys::{PublicKey, SigningKey};
+use hexa_crypto::seal::{Aad, BlindIndexKey, SealKey};
+use hexa_crypto::{jcs, jws};
+use serde_json::{Value, json};
+
+pub use audit::AccessContext;
+pub use error::{StoreError, StoreResult};
+use format::{Current, Envelope, FORMAT_VERSION};
+pub use route::{Component, component_for};
+
+/// Raw LMDB database of byte keys and values.
+pub type Db = Database<'static, Bytes, Bytes>;
+
+/// Tunables of a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Appliance data directory; the environment lives in `<data_dir>/store/`.
+    pub data_dir: PathBuf,
+    /// Initial LMDB map size in bytes (grown automatically; rounded to pages).
+    pub initial_map_size: usize,
+    /// Most members the writer applies in one group commit.
+    pub max_batch: usize,
+    /// Publish a checkpoint every this many audit entries...
+    pub checkpoint_every: u64,
+    /// ... or when this many milliseconds passed since the last one and the log grew.
+    pub checkpoint_interval_ms: u64,
+    /// This appliance's id (the `Device` that signs and records).
+    pub appliance_id: String,
+    /// The facility this appliance serves (names the audit-log origin).
+    pub facility_id: String,
+}
+
+impl StoreConfig {
+    /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
+    /// checkpoints every 1000 entries or 60 s.
+    pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            initial_map_size: 64 << 20,
+            max_batch: 4096,
+            checkpoint_every: 1000,
+            checkpoint_interval_ms: 60_000,
+            appliance_id: appliance_id.to_string(),
+            facility_id: facility_id.to_string(),
+        }
+    }
+}
+
+/// The databases of one component.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ComponentDbs {
+    pub versions: Db,
+    pub current: Db,
+    pub index: Db,
+}
+
+/// A stored version as returned to callers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// Version number.
+    pub version: u64,
+    /// Commit time, unix millis.
+    pub last_updated: u64,
+    /// True for a deletion version.
+    pub deleted: bool,
+    /// The resource (with `meta.versionId` / `meta.lastUpdated`).
+    pub resource: Value,
+    /// The exact canonical bytes that were signed.
+    pub canonical: Vec<u8>,
+    /// The appliance's detached JWS over `canonical` (empty for AuditEvent/Provenance, which
+    /// the Merkle log and their own signature element cover).
+    pub jws: String,
+    /// The author's detached JWS, if one was given.
+    pub author_jws: Option<String>,
+}
+
+impl Record {
+    fn from_envelope(env: Envelope) -> StoreResult<Self> {
+        let resource: Value = serde_json::from_slice(&env.canonical)
+            .map_err(|e| StoreError::Invalid(format!("stored JSON: {e}")))?;
+        Ok(Record {
+            resource_type: env.resource_type,
+            id: env.id,
+            version: env.version_id,
+            last_updated: env.last_updated,
+            deleted: env.deleted,
+            resource,
+            canonical: env.canonical,
+            jws: env.jws,
+            author_jws: env.author_jws,
+        })
+    }
+
+    /// `Type/id/_history/version`.
+    pub fn versioned_reference(&self) -> String {
+        format!("{}/{}/_history/{}", self.resource_type, self.id, self.version)
+    }
+}
+
+/// Search results: the total number of matches and one page of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    /// Total matches of the query.
+    pub total: usize,
+    /// The requested page.
+    pub items: Vec<Record>,
+}
+
+/// The store: LMDB environment, keys and databases. Shared (`Arc<Store>`) between the
+/// registry actors and the writer thread.
+pub struct Store {
+    pub(crate) env: Env,
+    pub(crate) comps: [ComponentDbs; 8],
+    pub(crate) audit_log: Db,
+    pub(crate) audit_tree: Db,
+    pub(crate) audit_checkpoints: Db,
+    pub(crate) audit_provenance: Db,
+    pub(crate) audit_provids: Db,
+    pub(crate) meta: Db,
+    /// Held shared by every transaction, exclusively by map resizing (no txn may be open
+    /// while the map is resized).
+    pub(crate) gate: RwLock<()>,
+    pub(crate) node_key: SigningKey,
+    pub(crate) node_public: PublicKey,
+    pub(crate) seal_versions: Vec<SealKey>,
+    pub(crate) seal_log: SealKey,
+    pub(crate) seal_provenance: SealKey,
+    pub(crate) blind: Vec<BlindIndexKey>,
+    pub(crate) config: StoreConfig,
+    pub(crate) origin: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.env.path())
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Name of the `versions` database of a component.
+pub(crate) fn versions_db_name(c: Component) -> String {
+    format!("{}.versions", c.name())
+}
+
+const META_FORMAT: &[u8] = b"format";
+const META_KEYCHECK: &[u8] = b"keycheck";
+pub(crate) const META_FRONTIER: &[u8] = b"frontier";
+pub(crate) const META_LAST_CKPT: &[u8] = b"last-checkpoint";
+const MAX_DBS: u32 = 40;
+
+/// Opens an LMDB environment directory.
+#[allow(unsafe_code)]
+fn open_env(dir: &Path, map_size: usize) -> StoreResult<Env> {
+    let page = page_size();
+    let map_size = map_size.div_ceil(page).max(16) * page;
+    // SAFETY: heed's `open` is unsafe because the memory map must not be modified behind
+    // LMDB's back. The store directory is private to this process's store: it is only ever
+    // opened through this function, LMDB's own lock file coordinates processes, and no code
+    // of ours truncates or writes the data file except via LMDB.
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .map_size(map_size)
+            .max_dbs(MAX_DBS)
+            .max_readers(512)
+            .open(dir)?
+    };
+    Ok(env)
+}
+
+/// The OS page size LMDB map sizes must be a multiple of.
+fn page_size() -> usize {
+    4096
+}
+
+impl Store {
+    /// Opens (creating if needed) the store of `config.data_dir` with the appliance secrets.
+    ///
+    /// Clears stale reader slots, creates the databases, records the format version on a
+    /// fresh directory, refuses newer formats and refuses a master key that does not match
+    /// the one the directory was created with.
+    pub fn open(config: StoreConfig, secrets: ApplianceSecrets) -> StoreResult<Store> {
+        let dir = config.data_dir.join("store");
+        std::fs::create_dir_all(&dir)?;
+        let env = open_env(&dir, config.initial_map_size)?;
+        let stale = env.clear_stale_readers()?;
+        if stale > 0 {
+            tracing::warn!(stale, "cleared stale LMDB reader slots");
+        }
+        // Create (or open) every named database in one committed transaction.
+        let mut names: Vec<String> = Vec::new();
+        for c in Component::ALL {
+            names.push(versions_db_name(c));
+            names.push(format!("{}.current", c.name()));
+            names.push(format!("{}.index", c.name()));
+        }
+        for n in ["audit.log", "audit.tree", "audit.checkpoints", "audit.provenance", "audit.provids", "meta"] {
+            names.push(n.to_string());
+        }
+        let wtxn = env.write_txn()?;
+        let dbs: Vec<Db> = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                let mut v = Vec::with_capacity(names.len());
+                for n in &names {
+                    v.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(n))?);
+                }
+                let arr: [Database<'_, Bytes, Bytes>; 30] = v
+                    .try_into()
+                    .map_err(|_| heed::Error::Io(std::io::Error::other("database table size")))?;
+                Ok(CommitOrAbort::<_, ()>::Commit(arr))
+            })?
+            .commit()
+            .map(Vec::from)
+            .ok_or_else(|| StoreError::Storage("database creation aborted".into()))?;
+        let comps: [ComponentDbs; 8] = std::array::from_fn(|i| ComponentDbs {
+            versions: dbs[3 * i],
+            current: dbs[3 * i + 1],
+            index: dbs[3 * i + 2],
+        });
+        let [audit_log, audit_tree, audit_checkpoints, audit_provenance, audit_provids, meta] =
+            [dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29]];
+        let mut wtxn = env.write_txn()?;
+
+        let master = &secrets.master_key;
+        let seal_meta = master.sealing_key("meta");
+        let keycheck_aad = Aad { database: "meta", key: META_KEYCHECK, version: 0 };
+        match meta.get(&wtxn, META_FORMAT)? {
+            None => {
+                meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+                let check = seal_meta
+                    .seal(b"hexa store key check", &keycheck_aad)
+                    .map_err(|e| StoreError::Crypto(e.to_string()))?;
+                meta.put(&mut wtxn, META_KEYCHECK, &check)?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.try_into().map_err(|_| StoreError::Storage("meta.format is malformed".into()))?,
+                );
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::UnsupportedFormat { found, supported: FORMAT_VERSION });
+                }
+                let check = meta
+                    .get(&wtxn, META_KEYCHECK)?
+                    .ok_or_else(|| StoreError::Storage("meta.keycheck missing".into()))?;
+                seal_meta.open(check, &keycheck_aad).map_err(|_| {
+                    StoreError::Crypto(
+                        "the master key does not match this data directory (wrong key file?)".into(),
+                    )
+                })?;
+            }
+        }
+        wtxn.commit()?;
+
+        let origin = format!("hexa.{}/audit", config.facility_id);
+        Ok(Store {
+            seal_versions: Component::ALL
+                .iter()
+                .map(|c| master.sealing_key(&versions_db_name(*c)))
+                .collect(),
+            blind: Component::ALL
+                .iter()
+                .map(|c| master.blind_index_key(&format!("{}.index", c.name())))
+                .collect(),
+            seal_log: master.sealing_key("audit.log"),
+            seal_provenance: master.sealing_key("audit.provenance"),
+
+            node_public: secrets.node_key.public(),
+            node_key: SigningKey::from_seed(secrets.node_key.seed()),
+            env,
+            comps,
+            audit_log,
+            audit_tree,
+            audit_checkpoints,
+            audit_provenance,
+            audit_provids,
+            meta,
+            gate: RwLock::new(()),
+            config,
+            origin,
+        })
+    }
+
+    /// The appliance node public key that signs every version and checkpoint.
+    pub fn node_public(&self) -> &PublicKey {
+        &self.node_public
+    }
+
+    /// Origin line of the audit log's checkpoints (`hexa.<facility>/audit`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The configuration this store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Current LMDB map size in bytes.
+    pub fn map_size(&self) -> usize {
+        self.env.info().map_size
+    }
+
+    /// Runs `f` with a read transaction, holding the resize gate.
+    pub(crate) fn with_read<T>(&self, f: impl FnOnce(&RoTxn) -> StoreResult<T>) -> StoreResult<T> {
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let rtxn = self.env.read_txn()?;
+        f(&rtxn)
+    }
+
+    /// Grows the map if more than 80 % of it is in use. Called by the writer between
+    /// batches; returns whether it resized.
+    pub(crate) fn grow_if_needed(&self, min_free: usize) -> StoreResult<bool> {
+        let info = self.env.info();
+        let page = self.env.unnamed_database_stat().page_size as usize;
+        let used = (info.last_page_number + 1) * page;
+        if used * 10 > info.map_size * 8 || info.map_size - used.min(info.map_size) < min_free {
+            let target = (info.map_size * 2).max((used + min_free) * 2);
+            self.resize(target)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Doubles the map (after a `MDB_MAP_FULL`).
+    pub(crate) fn grow_after_full(&self) -> StoreResult<()> {
+        self.resize(self.env.info().map_size * 2)
+    }
+
+    /// Resizes the memory map.
+    #[allow(unsafe_code)]
+    fn resize(&self, new_size: usize) -> StoreResult<()> {
+        let page = page_size();
+        let new_size = new_size.div_ceil(page) * page;
+        let _exclusive = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: LMDB allows mdb_env_set_mapsize only while this process has no active
+        // transaction. Every read transaction of the store is opened through `with_read`,
+        // which holds `gate` shared for the transaction's whole life, and the only write
+        // transactions are the writer thread's, which calls this function between batches
+        // (its transaction is committed or aborted). Holding `gate` exclusively therefore
+        // guarantees no transaction is open.
+        unsafe { self.env.resize(new_size)? };
+        tracing::info!(new_size, "grew the LMDB map");
+        Ok(())
+    }
+
+    /// Online backup: a compacting copy of the environment into `<dest>/store/data.mdb`, so
+    /// that `dest` can be opened as a data directory (restore).
+    pub fn backup_to(&self, dest: &Path) -> StoreResult<PathBuf> {
+        let dir = dest.join("store");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("data.mdb");
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let file = self.env.copy_to_path(&path, CompactionOption::Enabled)?;
+        file.sync_all()?;
+        Ok(path)
+    }
+
+    // ----- versions -----
+
+    pub(crate) fn dbs(&self, c: Component) -> &ComponentDbs {
+        &self.comps[c.index()]
+    }
+
+    fn open_envelope(&self, c: Component, key: &[u8], version: u64, sealed: &[u8]) -> StoreResult<Envelope> {
+        let database = versions_db_name(c);
+        let plain = self.seal_versions[c.index()]
+            .open(sealed, &Aad { database: &database, key, version })
+            .map_err(|e| StoreError::Corrupt {
+                database: database.clone(),
+                key: format::printable_key(key),
+                reason: e.to_string(),
+            })?;
+        Envelope::from_bytes(&plain).map_err(|reason| StoreError::Corrupt {
+            database,
+            key: format::printable_key(key),
+            reason,
+        })
+    }
+
+    pub(crate) fn current_in(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Option<Current>> {
+        let c = component_for(ty)?;
+        let v = self.dbs(c).current.get(txn, &format::current_key(ty, id))?;
+        match v {
+            None => Ok(None),
+            Some(b) => Current::from_bytes(b).map(Some).ok_or_else(|| StoreError::Corrupt {
+                database: format!("{}.current", c.name()),
+                key: format!("{ty}/{id}"),
+                reason: "bad current pointer".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn version_in(&self, txn: &RoTxn, ty: &str, id: &str, version: u64) -> StoreResult<Option<Record>> {
+        let c = component_for(ty)?;
+        let key = format::version_key(ty, id, version);
+        match self.dbs(c).versions.get(txn, &key)? {
+            None => Ok(None),
+            Some(sealed) => {
+                let env = self.open_envelope(c, &key, version, sealed)?;
+                if env.resource_type != ty || env.id != id || env.version_id != version {
+                    return Err(StoreError::Corrupt {
+                        database: versions_db_name(c),
+                        key: format::printable_key(&key),
+                        reason: "envelope does not match its key".into(),
+                    });
+                }
+                Record::from_envelope(env).map(Some)
+            }
+        }
+    }
+
+    /// The current version of a live resource within `txn` (NotFound / Gone otherwise).
+    pub(crate) fn read_in(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Record> {
+        if component_for(ty)? == Component::Audit {
+            return self.read_audit_resource(txn, ty, id);
+        }
+        let not_found = || StoreError::NotFound { resource_type: ty.into(), id: id.into() };
+        let cur = self.current_in(txn, ty, id)?.ok_or_else(not_found)?;
+        if cur.deleted {
+            return Err(StoreError::Gone { resource_type: ty.into(), id: id.into(), version: cur.version });
+        }
+        self.version_in(txn, ty, id, cur.version)?.ok_or_else(not_found)
+    }
+
+    /// Reads the current version of `ty/id`.
+    pub fn read(&self, ty: &str, id: &str) -> StoreResult<Record> {
+        self.with_read(|txn| self.read_in(txn, ty, id))
+    }
+
+    /// Reads version `version` of `ty/id` (deletion versions are returned with `deleted`).
+    pub fn vread(&self, ty: &str, id: &str, version: u64) -> StoreResult<Record> {
+        self.with_read(|txn| {
+            if component_for(ty)? == Component::Audit {
+                let r = self.read_audit_resource(txn, ty, id)?;
+                return if version == r.version {
+                    Ok(r)
+                } else {
+                    Err(StoreError::VersionNotFound { resource_type: ty.into(), id: id.into(), version })
+                };
+            }
+            self.version_in(txn, ty, id, version)?.ok_or_else(|| StoreError::VersionNotFound {
+                resource_type: ty.into(),
+                id: id.into(),
+                version,
+            })
+        })
+    }
+
+    /// Every version of `ty/id`, newest first.
+    pub fn history(&self, ty: &str, id: &str) -> StoreResult<Vec<Record>> {
+        let c = component_for(ty)?;
+        self.with_read(|txn| {
+            let prefix = format::history_prefix(ty, id);
+            let mut out = Vec::new();
+            for item in self.dbs(c).versions.rev_prefix_iter(txn, &prefix)? {
+                let (k, sealed) = item?;
+                let (_, _, version) = format::parse_version_key(k).ok_or_else(|| StoreError::Corrupt {
+                    database: versions_db_name(c),
+                    key: format::printable_key(k),
+                    reason: "bad version key".into(),
+                })?;
+                out.push(Record::from_envelope(self.open_envelope(c, k, version, sealed)?)?);
+            }
+            if out.is_empty() {
+                return Err(StoreError::NotFound { resource_type: ty.into(), id: id.into() });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every version of every resource of `ty`, newest first, paged.
+    pub fn type_history(&self, ty: &str, count: usize, offset: usize) -> StoreResult<SearchPage> {
+        let c = component_for(ty)?;
+        self.with_read(|txn| {
+            let mut prefix = ty.as_bytes().to_vec();
+            prefix.push(b'/');
+            let mut all = Vec::new();
+            for item in self.dbs(c).versions.prefix_iter(txn, &prefix)? {
+                let (k, sealed) = item?;
+                if let Some((_, _, version)) = format::parse_version_key(k) {
+                    all.push(Record::from_envelope(self.open_envelope(c, k, version, sealed)?)?);
+                }
+            }
+            all.sort_by(|a, b| b.last_updated.cmp(&a.last_updated).then(b.version.cmp(&a.version)));
+            let total = all.len();
+            Ok(SearchPage { total, items: all.into_iter().skip(offset).take(count).collect() })
+        })
+    }
+
+    /// Verifies the appliance signature of a record (JWS over its canonical bytes).
+    pub fn verify(&self, r: &Record) -> StoreResult<()> {
+        jws::verify_detached(&r.jws, &r.canonical, &self.node_public)
+            .map(|_| ())
+            .map_err(|e| StoreError::BadSignature(format!("{}: {e}", r.versioned_reference())))
+    }
+
+    // ----- write preparation (runs on actor threads) -----
+
+    /// Builds a version ready for the writer: meta set, canonicalised, signed, sealed,
+    /// index keys computed (and the base version's keys to remove), Provenance sealed.
+    pub(crate) fn prepare_version(&self, txn: &RoTxn, spec: VersionSpec) -> StoreResult<Prepared> {
+        let ty = spec.resource_type.as_str();
+        let c = component_for(ty)?;
+        route::validate_id(&spec.id)?;
+        let version = spec.base + 1;
+        let mut resource = spec.resource;
+        {
+            let obj = resource
+                .as_object_mut()
+                .ok_or_else(|| StoreError::Invalid("a resource must be a JSON object".into()))?;
+            obj.insert("resourceType".into(), json!(ty));
+            obj.insert("id".into(), json!(spec.id));
+            let meta = obj.entry("meta").or_insert_with(|| json!({}));
+            let meta = meta
+                .as_object_mut()
+                .ok_or_else(|| StoreError::Invalid("meta must be an object".into()))?;
+            meta.insert("versionId".into(), json!(version.to_string()));
+            meta.insert("lastUpdated".into(), json!(time::instant(spec.now)));
+        }
+        let canonical = jcs::canonicalize(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let signature = jws::sign_detached(&self.node_key, &canonical);
+        let env = Envelope {
+            format: FORMAT_VERSION,
+            resource_type: ty.to_string(),
+            id: spec.id.clone(),
+            version_id: version,
+            last_updated: spec.now,
+            deleted: spec.deleted,
+            canonical,
+            jws: signature,
+            author_jws: spec.author_jws,
+        };
+        let key = format::version_key(ty, &spec.id, version);
+        let database = versions_db_name(c);
+        let sealed = self.seal_versions[c.index()]
+            .seal(&env.to_bytes()?, &Aad { database: &database, key: &key, version })
+            .map_err(|e| StoreError::Crypto(e.to_string()))?;
+
+        // Index keys: new terms minus old terms, old minus new.
+        let new_keys: BTreeSet<Vec<u8>> = if spec.deleted {
+            BTreeSet::new()
+        } else {
+            self.index_keys(c, ty, &spec.id, &resource)
+        };
+        let old_keys: BTreeSet<Vec<u8>> = if spec.base > 0 {
+            match self.version_in(txn, ty, &spec.id, spec.base)? {
+                Some(old) if !old.deleted => self.index_keys(c, ty, &spec.id, &old.resource),
+                _ => BTreeSet::new(),
+            }
+        } else {
+            BTreeSet::new()
+        };
+        let add_index = new_keys.difference(&old_keys).cloned().collect();
+        let remove_index = old_keys.difference(&new_keys).cloned().collect();
+
+        let record = Record::from_envelope(env)?;
+        let provenance = audit::provenance_json(self, &record, spec.author.as_deref());
+        let prov_plain = jcs::canonicalize(&provenance).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let prov_sealed = self
+            .seal_provenance
+            .seal(&prov_plain, &Aad { database: "audit.provenance", key: &key, version })
+            .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let prov_id = audit::provenance_id(&record);
+        Ok(Prepared {
+            component: c,
+            base: spec.base,
+            current: Current { version, last_updated: spec.now, deleted: spec.deleted },
+            key,
+            sealed,
+            add_index,
+            remove_index,
+            prov_sealed,
+            prov_id,
+            record,
+        })
+    }
+
+    /// Blind index keys of a resource.
+    pub(crate) fn index_keys(&self, c: Component, ty: &str, id: &str, resource: &Value) -> BTreeSet<Vec<u8>> {
+        params::all_terms(ty, resource)
+            .into_iter()
+            .map(|(field, term)| {
+                let blind = self.blind[c.index()].index(&field, term.as_bytes());
+                format::index_key(ty, &blind, id)
+            })
+            .collect()
+    }
+
+    /// The blind index of a (field, term) pair.
+    pub(crate) fn blind(&self, c: Component, field: &str, term: &str) -> [u8; 32] {
+        self.blind[c.index()].index(field, term.as_bytes())
+    }
+}
+
+/// What a caller wants written as the next version of one resource.
+#[derive(Debug, Clone)]
+pub(crate) struct VersionSpec {
+    pub resource_type: String,
+    pub id: String,
+    /// Version the new one replaces (0 = the resource must not exist yet).
+    pub base: u64,
+    pub resource: Value,
+    pub deleted: bool,
+    pub author_jws: Option<String>,
+    /// Reference of the author (`Practitioner/..`) named in the Provenance.
+    pub author: Option<String>,
+    pub now: u64,
+}
+
+/// A version prepared for the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub component: Component,
+    pub base: u64,
+    pub current: Current,
+    pub key: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub add_index: Vec<Vec<u8>>,
+    pub remove_index: Vec<Vec<u8>>,
+    pub prov_sealed: Vec<u8>,
+    pub prov_id: String,
+    pub record: Record,
+}
+
+/// Writes a prepared version (after its checks passed) into `wtxn`.
+pub(crate) fn put_prepared(store: &Store, wtxn: &mut RwTxn, p: &Prepared) -> StoreResult<()> {
+    let dbs = store.dbs(p.component);
+    dbs.versions.put(wtxn, &p.key, &p.sealed)?;
+    let ck = format::current_key(&p.record.resource_type, &p.record.id);
+    dbs.current.put(wtxn, &ck, &p.current.to_bytes())?;
+    for k in &p.remove_index {
+        dbs.index.delete(wtxn, k)?;
+    }
+    for k in &p.add_index {
+        dbs.index.put(wtxn, k, &[])?;
+    }
+    store.audit_provenance.put(wtxn, &p.key, &p.prov_sealed)?;
+    store.audit_provids.put(wtxn, p.prov_id.as_bytes(), &p.key)?;
+    Ok(())
+}
+
+/// A fresh random resource id (UUID v4 text form).
+pub fn new_id() -> StoreResult<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Crypto(format!("OS RNG: {e}")))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}

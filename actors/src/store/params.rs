@@ -1,0 +1,639 @@
+//! Search parameter definitions and hand-written extraction of their values.
+//!
+//! Each [`ParamDef`] names a FHIR search parameter of a resource type, its kind and the
+//! element paths it reads (the FHIRPath expressions of
+//! `shared/fhir-r4/search-parameters.json`, hand-translated: arrays are flattened, choice
+//! types are listed explicitly, `.where(resolve() is Patient)` becomes a reference target
+//! restriction). [`index_terms`] turns extracted values into the terms that are blinded into
+//! the search index; [`crate::store::search`] uses the same extraction to post-filter.
+
+use serde_json::Value;
+
+/// How a parameter's values are indexed and compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// token: code / Coding / CodeableConcept / Identifier / boolean.
+    Token,
+    /// token over ContactPoint values, normalised (digits and `+`, lowercase e-mail).
+    Telecom,
+    /// string: plain strings, HumanName and Address parts; starts-with, accent-insensitive.
+    Str,
+    /// reference, optionally restricted to one target type.
+    Reference(Option<&'static str>),
+    /// date / dateTime / instant / Period, compared at day precision.
+    Date,
+}
+
+/// One search parameter of one resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamDef {
+    /// Parameter code as used in the query string.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: ParamKind,
+    /// Dot-separated element paths from the resource root.
+    pub paths: &'static [&'static str],
+}
+
+const fn p(name: &'static str, kind: ParamKind, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef { name, kind, paths }
+}
+
+use ParamKind::{Date, Reference as Ref, Str, Telecom, Token};
+
+const PATIENT: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("family", Str, &["name.family"]),
+    p("given", Str, &["name.given"]),
+    p("birthdate", Date, &["birthDate"]),
+    p("gender", Token, &["gender"]),
+    p("telecom", Telecom, &["telecom"]),
+    p("phone", Telecom, &["telecom"]),
+    p("address", Str, &["address"]),
+    p("address-city", Str, &["address.city"]),
+    p("address-district", Str, &["address.district"]),
+    p("address-state", Str, &["address.state"]),
+    p("active", Token, &["active"]),
+    p("link", Ref(None), &["link.other"]),
+    p("organization", Ref(Some("Organization")), &["managingOrganization"]),
+    p("general-practitioner", Ref(None), &["generalPractitioner"]),
+];
+const RELATED_PERSON: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("patient", Ref(Some("Patient")), &["patient"]),
+    p("birthdate", Date, &["birthDate"]),
+    p("gender", Token, &["gender"]),
+    p("telecom", Telecom, &["telecom"]),
+];
+const PERSON: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("birthdate", Date, &["birthDate"]),
+    p("gender", Token, &["gender"]),
+    p("link", Ref(None), &["link.target"]),
+];
+const PRACTITIONER: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("family", Str, &["name.family"]),
+    p("given", Str, &["name.given"]),
+    p("gender", Token, &["gender"]),
+    p("telecom", Telecom, &["telecom"]),
+    p("active", Token, &["active"]),
+];
+const PRACTITIONER_ROLE: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("practitioner", Ref(Some("Practitioner")), &["practitioner"]),
+    p("organization", Ref(Some("Organization")), &["organization"]),
+    p("location", Ref(Some("Location")), &["location"]),
+    p("role", Token, &["code"]),
+    p("specialty", Token, &["specialty"]),
+    p("active", Token, &["active"]),
+    p("date", Date, &["period"]),
+];
+const ORGANIZATION: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name", "alias"]),
+    p("partof", Ref(Some("Organization")), &["partOf"]),
+    p("type", Token, &["type"]),
+    p("active", Token, &["active"]),
+    p("address-city", Str, &["address.city"]),
+    p("address-district", Str, &["address.district"]),
+];
+const LOCATION: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name", "alias"]),
+    p("partof", Ref(Some("Location")), &["partOf"]),
+    p("type", Token, &["type"]),
+    p("organization", Ref(Some("Organization")), &["managingOrganization"]),
+    p("status", Token, &["status"]),
+    p("address-city", Str, &["address.city"]),
+    p("address-district", Str, &["address.district"]),
+];
+const HEALTHCARE_SERVICE: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("organization", Ref(Some("Organization")), &["providedBy"]),
+    p("location", Ref(Some("Location")), &["location"]),
+    p("service-type", Token, &["type"]),
+    p("active", Token, &["active"]),
+];
+const ENDPOINT: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", Str, &["name"]),
+    p("organization", Ref(Some("Organization")), &["managingOrganization"]),
+    p("status", Token, &["status"]),
+    p("connection-type", Token, &["connectionType"]),
+];
+const PRODUCT: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("code", Token, &["code"]),
+    p("type", Token, &["type"]),
+    p("status", Token, &["status"]),
+    p("form", Token, &["form"]),
+    p("category", Token, &["category"]),
+    p("patient", Ref(Some("Patient")), &["patient"]),
+    p("organization", Ref(Some("Organization")), &["owner", "manufacturer"]),
+];
+const TERMINOLOGY: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("url", Token, &["url"]),
+    p("version", Token, &["version"]),
+    p("name", Str, &["name"]),
+    p("title", Str, &["title"]),
+    p("status", Token, &["status"]),
+    p("code", Token, &["concept.code"]),
+];
+const CONSENT: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("patient", Ref(Some("Patient")), &["patient"]),
+    p("status", Token, &["status"]),
+    p("actor", Ref(None), &["provision.actor.reference"]),
+    p("category", Token, &["category"]),
+    p("purpose", Token, &["provision.purpose"]),
+    p("organization", Ref(Some("Organization")), &["organization"]),
+    p("date", Date, &["dateTime"]),
+    p("period", Date, &["provision.period"]),
+];
+const AUDIT_EVENT: &[ParamDef] = &[
+    p("patient", Ref(Some("Patient")), &["agent.who", "entity.what"]),
+    p("date", Date, &["recorded"]),
+    p("agent", Ref(None), &["agent.who"]),
+    p("entity", Ref(None), &["entity.what"]),
+    p("type", Token, &["type"]),
+    p("subtype", Token, &["subtype"]),
+    p("action", Token, &["action"]),
+    p("outcome", Token, &["outcome"]),
+    p("purpose", Token, &["purposeOfEvent", "agent.purposeOfUse"]),
+];
+const PROVENANCE: &[ParamDef] = &[
+    p("target", Ref(None), &["target"]),
+    p("patient", Ref(Some("Patient")), &["target"]),
+    p("agent", Ref(None), &["agent.who"]),
+    p("recorded", Date, &["recorded"]),
+];
+/// Shared-health-record parameters: one table over all clinical types (paths absent from a
+/// type simply yield nothing).
+const CLINICAL: &[ParamDef] = &[
+    p("identifier", Token, &["identifier"]),
+    p("patient", Ref(Some("Patient")), &["subject", "patient", "beneficiary", "for"]),
+    p("subject", Ref(None), &["subject", "for"]),
+    p("encounter", Ref(Some("Encounter")), &["encounter", "context", "item.encounter"]),
+    p(
+        "code",
+        Token,
+        &["code", "vaccineCode", "medicationCodeableConcept", "itemCodeableConcept"],
+    ),
+    p(
+        "date",
+        Date,
+        &[
+            "effectiveDateTime",
+            "effectivePeriod",
+            "effectiveInstant",
+            "onsetDateTime",
+            "onsetPeriod",
+            "recordedDate",
+            "authoredOn",
+            "period",
+            "occurrenceDateTime",
+            "occurrencePeriod",
+            "occurrenceString",
+            "performedDateTime",
+            "performedPeriod",
+            "date",
+            "created",
+            "issued",
+        ],
+    ),
+    p("status", Token, &["status"]),
+    p("clinical-status", Token, &["clinicalStatus"]),
+    p("category", Token, &["category"]),
+    p("type", Token, &["type"]),
+    p("performer", Ref(None), &["performer", "performer.actor", "participant.individual"]),
+    p("requester", Ref(None), &["requester"]),
+];
+
+/// The search parameters of `resource_type` (empty for types without a table).
+pub fn params_for(resource_type: &str) -> &'static [ParamDef] {
+    match resource_type {
+        "Patient" => PATIENT,
+        "RelatedPerson" => RELATED_PERSON,
+        "Person" => PERSON,
+        "Practitioner" => PRACTITIONER,
+        "PractitionerRole" => PRACTITIONER_ROLE,
+        "Organization" | "OrganizationAffiliation" => ORGANIZATION,
+        "Location" => LOCATION,
+        "HealthcareService" => HEALTHCARE_SERVICE,
+        "Endpoint" => ENDPOINT,
+        "CodeSystem" | "ValueSet" | "ConceptMap" | "NamingSystem" => TERMINOLOGY,
+        "Consent" => CONSENT,
+        "AuditEvent" => AUDIT_EVENT,
+        "Provenance" => PROVENANCE,
+        t if super::route::SHR_TYPES.contains(&t) => CLINICAL,
+        t if matches!(super::route::component_for(t), Ok(super::route::Component::Product)) => {
+            PRODUCT
+        }
+        _ => &[],
+    }
+}
+
+/// Looks up one parameter definition.
+pub fn param(resource_type: &str, name: &str) -> Option<&'static ParamDef> {
+    params_for(resource_type).iter().find(|d| d.name == name)
+}
+
+/// Collects the JSON values at `path` (dot-separated, arrays flattened at every step).
+pub fn collect<'a>(root: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
+    let mut cur: Vec<&'a Value> = vec![root];
+    for seg in path.split('.') {
+        let mut next = Vec::new();
+        for v in cur {
+            if let Some(x) = v.get(seg) {
+                match x {
+                    Value::Array(items) => next.extend(items.iter()),
+                    other => next.push(other),
+                }
+            }
+        }
+        cur = next;
+    }
+    out.extend(cur);
+}
+
+/// All values of a parameter in a resource.
+pub fn values<'a>(def: &ParamDef, resource: &'a Value) -> Vec<&'a Value> {
+    let mut out = Vec::new();
+    for path in def.paths {
+        collect(resource, path, &mut out);
+    }
+    out
+}
+
+/// Lowercases and strips accents (Latin, incl. French), keeping letters, digits and spaces.
+pub fn normalize_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().flat_map(char::to_lowercase) {
+        let mapped: &str = match c {
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => "a",
+            'ç' | 'ć' | 'č' => "c",
+            'ď' => "d",
+            'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ė' | 'ę' | 'ě' => "e",
+            'ì' | 'í' | 'î' | 'ï' | 'ī' | 'į' => "i",
+            'ñ' | 'ń' | 'ň' => "n",
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' => "o",
+            'ù' | 'ú' | 'û' | 'ü' | 'ū' | 'ů' => "u",
+            'ý' | 'ÿ' => "y",
+            'ś' | 'š' => "s",
+            'ź' | 'ż' | 'ž' => "z",
+            'œ' => "oe",
+            'æ' => "ae",
+            'ß' => "ss",
+            '\'' | '’' | '-' | '.' | ',' => " ",
+            _ => {
+                if c.is_alphanumeric() || c == ' ' {
+                    out.push(c);
+                } else if c.is_whitespace() {
+                    out.push(' ');
+                }
+                continue;
+            }
+        };
+        out.push_str(mapped);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Normalises a telecom value: e-mails lowercased, phone numbers reduced to digits and `+`.
+pub fn normalize_telecom(s: &str) -> String {
+    if s.contains('@') {
+        s.trim().to_lowercase()
+    } else {
+        s.chars().filter(|c| c.is_ascii_digit() || *c == '+').collect()
+    }
+}
+
+/// Strings searched by a string parameter value (HumanName / Address parts or the string).
+pub fn string_parts(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| string_parts(x, out)),
+        Value::Object(m) => {
+            for key in [
+                "text", "family", "given", "prefix", "suffix", "line", "city", "district",
+                "state", "postalCode", "country",
+            ] {
+                if let Some(x) = m.get(key) {
+                    string_parts(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// (system, code) pairs of a token-typed value.
+pub fn token_pairs(v: &Value, out: &mut Vec<(Option<String>, String)>) {
+    match v {
+        Value::String(s) => out.push((None, s.clone())),
+        Value::Bool(b) => out.push((None, b.to_string())),
+        Value::Object(m) => {
+            if let Some(Value::Array(codings)) = m.get("coding") {
+                for c in codings {
+                    token_pairs(c, out);
+                }
+            }
+            let sys = m.get("system").and_then(Value::as_str).map(str::to_string);
+            if let Some(code) = m.get("code").and_then(Value::as_str) {
+                out.push((sys.clone(), code.to_string()));
+            }
+            if let Some(val) = m.get("value").and_then(Value::as_str) {
+                out.push((sys, val.to_string()));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Normalises a reference string to `Type/id` (drops base URL and `_history`).
+pub fn normalize_reference(r: &str) -> Option<String> {
+    let r = r.split("/_history/").next().unwrap_or(r);
+    let mut segs = r.rsplit('/');
+    let id = segs.next()?;
+    let ty = segs.next()?;
+    if id.is_empty() || ty.is_empty() || !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+        return None;
+    }
+    Some(format!("{ty}/{id}"))
+}
+
+/// References (`Type/id`) of a reference-typed value.
+pub fn references(v: &Value, restrict: Option<&str>) -> Vec<String> {
+    let raw = match v {
+        Value::Object(m) => m.get("reference").and_then(Value::as_str),
+        Value::String(s) => Some(s.as_str()),
+        _ => None,
+    };
+    raw.and_then(normalize_reference)
+        .filter(|r| restrict.is_none_or(|t| r.split('/').next() == Some(t)))
+        .into_iter()
+        .collect()
+}
+
+/// Day-precision range `[lo, hi]` (as `YYYY-MM-DD`) of a date, dateTime, instant or Period.
+pub fn date_range(v: &Value) -> Option<(String, String)> {
+    match v {
+        Value::String(s) => date_str_range(s),
+        Value::Object(m) => {
+            let lo = m
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(date_str_range)
+                .map(|r| r.0)
+                .unwrap_or_else(|| "0000-01-01".into());
+            let hi = m
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(date_str_range)
+                .map(|r| r.1)
+                .unwrap_or_else(|| "9999-12-31".into());
+            if m.get("start").is_none() && m.get("end").is_none() {
+                None
+            } else {
+                Some((lo, hi))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Range of a FHIR date string at day precision: `YYYY`, `YYYY-MM`, `YYYY-MM-DD[Thh:mm...]`.
+pub fn date_str_range(s: &str) -> Option<(String, String)> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    if !digits(0..4) {
+        return None;
+    }
+    let y = &s[..4];
+    if b.len() == 4 {
+        return Some((format!("{y}-01-01"), format!("{y}-12-31")));
+    }
+    if b.get(4) != Some(&b'-') || !digits(5..7) {
+        return None;
+    }
+    let m = &s[5..7];
+    if b.len() == 7 {
+        return Some((format!("{y}-{m}-01"), format!("{y}-{m}-31")));
+    }
+    if b.get(7) != Some(&b'-') || !digits(8..10) || (b.len() > 10 && b[10] != b'T') {
+        return None;
+    }
+    let d = s[..10].to_string();
+    Some((d.clone(), d))
+}
+
+/// Longest prefix (in characters) put into the blind index for string parameters; longer
+/// queries use this prefix and are post-filtered on the opened resources.
+pub const MAX_PREFIX: usize = 12;
+
+/// First `n` characters of `s`.
+pub fn char_prefix(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The index terms of one parameter in a resource (before blinding). Term syntax:
+/// tokens `c:<code>`, `sc:<system>|<code>`, `s:<system>|`; strings `p:<normalised prefix>`;
+/// references `r:<Type/id>` and `i:<id>`; dates `y:YYYY`, `m:YYYY-MM`, `d:YYYY-MM-DD`.
+pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
+    let mut terms = Vec::new();
+    for v in values(def, resource) {
+        match def.kind {
+            Token | Telecom => {
+                let mut pairs = Vec::new();
+                token_pairs(v, &mut pairs);
+                for (sys, code) in pairs {
+                    let code = if def.kind == Telecom { normalize_telecom(&code) } else { code };
+                    if code.is_empty() {
+                        continue;
+                    }
+                    terms.push(format!("c:{code}"));
+                    if let Some(sys) = sys {
+                        terms.push(format!("sc:{sys}|{code}"));
+                        terms.push(format!("s:{sys}|"));
+                    }
+                }
+            }
+            Str => {
+                let mut parts = Vec::new();
+                string_parts(v, &mut parts);
+                for part in parts {
+                    let norm = normalize_str(&part);
+                    let mut starts: Vec<&str> = vec![norm.as_str()];
+                    starts.extend(norm.match_indices(' ').map(|(i, _)| &norm[i + 1..]));
+                    for s in starts {
+                        for n in 1..=MAX_PREFIX.min(s.chars().count()) {
+                            terms.push(format!("p:{}", char_prefix(s, n)));
+                        }
+                    }
+                }
+            }
+            Ref(restrict) => {
+                for r in references(v, restrict) {
+                    if let Some((_, id)) = r.split_once('/') {
+                        terms.push(format!("i:{id}"));
+                    }
+                    terms.push(format!("r:{r}"));
+                }
+            }
+            Date => {
+                if let Some((lo, hi)) = date_range(v) {
+                    for d in [lo, hi] {
+                        if d.starts_with("0000") || d.starts_with("9999") {
+                            continue;
+                        }
+                        terms.push(format!("y:{}", &d[..4]));
+                        terms.push(format!("m:{}", &d[..7]));
+                        terms.push(format!("d:{d}"));
+                    }
+                }
+            }
+        }
+    }
+    terms.sort();
+    terms.dedup();
+    terms
+}
+
+/// Every (blind-index field, term) pair of a resource; the field is `<type>.<param>`.
+pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for def in params_for(resource_type) {
+        for t in index_terms(def, resource) {
+            out.push((format!("{resource_type}.{}", def.name), t));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patient() -> Value {
+        json!({
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:rw:nid", "value": "1199780012345678"}],
+            "name": [{"family": "Uwimana", "given": ["Marie-Claire", "Aimée"]}],
+            "gender": "female",
+            "birthDate": "1990-05-17",
+            "telecom": [{"system": "phone", "value": "+250 788 123 456"}],
+            "address": [{"city": "Kigali", "district": "Gasabo"}],
+            "managingOrganization": {"reference": "Organization/chuk"}
+        })
+    }
+
+    fn terms(ty: &str, name: &str, v: &Value) -> Vec<String> {
+        index_terms(param(ty, name).unwrap(), v)
+    }
+
+    #[test]
+    fn patient_identifier_tokens() {
+        let t = terms("Patient", "identifier", &patient());
+        assert!(t.contains(&"c:1199780012345678".into()));
+        assert!(t.contains(&"sc:urn:rw:nid|1199780012345678".into()));
+        assert!(t.contains(&"s:urn:rw:nid|".into()));
+    }
+
+    #[test]
+    fn names_are_prefix_indexed_without_accents() {
+        let t = terms("Patient", "given", &patient());
+        for want in ["p:m", "p:marie", "p:marie claire", "p:claire", "p:aimee", "p:aim"] {
+            assert!(t.contains(&want.to_string()), "{want} missing from {t:?}");
+        }
+        assert!(!t.iter().any(|x| x.contains('é')));
+        let fam = terms("Patient", "family", &patient());
+        assert!(fam.contains(&"p:uwimana".into()));
+        assert!(!fam.contains(&"p:marie".into()));
+        let name = terms("Patient", "name", &patient());
+        assert!(name.contains(&"p:uwi".into()) && name.contains(&"p:aimee".into()));
+    }
+
+    #[test]
+    fn long_strings_are_capped() {
+        let v = json!({"name": [{"family": "Nyirabahizi-Mukamurenzi"}]});
+        let t = terms("Patient", "family", &v);
+        assert!(t.iter().all(|x| x.chars().count() <= 2 + MAX_PREFIX));
+        assert!(t.contains(&"p:mukamurenzi".chars().take(2 + MAX_PREFIX).collect::<String>()));
+    }
+
+    #[test]
+    fn dates_gender_telecom_address() {
+        let v = patient();
+        let d = terms("Patient", "birthdate", &v);
+        assert_eq!(d, vec!["d:1990-05-17", "m:1990-05", "y:1990"]);
+        assert_eq!(terms("Patient", "gender", &v), vec!["c:female"]);
+        assert!(terms("Patient", "telecom", &v).contains(&"c:+250788123456".into()));
+        assert!(terms("Patient", "address-district", &v).contains(&"p:gasabo".into()));
+        assert!(terms("Patient", "address-city", &v).contains(&"p:kig".into()));
+        assert!(terms("Patient", "organization", &v).contains(&"r:Organization/chuk".into()));
+    }
+
+    #[test]
+    fn clinical_params() {
+        let obs = json!({
+            "resourceType": "Observation", "status": "final",
+            "subject": {"reference": "Patient/p1"},
+            "encounter": {"reference": "http://x/fhir/Encounter/e1/_history/2"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "effectivePeriod": {"start": "2024-02-01T10:00:00Z", "end": "2024-02-03"}
+        });
+        assert!(terms("Observation", "patient", &obs).contains(&"r:Patient/p1".into()));
+        assert!(terms("Observation", "subject", &obs).contains(&"i:p1".into()));
+        assert_eq!(terms("Observation", "encounter", &obs), vec!["i:e1", "r:Encounter/e1"]);
+        assert!(terms("Observation", "code", &obs).contains(&"sc:http://loinc.org|8867-4".into()));
+        assert_eq!(terms("Observation", "status", &obs), vec!["c:final"]);
+        let d = terms("Observation", "date", &obs);
+        assert!(d.contains(&"d:2024-02-01".into()) && d.contains(&"d:2024-02-03".into()));
+        // A Group subject is not a `patient`.
+        let grp = json!({"subject": {"reference": "Group/g"}});
+        assert!(terms("Observation", "patient", &grp).is_empty());
+    }
+
+    #[test]
+    fn other_types() {
+        let loc = json!({"resourceType": "Location", "name": "Maternity", "partOf": {"reference": "Location/h1"},
+            "type": [{"coding": [{"system": "s", "code": "HOSP"}]}], "identifier": [{"value": "L1"}]});
+        assert!(terms("Location", "partof", &loc).contains(&"r:Location/h1".into()));
+        assert!(terms("Location", "type", &loc).contains(&"sc:s|HOSP".into()));
+        assert!(terms("Location", "name", &loc).contains(&"p:mat".into()));
+        let consent = json!({"patient": {"reference": "Patient/p"}, "status": "active",
+            "provision": {"actor": [{"reference": {"reference": "Practitioner/d1"}}]}});
+        assert!(terms("Consent", "actor", &consent).contains(&"r:Practitioner/d1".into()));
+        let ae = json!({"recorded": "2024-01-01T00:00:00Z", "agent": [{"who": {"reference": "Device/hexa"}}],
+            "entity": [{"what": {"reference": "Patient/p9"}}]});
+        assert!(terms("AuditEvent", "patient", &ae).contains(&"r:Patient/p9".into()));
+        assert!(terms("AuditEvent", "agent", &ae).contains(&"r:Device/hexa".into()));
+        assert!(terms("AuditEvent", "date", &ae).contains(&"d:2024-01-01".into()));
+        let prov = json!({"target": [{"reference": "Patient/p9/_history/3"}]});
+        assert!(terms("Provenance", "target", &prov).contains(&"r:Patient/p9".into()));
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize_str("  Ngoga  Jean-Baptiste "), "ngoga jean baptiste");
+        assert_eq!(normalize_str("Hélène D'Arc"), "helene d arc");
+        assert_eq!(normalize_telecom("+250 (788) 12-34"), "+2507881234");
+        assert_eq!(normalize_reference("https://h/fhir/Patient/1/_history/4").as_deref(), Some("Patient/1"));
+        assert_eq!(normalize_reference("1"), None);
+        assert_eq!(date_str_range("2020").unwrap(), ("2020-01-01".into(), "2020-12-31".into()));
+        assert_eq!(date_str_range("2020-02-03T04:05:06Z").unwrap().0, "2020-02-03");
+        assert!(date_str_range("20x0").is_none());
+        assert!(date_str_range("2020-02-03X").is_none());
+    }
+}

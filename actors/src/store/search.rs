@@ -1,0 +1,622 @@
+//! FHIR search over the blind indexes.
+//!
+//! A query is parsed into clauses (AND between parameters, OR between comma-separated
+//! values). Clauses that the index can answer exactly or as a superset are looked up by
+//! their blinded terms and intersected; clauses that need exact semantics the index cannot
+//! give (string values longer than [`params::MAX_PREFIX`], `:exact`, `:contains`, date
+//! comparisons, periods) are post-filtered on the opened resources with the same extraction
+//! code. Without any indexable clause the type's current pointers are scanned.
+
+use std::collections::BTreeSet;
+
+use heed::RoTxn;
+use serde_json::Value;
+
+use super::error::{StoreError, StoreResult};
+use super::params::{self, ParamDef, ParamKind};
+use super::route::{Component, component_for};
+use super::{Record, SearchPage, Store, audit, format, time};
+
+/// Default page size.
+pub const DEFAULT_COUNT: usize = 50;
+/// Largest page size.
+pub const MAX_COUNT: usize = 1000;
+
+/// Comparison prefix of a date value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    /// eq (default).
+    Eq,
+    /// ne.
+    Ne,
+    /// gt.
+    Gt,
+    /// lt.
+    Lt,
+    /// ge.
+    Ge,
+    /// le.
+    Le,
+    /// sa (starts after).
+    Sa,
+    /// eb (ends before).
+    Eb,
+}
+
+/// One parameter of a query: OR over `values`.
+#[derive(Debug, Clone)]
+pub struct Clause {
+    /// Parameter definition.
+    pub def: &'static ParamDef,
+    /// Modifier after `:` (`exact`, `contains`, or a reference type).
+    pub modifier: Option<String>,
+    /// The comma-separated values.
+    pub values: Vec<String>,
+}
+
+/// Sort key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortKey {
+    /// `_id`.
+    Id,
+    /// `_lastUpdated`.
+    LastUpdated,
+    /// A search parameter (sorted by its first value).
+    Param(&'static ParamDef),
+}
+
+/// A parsed search.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// Resource type searched.
+    pub resource_type: String,
+    /// Parameter clauses (ANDed).
+    pub clauses: Vec<Clause>,
+    /// `_id` values (ORed), if given.
+    pub ids: Option<Vec<String>>,
+    /// `_lastUpdated` comparisons (ANDed).
+    pub last_updated: Vec<(Prefix, String, String)>,
+    /// Page size.
+    pub count: usize,
+    /// Results skipped.
+    pub offset: usize,
+    /// Sort keys with descending flags.
+    pub sort: Vec<(SortKey, bool)>,
+}
+
+/// Splits a date search value into its prefix and day range.
+pub fn parse_date(v: &str) -> StoreResult<(Prefix, String, String)> {
+    let (prefix, rest) = match v.get(..2) {
+        Some("eq") => (Prefix::Eq, &v[2..]),
+        Some("ne") => (Prefix::Ne, &v[2..]),
+        Some("gt") => (Prefix::Gt, &v[2..]),
+        Some("lt") => (Prefix::Lt, &v[2..]),
+        Some("ge") => (Prefix::Ge, &v[2..]),
+        Some("le") => (Prefix::Le, &v[2..]),
+        Some("sa") => (Prefix::Sa, &v[2..]),
+        Some("eb") => (Prefix::Eb, &v[2..]),
+        _ => (Prefix::Eq, v),
+    };
+    let (lo, hi) = params::date_str_range(rest)
+        .ok_or_else(|| StoreError::Invalid(format!("`{v}` is not a FHIR date search value")))?;
+    Ok((prefix, lo, hi))
+}
+
+/// FHIR date comparison of a target range against a search range (day precision).
+pub fn date_cmp(prefix: Prefix, tlo: &str, thi: &str, lo: &str, hi: &str) -> bool {
+    match prefix {
+        Prefix::Eq => tlo >= lo && thi <= hi,
+        Prefix::Ne => !(tlo >= lo && thi <= hi),
+        Prefix::Gt => thi > hi,
+        Prefix::Lt => tlo < lo,
+        Prefix::Ge => thi >= lo,
+        Prefix::Le => tlo <= hi,
+        Prefix::Sa => tlo > hi,
+        Prefix::Eb => thi < lo,
+    }
+}
+
+impl SearchQuery {
+    /// Parses `(name, value)` query pairs for `resource_type`. Result-shaping parameters the
+    /// HTTP layer handles (`_include`, `_revinclude`, `_total`, `_format`, `_summary`,
+    /// `_elements`) are accepted and ignored here.
+    pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> StoreResult<Self> {
+        component_for(resource_type)?;
+        let mut q = SearchQuery {
+            resource_type: resource_type.to_string(),
+            clauses: Vec::new(),
+            ids: None,
+            last_updated: Vec::new(),
+            count: DEFAULT_COUNT,
+            offset: 0,
+            sort: Vec::new(),
+        };
+        for (name, value) in pairs {
+            let bad_num = || StoreError::Invalid(format!("{name}={value} is not a number"));
+            match name.as_str() {
+                "_count" => q.count = value.parse::<usize>().map_err(|_| bad_num())?.min(MAX_COUNT),
+                "_offset" => q.offset = value.parse().map_err(|_| bad_num())?,
+                "_id" => q.ids.get_or_insert_with(Vec::new).extend(value.split(',').map(str::to_string)),
+                "_lastUpdated" => q.last_updated.push(parse_date(value)?),
+                "_sort" => {
+                    for s in value.split(',').filter(|s| !s.is_empty()) {
+                        let (desc, key) = match s.strip_prefix('-') {
+                            Some(k) => (true, k),
+                            None => (false, s),
+                        };
+                        let key = match key {
+                            "_id" => SortKey::Id,
+                            "_lastUpdated" => SortKey::LastUpdated,
+                            k => SortKey::Param(params::param(resource_type, k).ok_or_else(|| {
+                                StoreError::UnsupportedSearch(format!("_sort={k} on {resource_type}"))
+                            })?),
+                        };
+                        q.sort.push((key, desc));
+                    }
+                }
+                "_include" | "_revinclude" | "_total" | "_format" | "_summary" | "_elements" | "_pretty" => {}
+                n => {
+                    let (pname, modifier) = match n.split_once(':') {
+                        Some((p, m)) => (p, Some(m.to_string())),
+                        None => (n, None),
+                    };
+                    let def = params::param(resource_type, pname).ok_or_else(|| {
+                        StoreError::UnsupportedSearch(format!("parameter `{pname}` on {resource_type}"))
+                    })?;
+                    if let Some(m) = &modifier {
+                        let ok = match def.kind {
+                            ParamKind::Str => m == "exact" || m == "contains",
+                            ParamKind::Reference(_) => m.starts_with(|c: char| c.is_ascii_uppercase()),
+                            _ => false,
+                        };
+                        if !ok {
+                            return Err(StoreError::UnsupportedSearch(format!("modifier `:{m}` on `{pname}`")));
+                        }
+                    }
+                    let values: Vec<String> =
+                        value.split(',').filter(|v| !v.is_empty()).map(str::to_string).collect();
+                    if values.is_empty() {
+                        return Err(StoreError::Invalid(format!("empty value for `{n}`")));
+                    }
+                    if def.kind == ParamKind::Date {
+                        for v in &values {
+                            parse_date(v)?;
+                        }
+                    }
+                    q.clauses.push(Clause { def, modifier, values });
+                }
+            }
+        }
+        Ok(q)
+    }
+
+    /// Convenience: parse from `&str` pairs.
+    pub fn from_pairs(resource_type: &str, pairs: &[(&str, &str)]) -> StoreResult<Self> {
+        let owned: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        Self::parse(resource_type, &owned)
+    }
+
+    /// The query as a string (recorded in the AuditEvent).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for c in &self.clauses {
+            let name = match &c.modifier {
+                Some(m) => format!("{}:{m}", c.def.name),
+                None => c.def.name.to_string(),
+            };
+            parts.push(format!("{name}={}", c.values.join(",")));
+        }
+        if let Some(ids) = &self.ids {
+            parts.push(format!("_id={}", ids.join(",")));
+        }
+        format!("{}?{}", self.resource_type, parts.join("&"))
+    }
+}
+
+/// The index term for one clause value and whether the result must be post-filtered.
+/// `None` term: the index cannot help.
+fn value_term(clause: &Clause, value: &str) -> (Option<String>, bool) {
+    let def = clause.def;
+    match def.kind {
+        ParamKind::Token | ParamKind::Telecom => {
+            let norm = |c: &str| if def.kind == ParamKind::Telecom { params::normalize_telecom(c) } else { c.to_string() };
+            match value.split_once('|') {
+                None => (Some(format!("c:{}", norm(value))), false),
+                Some(("", code)) => (Some(format!("c:{}", norm(code))), true),
+                Some((sys, "")) => (Some(format!("s:{sys}|")), false),
+                Some((sys, code)) => (Some(format!("sc:{sys}|{}", norm(code))), false),
+            }
+        }
+        ParamKind::Str => {
+            let norm = params::normalize_str(value);
+            match clause.modifier.as_deref() {
+                Some("contains") => (None, true),
+                _ if norm.is_empty() => (None, true),
+                Some(_) => (Some(format!("p:{}", params::char_prefix(&norm, params::MAX_PREFIX))), true),
+                None => {
+                    let long = norm.chars().count() > params::MAX_PREFIX;
+                    (Some(format!("p:{}", params::char_prefix(&norm, params::MAX_PREFIX))), long)
+                }
+            }
+        }
+        ParamKind::Reference(restrict) => match reference_query(clause, value, restrict) {
+            RefQuery::Full(r) => (Some(format!("r:{r}")), false),
+            RefQuery::Id(id) => (Some(format!("i:{id}")), false),
+        },
+        ParamKind::Date => match parse_date(value) {
+            Ok((Prefix::Eq, lo, hi)) => {
+                let term = if lo == hi {
+                    format!("d:{lo}")
+                } else if lo[..7] == hi[..7] {
+                    format!("m:{}", &lo[..7])
+                } else {
+                    format!("y:{}", &lo[..4])
+                };
+                (Some(term), true)
+            }
+            _ => (None, true),
+        },
+    }
+}
+
+enum RefQuery {
+    Full(String),
+    Id(String),
+}
+
+fn reference_query(clause: &Clause, value: &str, restrict: Option<&str>) -> RefQuery {
+    if let Some(r) = params::normalize_reference(value) {
+        return RefQuery::Full(r);
+    }
+    match (clause.modifier.as_deref(), restrict) {
+        (Some(t), _) => RefQuery::Full(format!("{t}/{value}")),
+        (None, Some(t)) => RefQuery::Full(format!("{t}/{value}")),
+        (None, None) => RefQuery::Id(value.to_string()),
+    }
+}
+
+/// Post-filter: does `resource` satisfy the clause (any of its values)?
+pub fn clause_matches(clause: &Clause, resource: &Value) -> bool {
+    let def = clause.def;
+    let vals = params::values(def, resource);
+    clause.values.iter().any(|q| match def.kind {
+        ParamKind::Token | ParamKind::Telecom => {
+            let mut pairs = Vec::new();
+            for v in &vals {
+                params::token_pairs(v, &mut pairs);
+            }
+            let norm = |c: &str| if def.kind == ParamKind::Telecom { params::normalize_telecom(c) } else { c.to_string() };
+            pairs.iter().any(|(sys, code)| {
+                let code = norm(code);
+                match q.split_once('|') {
+                    None => code == norm(q),
+                    Some(("", c)) => sys.is_none() && code == norm(c),
+                    Some((s, "")) => sys.as_deref() == Some(s),
+                    Some((s, c)) => sys.as_deref() == Some(s) && code == norm(c),
+                }
+            })
+        }
+        ParamKind::Str => {
+            let mut parts = Vec::new();
+            for v in &vals {
+                params::string_parts(v, &mut parts);
+            }
+            let nq = params::normalize_str(q);
+            parts.iter().any(|p| match clause.modifier.as_deref() {
+                Some("exact") => p == q,
+                Some("contains") => params::normalize_str(p).contains(&nq),
+                _ => {
+                    let np = params::normalize_str(p);
+                    np.starts_with(&nq) || np.match_indices(' ').any(|(i, _)| np[i + 1..].starts_with(&nq))
+                }
+            })
+        }
+        ParamKind::Reference(restrict) => {
+            let refs: Vec<String> = vals.iter().flat_map(|v| params::references(v, restrict)).collect();
+            match reference_query(clause, q, restrict) {
+                RefQuery::Full(r) => refs.contains(&r),
+                RefQuery::Id(id) => refs.iter().any(|r| r.split_once('/').map(|x| x.1) == Some(id.as_str())),
+            }
+        }
+        ParamKind::Date => match parse_date(q) {
+            Ok((prefix, lo, hi)) => vals
+                .iter()
+                .filter_map(|v| params::date_range(v))
+                .any(|(tlo, thi)| date_cmp(prefix, &tlo, &thi, &lo, &hi)),
+            Err(_) => false,
+        },
+    })
+}
+
+/// One match before paging.
+struct Hit {
+    id: String,
+    last_updated: u64,
+    record: Option<Record>,
+}
+
+impl Store {
+    /// Runs a search and returns the total and the requested page.
+    pub fn search(&self, q: &SearchQuery) -> StoreResult<SearchPage> {
+        self.with_read(|txn| self.search_in(txn, q))
+    }
+
+    /// Search inside an existing transaction (the writer uses it for conditional creates).
+    pub(crate) fn search_in(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
+        let ty = q.resource_type.as_str();
+        match ty {
+            "Provenance" => return self.search_provenance(txn, q),
+            "AuditEvent" => return self.search_audit(txn, q),
+            _ => {}
+        }
+        let c = component_for(ty)?;
+        let dbs = self.dbs(c);
+        // 1. Candidates.
+        let mut candidates: Option<BTreeSet<String>> = q.ids.as_ref().map(|ids| ids.iter().cloned().collect());
+        let mut post: Vec<&Clause> = Vec::new();
+        for clause in &q.clauses {
+            let mut set = BTreeSet::new();
+            let mut usable = true;
+            let mut needs_post = false;
+            for v in &clause.values {
+                let (term, p) = value_term(clause, v);
+                needs_post |= p;
+                match term {
+                    Some(t) => self.postings(txn, c, ty, clause.def.name, &t, &mut set)?,
+                    None => usable = false,
+                }
+            }
+            if needs_post || !usable {
+                post.push(clause);
+            }
+            if usable {
+                candidates = Some(match candidates {
+                    Some(prev) => prev.intersection(&set).cloned().collect(),
+                    None => set,
+                });
+            }
+        }
+        // 2. Live resources among the candidates.
+        let mut hits = Vec::new();
+        match candidates {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(cur) = self.current_in(txn, ty, &id)?
+                        && !cur.deleted
+                    {
+                        hits.push(Hit { id, last_updated: cur.last_updated, record: None });
+                    }
+                }
+            }
+            None => {
+                let mut prefix = ty.as_bytes().to_vec();
+                prefix.push(b'/');
+                for item in dbs.current.prefix_iter(txn, &prefix)? {
+                    let (k, v) = item?;
+                    if let Some(cur) = format::Current::from_bytes(v)
+                        && !cur.deleted
+                    {
+                        let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                        hits.push(Hit { id, last_updated: cur.last_updated, record: None });
+                    }
+                }
+            }
+        }
+        // 3. _lastUpdated and post-filters.
+        if !q.last_updated.is_empty() {
+            hits.retain(|h| {
+                let d = time::day(h.last_updated);
+                q.last_updated.iter().all(|(p, lo, hi)| date_cmp(*p, &d, &d, lo, hi))
+            });
+        }
+        let needs_records = !post.is_empty() || q.sort.iter().any(|(k, _)| matches!(k, SortKey::Param(_)));
+        if needs_records {
+            let mut kept = Vec::with_capacity(hits.len());
+            for mut h in hits {
+                let r = self.read_in(txn, ty, &h.id)?;
+                if post.iter().all(|c| clause_matches(c, &r.resource)) {
+                    h.record = Some(r);
+                    kept.push(h);
+                }
+            }
+            hits = kept;
+        }
+        // 4. Sort, page, load.
+        sort_hits(&mut hits, &q.sort);
+        let total = hits.len();
+        let mut items = Vec::new();
+        for h in hits.into_iter().skip(q.offset).take(q.count) {
+            items.push(match h.record {
+                Some(r) => r,
+                None => self.read_in(txn, ty, &h.id)?,
+            });
+        }
+        Ok(SearchPage { total, items })
+    }
+
+    /// Adds the ids posted under one term.
+    fn postings(&self, txn: &RoTxn, c: Component, ty: &str, param: &str, term: &str, out: &mut BTreeSet<String>) -> StoreResult<()> {
+        let blind = self.blind(c, &format!("{ty}.{param}"), term);
+        let prefix = format::index_prefix(ty, &blind);
+        for item in self.dbs(c).index.prefix_iter(txn, &prefix)? {
+            let (k, _) = item?;
+            out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(())
+    }
+
+    fn search_audit(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
+        let c = Component::Audit;
+        let mut candidates: Option<BTreeSet<u64>> =
+            q.ids.as_ref().map(|ids| ids.iter().filter_map(|i| i.parse().ok()).collect());
+        let mut post: Vec<&Clause> = Vec::new();
+        for clause in &q.clauses {
+            let mut set = BTreeSet::new();
+            let mut usable = true;
+            let mut needs_post = false;
+            for v in &clause.values {
+                let (term, p) = value_term(clause, v);
+                needs_post |= p;
+                match term {
+                    Some(t) => self.postings(txn, c, "AuditEvent", clause.def.name, &t, &mut set)?,
+                    None => usable = false,
+                }
+            }
+            if needs_post || !usable {
+                post.push(clause);
+            }
+            if usable {
+                let set: BTreeSet<u64> = set.iter().filter_map(|s| s.parse().ok()).collect();
+                candidates = Some(match candidates {
+                    Some(prev) => prev.intersection(&set).copied().collect(),
+                    None => set,
+                });
+            }
+        }
+        let ids: Vec<u64> = match candidates {
+            Some(s) => s.into_iter().collect(),
+            None => (0..self.frontier_in(txn)?.size()).collect(),
+        };
+        let mut records = Vec::new();
+        let unfiltered = post.is_empty() && q.last_updated.is_empty();
+        let total;
+        if unfiltered {
+            total = ids.len();
+            let mut ids = ids;
+            if q.sort.first().is_some_and(|(_, desc)| *desc) {
+                ids.reverse();
+            }
+            for i in ids.into_iter().skip(q.offset).take(q.count) {
+                records.push(audit::audit_record(self.audit_entry_in(txn, i)?)?);
+            }
+        } else {
+            let mut all = Vec::new();
+            for i in ids {
+                let r = audit::audit_record(self.audit_entry_in(txn, i)?)?;
+                if post.iter().all(|c| clause_matches(c, &r.resource)) {
+                    all.push(r);
+                }
+            }
+            if q.sort.first().is_some_and(|(_, desc)| *desc) {
+                all.reverse();
+            }
+            total = all.len();
+            records = all.into_iter().skip(q.offset).take(q.count).collect();
+        }
+        Ok(SearchPage { total, items: records })
+    }
+
+    fn search_provenance(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
+        let mut all = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut any = false;
+        for clause in &q.clauses {
+            if clause.def.name != "target" {
+                return Err(StoreError::UnsupportedSearch(format!(
+                    "Provenance supports only `target`, not `{}`",
+                    clause.def.name
+                )));
+            }
+            any = true;
+            for v in &clause.values {
+                let target = v.split("/fhir/").last().unwrap_or(v);
+                for r in self.provenance_for_in(txn, target)? {
+                    if seen.insert(r.id.clone()) {
+                        all.push(r);
+                    }
+                }
+            }
+        }
+        if !any {
+            return Err(StoreError::UnsupportedSearch("Provenance search needs `target`".into()));
+        }
+        let total = all.len();
+        Ok(SearchPage { total, items: all.into_iter().skip(q.offset).take(q.count).collect() })
+    }
+}
+
+fn sort_value(def: &ParamDef, r: &Record) -> String {
+    let vals = params::values(def, &r.resource);
+    let Some(v) = vals.first() else { return String::new() };
+    match def.kind {
+        ParamKind::Date => params::date_range(v).map(|x| x.0).unwrap_or_default(),
+        ParamKind::Str => {
+            let mut parts = Vec::new();
+            params::string_parts(v, &mut parts);
+            parts.first().map(|p| params::normalize_str(p)).unwrap_or_default()
+        }
+        _ => {
+            let mut pairs = Vec::new();
+            params::token_pairs(v, &mut pairs);
+            pairs.first().map(|p| p.1.clone()).unwrap_or_default()
+        }
+    }
+}
+
+fn sort_hits(hits: &mut [Hit], sort: &[(SortKey, bool)]) {
+    hits.sort_by(|a, b| {
+        for (key, desc) in sort {
+            let ord = match key {
+                SortKey::Id => a.id.cmp(&b.id),
+                SortKey::LastUpdated => a.last_updated.cmp(&b.last_updated),
+                SortKey::Param(def) => {
+                    let av = a.record.as_ref().map(|r| sort_value(def, r)).unwrap_or_default();
+                    let bv = b.record.as_ref().map(|r| sort_value(def, r)).unwrap_or_default();
+                    av.cmp(&bv)
+                }
+            };
+            let ord = if *desc { ord.reverse() } else { ord };
+            if ord != std::cmp::Ordering::Equal {
+                return ord;
+            }
+        }
+        a.id.cmp(&b.id)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_prefixes() {
+        assert_eq!(parse_date("ge2020-01").unwrap(), (Prefix::Ge, "2020-01-01".into(), "2020-01-31".into()));
+        assert!(parse_date("gt20x").is_err());
+        assert!(date_cmp(Prefix::Eq, "2020-05-01", "2020-05-01", "2020-01-01", "2020-12-31"));
+        assert!(!date_cmp(Prefix::Eq, "2019-12-31", "2020-01-02", "2020-01-01", "2020-12-31"));
+        assert!(date_cmp(Prefix::Ge, "2020-05-01", "2020-05-01", "2020-05-01", "2020-05-01"));
+        assert!(!date_cmp(Prefix::Gt, "2020-05-01", "2020-05-01", "2020-05-01", "2020-05-01"));
+        assert!(date_cmp(Prefix::Lt, "2020-04-30", "2020-04-30", "2020-05-01", "2020-05-01"));
+    }
+
+    #[test]
+    fn parse_rejects_unknown() {
+        assert!(matches!(
+            SearchQuery::from_pairs("Patient", &[("shoe-size", "3")]),
+            Err(StoreError::UnsupportedSearch(_))
+        ));
+        assert!(matches!(
+            SearchQuery::from_pairs("Patient", &[("gender:text", "x")]),
+            Err(StoreError::UnsupportedSearch(_))
+        ));
+        assert!(SearchQuery::from_pairs("Patient", &[("birthdate", "19x")]).is_err());
+        let q = SearchQuery::from_pairs("Patient", &[("family", "uwi"), ("_count", "5000"), ("_sort", "-birthdate")]).unwrap();
+        assert_eq!(q.count, MAX_COUNT);
+        assert_eq!(q.clauses.len(), 1);
+    }
+
+    #[test]
+    fn post_filter_semantics() {
+        let p = serde_json::json!({"name": [{"family": "Mukamana", "given": ["Aline Grâce"]}],
+            "identifier": [{"system": "urn:nid", "value": "42"}], "birthDate": "1988-03-04",
+            "generalPractitioner": [{"reference": "Practitioner/d1"}]});
+        let q = SearchQuery::from_pairs("Patient", &[("name", "grace"), ("identifier", "urn:nid|42"), ("birthdate", "le1988-03-04"), ("general-practitioner", "d1")]).unwrap();
+        for c in &q.clauses {
+            assert!(clause_matches(c, &p), "{c:?}");
+        }
+        let q = SearchQuery::from_pairs("Patient", &[("name:exact", "mukamana"), ("identifier", "other|42"), ("birthdate", "gt1988-03-04")]).unwrap();
+        for c in &q.clauses {
+            assert!(!clause_matches(c, &p), "{c:?}");
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The group-commit writer: ONE thread owns every LMDB write transaction.
+//!
+//! Registry actors send it [`Member`]s (prepared versions with their audit drafts, or
+//! audit drafts alone for reads and searches) over a channel. The writer drains what is
+//! queued (at most `max_batch`), applies every member in one `RwTxn` — a member that fails
+//! its own checks (version conflict, conditional-create ambiguity) is rejected alone and
+//! leaves only a failure AuditEvent, never partial writes — persists the audit frontier,
+//! signs a checkpoint when due, commits (one fsync for the whole group) and only then
+//! acknowledges each member. A full map aborts the batch, grows the map and re-applies it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use heed::RwTxn;
+use tokio::sync::oneshot;
+
+use super::audit::{AuditAppender, AuditDraft, audit_event_json};
+use super::error::{StoreError, StoreResult};
+use super::search::SearchQuery;
+use super::{Prepared, Record, Store, put_prepared, time};
+
+/// One unit of work of a group commit.
+#[derive(Debug)]
+pub(crate) enum Member {
+    /// Versions written all or nothing (one create/update/delete, or a FHIR transaction),
+    /// with their AuditEvents. `conditional`: if-none-exist criteria of a create.
+    Versions {
+        versions: Vec<Prepared>,
+        audits: Vec<AuditDraft>,
+        conditional: Option<SearchQuery>,
+    },
+    /// AuditEvents alone (reads, searches).
+    Audit(Vec<AuditDraft>),
+}
+
+/// What a committed member produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The member's versions and audit entries are durable.
+    Written {
+        /// Log indexes of its AuditEvents.
+        audit_indexes: Vec<u64>,
+    },
+    /// A conditional create matched exactly this existing resource; nothing was written
+    /// except the AuditEvent.
+    Existing {
+        /// The matching resource.
+        record: Box<Record>,
+        /// Log indexes of its AuditEvents.
+        audit_indexes: Vec<u64>,
+    },
+}
+
+impl Outcome {
+    /// Audit log indexes written for this member.
+    pub fn audit_indexes(&self) -> &[u64] {
+        match self {
+            Outcome::Written { audit_indexes } | Outcome::Existing { audit_indexes, .. } => audit_indexes,
+        }
+    }
+}
+
+pub(crate) enum Job {
+    Member(Member, oneshot::Sender<StoreResult<Outcome>>),
+    Checkpoint(oneshot::Sender<StoreResult<Option<String>>>),
+}
+
+/// Statistics of the writer (for benches and metrics).
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Commits done.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Members applied.
+    pub members: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent applying (puts, audit) before commit.
+    pub apply_nanos: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent in commit (fsync).
+    pub commit_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// Handle to the writer thread. Dropping every handle stops the thread after it drained
+/// the queue.
+#[derive(Clone)]
+pub struct Writer {
+    tx: SyncSender<Job>,
+    stats: Arc<WriterStats>,
+    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+/// Capacity of the writer queue (back-pressure beyond it).
+const QUEUE: usize = 65_536;
+
+impl Writer {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Arc<Store>) -> StoreResult<Writer> {
+        let appender = store.with_read(|txn| AuditAppender::load(&store, txn))?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let stats = Arc::new(WriterStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("hexa-store-writer".into())
+            .spawn(move || run(store, rx, appender, st))?;
+        Ok(Writer { tx, stats, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
+    }
+
+    /// Writer statistics.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    fn send(&self, job: Job) -> StoreResult<()> {
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => self.tx.send(job).map_err(|_| StoreError::WriterStopped),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterStopped),
+        }
+    }
+
+    /// Queues a member; the receiver resolves after its group commit.
+    pub(crate) fn submit(&self, m: Member) -> StoreResult<oneshot::Receiver<StoreResult<Outcome>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Member(m, tx))?;
+        Ok(rx)
+    }
+
+    /// Forces a checkpoint (if the log grew since the last one); resolves to the latest note.
+    pub(crate) fn checkpoint(&self) -> StoreResult<oneshot::Receiver<StoreResult<Option<String>>>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Checkpoint(tx))?;
+        Ok(rx)
+    }
+
+    /// Waits for the writer thread to finish once every handle to it has been dropped
+    /// elsewhere (used by orderly shutdown).
+    pub fn join(self) {
+        let handle = self.thread.lock().ok().and_then(|mut g| g.take());
+        drop(self.tx);
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats: Arc<WriterStats>) {
+    let max = store.config.max_batch.max(1);
+    while let Ok(job) = rx.recv() {
+        let mut jobs = vec![job];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        process(&store, &mut appender, jobs, &stats);
+    }
+}
+
+enum Res {
+    Member(StoreResult<Outcome>),
+    Checkpoint,
+}
+
+fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &WriterStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let bytes: usize = jobs
+        .iter()
+        .map(|j| match j {
+            Job::Member(Member::Versions { versions, .. }, _) => {
+                versions.iter().map(|p| p.sealed.len() * 2 + p.prov_sealed.len() + p.add_index.len() * 96 + 2048).sum()
+            }
+            _ => 2048,
+        })
+        .sum();
+    let mut result = Err(StoreError::MapFull);
+    for _attempt in 0..16 {
+        if let Err(e) = store.grow_if_needed(bytes * 2 + (1 << 20)) {
+            tracing::error!(error = %e, "map growth failed");
+        }
+        let saved = appender.clone();
+        let t0 = std::time::Instant::now();
+        result = apply(store, appender, &jobs, stats, t0);
+        match &result {
+            Err(StoreError::MapFull) => {
+                *appender = saved;
+                if let Err(e) = store.grow_after_full() {
+                    tracing::error!(error = %e, "map growth failed");
+                    break;
+                }
+            }
+            Err(_) => {
+                *appender = saved;
+                break;
+            }
+            Ok(_) => {
+                stats.commits.fetch_add(1, Relaxed);
+                stats.members.fetch_add(jobs.len() as u64, Relaxed);
+                break;
+            }
+        }
+    }
+    match result {
+        Ok(results) => {
+            let latest = results
+                .iter()
+                .any(|r| matches!(r, Res::Checkpoint))
+                .then(|| store.latest_checkpoint());
+            for (job, res) in jobs.into_iter().zip(results) {
+                match (job, res) {
+                    (Job::Member(_, tx), Res::Member(r)) => {
+                        let _ = tx.send(r);
+                    }
+                    (Job::Checkpoint(tx), _) => {
+                        let _ = tx.send(latest.clone().unwrap_or(Ok(None)));
+                    }
+                    (Job::Member(_, tx), Res::Checkpoint) => {
+                        let _ = tx.send(Err(StoreError::Storage("writer bookkeeping".into())));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed");
+            for job in jobs {
+                match job {
+                    Job::Member(_, tx) => {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                    Job::Checkpoint(tx) => {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn apply(
+    store: &Store,
+    appender: &mut AuditAppender,
+    jobs: &[Job],
+    stats: &WriterStats,
+    t0: std::time::Instant,
+) -> StoreResult<Vec<Res>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut wtxn = store.env.write_txn()?;
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut force_ckpt = false;
+    for job in jobs {
+        match job {
+            Job::Member(m, _) => results.push(Res::Member(apply_member(store, &mut wtxn, appender, m)?)),
+            Job::Checkpoint(_) => {
+                force_ckpt = true;
+                results.push(Res::Checkpoint);
+            }
+        }
+    }
+    appender.persist(store, &mut wtxn)?;
+    appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
+    let t1 = std::time::Instant::now();
+    wtxn.commit()?;
+    stats.apply_nanos.fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
+    stats.commit_nanos.fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
+    Ok(results)
+}
+
+/// Applies one member. Outer error: fatal for the batch; inner: this member is rejected.
+fn apply_member(
+    store: &Store,
+    wtxn: &mut RwTxn,
+    appender: &mut AuditAppender,
+    m: &Member,
+) -> StoreResult<StoreResult<Outcome>> {
+    match m {
+        Member::Audit(drafts) => {
+            let mut idx = Vec::new();
+            for d in drafts {
+                idx.push(appender.append(store, wtxn, audit_event_json(store, d, None))?);
+            }
+            Ok(Ok(Outcome::Written { audit_indexes: idx }))
+        }
+        Member::Versions { versions, audits, conditional } => {
+            match check(store, wtxn, versions, conditional.as_ref())? {
+                Check::Fail(e) => {
+                    let msg = e.to_string();
+                    for d in audits {
+                        appender.append(store, wtxn, audit_event_json(store, d, Some(&msg)))?;
+                    }
+                    Ok(Err(e))
+                }
+                Check::Existing(record) => {
+                    let mut idx = Vec::new();
+                    for d in audits {
+                        let mut d = d.clone();
+                        d.entities = vec![record.versioned_reference()];
+                        idx.push(appender.append(store, wtxn, audit_event_json(store, &d, None))?);
+                    }
+                    Ok(Ok(Outcome::Existing { record, audit_indexes: idx }))
+                }
+                Check::Ok => {
+                    for p in versions {
+                        put_prepared(store, wtxn, p)?;
+                    }
+                    let mut idx = Vec::new();
+                    for d in audits {
+                        idx.push(appender.append(store, wtxn, audit_event_json(store, d, None))?);
+                    }
+                    Ok(Ok(Outcome::Written { audit_indexes: idx }))
+                }
+            }
+        }
+    }
+}
+
+enum Check {
+    Ok,
+    Existing(Box<Record>),
+    Fail(StoreError),
+}
+
+fn check(store: &Store, wtxn: &RwTxn, versions: &[Prepared], conditional: Option<&SearchQuery>) -> StoreResult<Check> {
+    let mut seen = HashSet::new();
+    for p in versions {
+        let r = &p.record;
+        if !seen.insert((r.resource_type.as_str(), r.id.as_str())) {
+            return Ok(Check::Fail(StoreError::Invalid(format!(
+                "{}/{} appears more than once in the transaction",
+                r.resource_type, r.id
+            ))));
+        }
+        let current = store.current_in(wtxn, &r.resource_type, &r.id)?.map(|c| c.version).unwrap_or(0);
+        if current != p.base {
+            return Ok(Check::Fail(StoreError::Conflict {
+                resource_type: r.resource_type.clone(),
+                id: r.id.clone(),
+                expected: p.base,
+                current,
+            }));
+        }
+    }
+    if let Some(q) = conditional {
+        let page = store.search_in(wtxn, q)?;
+        match page.total {
+            0 => {}
+            1 => {
+                if let Some(r) = page.items.into_iter().next() {
+                    return Ok(Check::Existing(Box::new(r)));
+                }
+            }
+            n => return Ok(Check::Fail(StoreError::MultipleMatches(n))),
+        }
+    }
+    Ok(Check::Ok)
+}
