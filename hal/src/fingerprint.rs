@@ -159,7 +159,9 @@ fn checksum(pid: u8, len: u16, payload: &[u8]) -> u16 {
     let [l1, l2] = len.to_be_bytes();
     payload
         .iter()
-        .fold(pid as u16 + l1 as u16 + l2 as u16, |a, b| a.wrapping_add(*b as u16))
+        .fold(pid as u16 + l1 as u16 + l2 as u16, |a, b| {
+            a.wrapping_add(*b as u16)
+        })
 }
 
 impl Packet {
@@ -316,7 +318,11 @@ impl<S: Read + Write + ReadReady, D: DelayNs> Fingerprint<S, D> {
     }
 
     /// Sends an instruction and returns the confirmation code and the rest of the payload.
-    pub fn command_raw(&mut self, instruction: u8, params: &[u8]) -> Result<(u8, Vec<u8>), Error<S::Error>> {
+    pub fn command_raw(
+        &mut self,
+        instruction: u8,
+        params: &[u8],
+    ) -> Result<(u8, Vec<u8>), Error<S::Error>> {
         let mut payload = vec![instruction];
         payload.extend_from_slice(params);
         let p = Packet {
@@ -432,7 +438,8 @@ impl<S: Read + Write + ReadReady, D: DelayNs> Fingerprint<S, D> {
     /// DeletChar: deletes `count` templates from `slot`.
     pub fn delete_char(&mut self, slot: u16, count: u16) -> Result<(), Error<S::Error>> {
         let (s, c) = (slot.to_be_bytes(), count.to_be_bytes());
-        self.command(DELET_CHAR, &[s[0], s[1], c[0], c[1]]).map(|_| ())
+        self.command(DELET_CHAR, &[s[0], s[1], c[0], c[1]])
+            .map(|_| ())
     }
 
     /// TempleteNum: number of stored templates.

@@ -304,15 +304,32 @@ mod tests {
         let c = Command::new(0, 0xA4, 4, 0);
         assert_eq!(c.encode(LengthMode::Short).unwrap(), vec![0, 0xA4, 4, 0]);
         let c2 = c.clone().with_le(256);
-        assert_eq!(c2.encode(LengthMode::Short).unwrap(), vec![0, 0xA4, 4, 0, 0]);
-        assert_eq!(c2.encode(LengthMode::Extended).unwrap(), vec![0, 0xA4, 4, 0, 0, 1, 0]);
-        let c3 = c.clone().with_data(vec![1, 2]);
-        assert_eq!(c3.encode(LengthMode::Short).unwrap(), vec![0, 0xA4, 4, 0, 2, 1, 2]);
         assert_eq!(
-            c3.clone().with_le(65_536).encode(LengthMode::Extended).unwrap(),
+            c2.encode(LengthMode::Short).unwrap(),
+            vec![0, 0xA4, 4, 0, 0]
+        );
+        assert_eq!(
+            c2.encode(LengthMode::Extended).unwrap(),
+            vec![0, 0xA4, 4, 0, 0, 1, 0]
+        );
+        let c3 = c.clone().with_data(vec![1, 2]);
+        assert_eq!(
+            c3.encode(LengthMode::Short).unwrap(),
+            vec![0, 0xA4, 4, 0, 2, 1, 2]
+        );
+        assert_eq!(
+            c3.clone()
+                .with_le(65_536)
+                .encode(LengthMode::Extended)
+                .unwrap(),
             vec![0, 0xA4, 4, 0, 0, 0, 2, 1, 2, 0, 0]
         );
-        assert!(c.clone().with_data(vec![0; 256]).encode(LengthMode::Short).is_err());
+        assert!(
+            c.clone()
+                .with_data(vec![0; 256])
+                .encode(LengthMode::Short)
+                .is_err()
+        );
     }
 
     #[test]
@@ -321,8 +338,13 @@ mod tests {
             (vec![0x80, 0x10, 0, 0, 1, 4, 0], vec![1, 2, 0x61, 0x02]),
             (vec![0x80, 0xC0, 0, 0, 2], vec![3, 4, 0x90, 0x00]),
         ]));
-        let cmd = Command::new(0x80, 0x10, 0, 0).with_data(vec![4]).with_le(256);
-        assert_eq!(transmit(&mut s, &cmd, LengthMode::Short).unwrap(), vec![1, 2, 3, 4]);
+        let cmd = Command::new(0x80, 0x10, 0, 0)
+            .with_data(vec![4])
+            .with_le(256);
+        assert_eq!(
+            transmit(&mut s, &cmd, LengthMode::Short).unwrap(),
+            vec![1, 2, 3, 4]
+        );
         s.done();
 
         let data: Vec<u8> = (0..300).map(|i| i as u8).collect();
@@ -342,7 +364,10 @@ mod tests {
 
     #[test]
     fn maps_status_words_and_resends_on_6cxx() {
-        let mut s = Script(VecDeque::from(vec![(vec![0, 0xA4, 4, 0], vec![0x6A, 0x82])]));
+        let mut s = Script(VecDeque::from(vec![(
+            vec![0, 0xA4, 4, 0],
+            vec![0x6A, 0x82],
+        )]));
         let err = transmit(&mut s, &Command::new(0, 0xA4, 4, 0), LengthMode::Short).unwrap_err();
         assert!(matches!(err, Error::Status { sw: 0x6A82 }));
         assert!(err.to_string().contains("not found"));
@@ -350,7 +375,11 @@ mod tests {
             (vec![0, 0xB0, 0, 0, 0], vec![0x6C, 0x03]),
             (vec![0, 0xB0, 0, 0, 3], vec![1, 2, 3, 0x90, 0]),
         ]));
-        let got = transmit(&mut s, &Command::new(0, 0xB0, 0, 0).with_le(256), LengthMode::Short);
+        let got = transmit(
+            &mut s,
+            &Command::new(0, 0xB0, 0, 0).with_le(256),
+            LengthMode::Short,
+        );
         assert_eq!(got.unwrap(), vec![1, 2, 3]);
         s.done();
         let mut s = Script(VecDeque::from(vec![(vec![0, 1, 0, 0], vec![0x90])]));

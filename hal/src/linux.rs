@@ -69,7 +69,12 @@ impl embedded_io::Read for LinuxSerial {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
         loop {
             match io::Read::read(&mut self.0.0, buf) {
-                Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == io::ErrorKind::TimedOut
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    continue;
+                }
                 r => return r,
             }
         }
@@ -96,7 +101,10 @@ impl embedded_io::ReadReady for LinuxSerial {
 }
 
 /// Opens a PN532 on I2C.
-pub fn open_pn532_i2c(path: &str, address: u8) -> Result<Pn532<I2cTransport<I2cdev>, Delay>, OpenError> {
+pub fn open_pn532_i2c(
+    path: &str,
+    address: u8,
+) -> Result<Pn532<I2cTransport<I2cdev>, Delay>, OpenError> {
     let i2c = I2cdev::new(path).map_err(|e| OpenError::I2c {
         path: path.to_owned(),
         msg: e.to_string(),
@@ -105,7 +113,10 @@ pub fn open_pn532_i2c(path: &str, address: u8) -> Result<Pn532<I2cTransport<I2cd
 }
 
 /// Opens a PN532 on SPI (mode 0, MSB-first controller: bytes are reversed in software).
-pub fn open_pn532_spi(path: &str, max_speed_hz: u32) -> Result<Pn532<SpiTransport<SpidevDevice>, Delay>, OpenError> {
+pub fn open_pn532_spi(
+    path: &str,
+    max_speed_hz: u32,
+) -> Result<Pn532<SpiTransport<SpidevDevice>, Delay>, OpenError> {
     let err = |source| OpenError::Spi {
         path: path.to_owned(),
         source,
@@ -121,26 +132,39 @@ pub fn open_pn532_spi(path: &str, max_speed_hz: u32) -> Result<Pn532<SpiTranspor
 }
 
 /// Opens a PN532 on its HSU (UART).
-pub fn open_pn532_hsu(path: &str, baud: u32) -> Result<Pn532<HsuTransport<LinuxSerial>, Delay>, OpenError> {
-    Ok(Pn532::new(HsuTransport::new(LinuxSerial::open(path, baud)?), Delay))
+pub fn open_pn532_hsu(
+    path: &str,
+    baud: u32,
+) -> Result<Pn532<HsuTransport<LinuxSerial>, Delay>, OpenError> {
+    Ok(Pn532::new(
+        HsuTransport::new(LinuxSerial::open(path, baud)?),
+        Delay,
+    ))
 }
 
 /// Opens the configured NFC reader as a boxed [`CardReader`].
 pub fn open_card_reader(cfg: &NfcConfig) -> Result<Box<dyn CardReader>, OpenError> {
     Ok(match cfg {
         NfcConfig::I2c { device, address } => Box::new(open_pn532_i2c(device, *address)?),
-        NfcConfig::Spi { device, max_speed_hz } => Box::new(open_pn532_spi(device, *max_speed_hz)?),
+        NfcConfig::Spi {
+            device,
+            max_speed_hz,
+        } => Box::new(open_pn532_spi(device, *max_speed_hz)?),
         NfcConfig::Hsu { device, baud } => Box::new(open_pn532_hsu(device, *baud)?),
     })
 }
 
 /// Opens a fingerprint module.
-pub fn open_fingerprint(cfg: &FingerprintConfig) -> Result<Fingerprint<LinuxSerial, Delay>, OpenError> {
+pub fn open_fingerprint(
+    cfg: &FingerprintConfig,
+) -> Result<Fingerprint<LinuxSerial, Delay>, OpenError> {
     let serial = LinuxSerial::open(&cfg.device, cfg.baud)?;
     Ok(Fingerprint::new(serial, Delay).with_address(cfg.address, cfg.password))
 }
 
 /// Opens the configured fingerprint module as a boxed [`FingerprintReader`].
-pub fn open_fingerprint_reader(cfg: &FingerprintConfig) -> Result<Box<dyn FingerprintReader>, OpenError> {
+pub fn open_fingerprint_reader(
+    cfg: &FingerprintConfig,
+) -> Result<Box<dyn FingerprintReader>, OpenError> {
     Ok(Box::new(FingerprintDevice::new(open_fingerprint(cfg)?)))
 }

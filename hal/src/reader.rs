@@ -45,12 +45,16 @@ impl ReaderError {
     /// it should be re-initialised before its next use.
     pub fn is_reader_fault(&self) -> bool {
         use crate::iso7816::Error as Apdu;
-        let nfc = |e: &pn532::Error<BusError>| !matches!(e, pn532::Error::CardGone | pn532::Error::Status(_));
+        let nfc = |e: &pn532::Error<BusError>| {
+            !matches!(e, pn532::Error::CardGone | pn532::Error::Status(_))
+        };
         match self {
             ReaderError::Nfc(e) => nfc(e),
             ReaderError::Card(ctap2::Error::Apdu(Apdu::Transport(e))) => nfc(e),
             ReaderError::Card(_) | ReaderError::NotSmartCard => false,
-            ReaderError::Fingerprint(fingerprint::Error::Module(_) | fingerprint::Error::NoFinger) => false,
+            ReaderError::Fingerprint(
+                fingerprint::Error::Module(_) | fingerprint::Error::NoFinger,
+            ) => false,
             ReaderError::Fingerprint(_) => true,
         }
     }
@@ -93,9 +97,14 @@ pub trait CardReader: Send {
     /// One poll for a card in the field.
     fn detect(&mut self) -> Result<Option<Target>, ReaderError>;
     /// Enrols the card: a new credential.
-    fn enroll(&mut self, target: &Target, req: &MakeCredentialRequest) -> Result<Enrollment, ReaderError>;
+    fn enroll(
+        &mut self,
+        target: &Target,
+        req: &MakeCredentialRequest,
+    ) -> Result<Enrollment, ReaderError>;
     /// Gets an assertion from the card.
-    fn assert(&mut self, target: &Target, req: &AssertionRequest) -> Result<Assertion, ReaderError>;
+    fn assert(&mut self, target: &Target, req: &AssertionRequest)
+    -> Result<Assertion, ReaderError>;
     /// Releases the card.
     fn release(&mut self, target: &Target) -> Result<(), ReaderError>;
 }
@@ -134,7 +143,11 @@ where
             .map_err(|e| ReaderError::Nfc(e.map_bus(erase)))
     }
 
-    fn enroll(&mut self, target: &Target, req: &MakeCredentialRequest) -> Result<Enrollment, ReaderError> {
+    fn enroll(
+        &mut self,
+        target: &Target,
+        req: &MakeCredentialRequest,
+    ) -> Result<Enrollment, ReaderError> {
         if !target.is_iso14443_4() {
             return Err(ReaderError::NotSmartCard);
         }
@@ -143,7 +156,11 @@ where
             .map_err(map_ctap)
     }
 
-    fn assert(&mut self, target: &Target, req: &AssertionRequest) -> Result<Assertion, ReaderError> {
+    fn assert(
+        &mut self,
+        target: &Target,
+        req: &AssertionRequest,
+    ) -> Result<Assertion, ReaderError> {
         if !target.is_iso14443_4() {
             return Err(ReaderError::NotSmartCard);
         }

@@ -171,12 +171,18 @@ fn hostile_cbor_is_bounded() {
     let many = [0x9A, 0xFF, 0xFF, 0xFF, 0xFF, 0x00];
     assert!(cbor::decode(&many).is_err());
     // Oversized messages are refused before parsing.
-    assert!(matches!(cbor::decode(&vec![0x40; cbor::MAX_CBOR_SIZE + 1]), Err(cbor::CborError::TooLarge(_))));
+    assert!(matches!(
+        cbor::decode(&vec![0x40; cbor::MAX_CBOR_SIZE + 1]),
+        Err(cbor::CborError::TooLarge(_))
+    ));
 }
 
 #[test]
 fn pn532_length_field_cannot_exceed_the_extended_cap() {
     // Extended frame claiming 0x0FFF bytes (valid LCS): refused, nothing allocated.
     let w = [0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x0F, 0xFF, 0xF2];
-    assert!(matches!(frame::decode(&w), Err(frame::FrameError::BadLength(0x0FFF))));
+    assert!(matches!(
+        frame::decode(&w),
+        Err(frame::FrameError::BadLength(0x0FFF))
+    ));
 }

@@ -54,9 +54,14 @@ fn finish(p: Pn532<I2cTransport<I2cMock>, NoopDelay>) {
 
 #[test]
 fn i2c_get_firmware_version_matches_the_manual_bytes() {
-    let resp = [0x00, 0x00, 0xFF, 0x06, 0xFA, 0xD5, 0x03, 0x32, 0x01, 0x06, 0x07, 0xE8, 0x00];
+    let resp = [
+        0x00, 0x00, 0xFF, 0x06, 0xFA, 0xD5, 0x03, 0x32, 0x01, 0x06, 0x07, 0xE8, 0x00,
+    ];
     let script = i2c_command(&[0x02], &resp);
-    assert_eq!(host(&[0x02]), vec![0x00, 0x00, 0xFF, 0x02, 0xFE, 0xD4, 0x02, 0x2A, 0x00]);
+    assert_eq!(
+        host(&[0x02]),
+        vec![0x00, 0x00, 0xFF, 0x02, 0xFE, 0xD4, 0x02, 0x2A, 0x00]
+    );
     let mut p = i2c_driver(&script);
     let v = p.firmware_version().unwrap();
     assert_eq!((v.ic, v.version, v.revision, v.support), (0x32, 1, 6, 7));
@@ -84,7 +89,11 @@ fn i2c_polls_the_ready_byte_with_the_delay() {
         I2cTx::read(ADDR, vec![0x01]),
         I2cTx::read(ADDR, ready(&resp, 10)),
     ];
-    let delay = CheckedDelay::new(&[DelayTx::delay_us(1000), DelayTx::delay_us(1000), DelayTx::delay_us(1000)]);
+    let delay = CheckedDelay::new(&[
+        DelayTx::delay_us(1000),
+        DelayTx::delay_us(1000),
+        DelayTx::delay_us(1000),
+    ]);
     let mut p = Pn532::new(I2cTransport::new(I2cMock::new(&script)), delay);
     p.sam_configuration().unwrap();
     let (t, mut d) = p.destroy();
@@ -97,7 +106,11 @@ fn i2c_silence_times_out() {
     let mut script = vec![I2cTx::write(ADDR, host(&[0x02]))];
     // ack_ms = 2 with a 1 ms poll interval: 1 + 2 polls, then Timeout.
     script.extend((0..3).map(|_| I2cTx::read(ADDR, vec![0x00])));
-    let mut p = i2c_driver(&script).with_timeouts(pn532::Timeouts { ack_ms: 2, response_ms: 2, poll_interval_us: 1000 });
+    let mut p = i2c_driver(&script).with_timeouts(pn532::Timeouts {
+        ack_ms: 2,
+        response_ms: 2,
+        poll_interval_us: 1000,
+    });
     assert!(matches!(p.firmware_version(), Err(pn532::Error::Timeout)));
     finish(p);
 }
@@ -115,7 +128,13 @@ fn i2c_in_list_passive_target_with_and_without_card() {
     let t = p.in_list_passive_target().unwrap().unwrap();
     assert_eq!(
         t,
-        Target { tg: 1, sens_res: 0x0044, sel_res: 0x20, uid: uid.to_vec(), ats: vec![0x78, 0x80, 0x70, 0x02] }
+        Target {
+            tg: 1,
+            sens_res: 0x0044,
+            sel_res: 0x20,
+            uid: uid.to_vec(),
+            ats: vec![0x78, 0x80, 0x70, 0x02]
+        }
     );
     finish(p);
 }
@@ -169,13 +188,22 @@ fn i2c_status_nack_and_error_frames_are_typed() {
     bad[n - 2] ^= 1;
     script.extend(i2c_command(&[0x02], &bad));
     let mut p = i2c_driver(&script);
-    assert!(matches!(p.in_data_exchange(1, &[0]), Err(pn532::Error::CardGone)));
+    assert!(matches!(
+        p.in_data_exchange(1, &[0]),
+        Err(pn532::Error::CardGone)
+    ));
     let e = p.in_data_exchange(1, &[0]).unwrap_err();
     assert!(matches!(e, pn532::Error::Status(0x13)));
     assert!(e.to_string().contains("format"));
     assert!(matches!(p.firmware_version(), Err(pn532::Error::Nack)));
-    assert!(matches!(p.firmware_version(), Err(pn532::Error::ErrorFrame)));
-    assert!(matches!(p.firmware_version(), Err(pn532::Error::Frame(frame::FrameError::DataChecksum))));
+    assert!(matches!(
+        p.firmware_version(),
+        Err(pn532::Error::ErrorFrame)
+    ));
+    assert!(matches!(
+        p.firmware_version(),
+        Err(pn532::Error::Frame(frame::FrameError::DataChecksum))
+    ));
     finish(p);
 }
 
@@ -198,7 +226,11 @@ fn spi_get_firmware_version_with_bit_reversal() {
             SpiTx::transaction_end(),
         ]
     };
-    let mut script = vec![SpiTx::transaction_start(), SpiTx::write_vec(rev(&w)), SpiTx::transaction_end()];
+    let mut script = vec![
+        SpiTx::transaction_start(),
+        SpiTx::write_vec(rev(&w)),
+        SpiTx::transaction_end(),
+    ];
     script.extend(status(0x00));
     script.extend(status(0x01));
     script.extend(vec![
@@ -234,7 +266,9 @@ enum Step {
 
 impl ScriptedSerial {
     fn new(steps: Vec<Step>) -> Self {
-        ScriptedSerial { steps: steps.into() }
+        ScriptedSerial {
+            steps: steps.into(),
+        }
     }
     fn done(&self) {
         assert!(self.steps.is_empty(), "unfinished script: {:?}", self.steps);
@@ -249,7 +283,10 @@ impl embedded_io::Write for ScriptedSerial {
     fn write(&mut self, buf: &[u8]) -> Result<usize, std::io::Error> {
         match self.steps.front_mut() {
             Some(Step::Write(expect)) => {
-                assert!(expect.len() >= buf.len() && expect[..buf.len()] == *buf, "wrote {buf:02x?}, expected {expect:02x?}");
+                assert!(
+                    expect.len() >= buf.len() && expect[..buf.len()] == *buf,
+                    "wrote {buf:02x?}, expected {expect:02x?}"
+                );
                 expect.drain(..buf.len());
                 if expect.is_empty() {
                     self.steps.pop_front();
@@ -304,16 +341,31 @@ fn hsu_wakes_the_chip_then_configures_the_sam() {
 }
 
 fn fp_cmd(payload: &[u8]) -> Vec<u8> {
-    Packet { address: 0xFFFF_FFFF, pid: 0x01, payload: payload.to_vec() }.encode()
+    Packet {
+        address: 0xFFFF_FFFF,
+        pid: 0x01,
+        payload: payload.to_vec(),
+    }
+    .encode()
 }
 fn fp_ack(payload: &[u8]) -> Vec<u8> {
-    Packet { address: 0xFFFF_FFFF, pid: 0x07, payload: payload.to_vec() }.encode()
+    Packet {
+        address: 0xFFFF_FFFF,
+        pid: 0x07,
+        payload: payload.to_vec(),
+    }
+    .encode()
 }
 
 #[test]
 fn fingerprint_packet_bytes_match_the_datasheet() {
     // GenImg: EF01 FFFFFFFF 01 0003 01 0005
-    assert_eq!(fp_cmd(&[0x01]), vec![0xEF, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x00, 0x03, 0x01, 0x00, 0x05]);
+    assert_eq!(
+        fp_cmd(&[0x01]),
+        vec![
+            0xEF, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, 0x00, 0x03, 0x01, 0x00, 0x05
+        ]
+    );
 }
 
 #[test]
@@ -345,12 +397,21 @@ fn fingerprint_every_command_against_a_script() {
     let mut f = Fingerprint::new(ScriptedSerial::new(steps), NoopDelay::new());
     f.verify_password().unwrap();
     let p = f.read_sys_para().unwrap();
-    assert_eq!((p.library_size, p.security_level, p.address, p.packet_size), (200, 3, 0xFFFF_FFFF, 2));
-    assert!(matches!(f.gen_img(), Err(fingerprint::Error::Module(Confirmation::NO_FINGER))));
+    assert_eq!(
+        (p.library_size, p.security_level, p.address, p.packet_size),
+        (200, 3, 0xFFFF_FFFF, 2)
+    );
+    assert!(matches!(
+        f.gen_img(),
+        Err(fingerprint::Error::Module(Confirmation::NO_FINGER))
+    ));
     f.gen_img().unwrap();
     f.img2tz(1).unwrap();
     let e = f.reg_model().unwrap_err();
-    assert!(matches!(e, fingerprint::Error::Module(Confirmation::COMBINE_FAILED)));
+    assert!(matches!(
+        e,
+        fingerprint::Error::Module(Confirmation::COMBINE_FAILED)
+    ));
     assert!(e.to_string().contains("combine"));
     f.store(1, 5).unwrap();
     let m = f.search(1, 0, 200).unwrap();

@@ -35,7 +35,9 @@ pub enum CborError {
 pub fn decode(bytes: &[u8]) -> Result<Value, CborError> {
     let (v, used) = decode_prefix(bytes)?;
     if used != bytes.len() {
-        return Err(CborError::Invalid("trailing bytes after the CBOR item".into()));
+        return Err(CborError::Invalid(
+            "trailing bytes after the CBOR item".into(),
+        ));
     }
     Ok(v)
 }
@@ -60,7 +62,7 @@ pub fn encode(v: &Value) -> Vec<u8> {
 }
 
 /// Integer-keyed map entry lookup.
-pub fn get_int<'a>(map: &'a [(Value, Value)], key: i64) -> Option<&'a Value> {
+pub fn get_int(map: &[(Value, Value)], key: i64) -> Option<&Value> {
     map.iter()
         .find(|(k, _)| k.as_integer().and_then(|i| i64::try_from(i).ok()) == Some(key))
         .map(|(_, v)| v)
@@ -75,12 +77,16 @@ pub fn get_text<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 
 /// The value as a map.
 pub fn as_map(v: &Value) -> Result<&[(Value, Value)], CborError> {
-    v.as_map().map(|m| m.as_slice()).ok_or(CborError::Shape("expected a map"))
+    v.as_map()
+        .map(|m| m.as_slice())
+        .ok_or(CborError::Shape("expected a map"))
 }
 
 /// The value as bytes.
 pub fn as_bytes(v: &Value) -> Result<&[u8], CborError> {
-    v.as_bytes().map(|b| b.as_slice()).ok_or(CborError::Shape("expected a byte string"))
+    v.as_bytes()
+        .map(|b| b.as_slice())
+        .ok_or(CborError::Shape("expected a byte string"))
 }
 
 /// The value as an i64.
@@ -155,7 +161,10 @@ impl CoseKey {
         match (kty, as_i64(field(-1)?)?) {
             (1, 6) => Ok(CoseKey::Ed25519 { x: coord(-2)? }),
             (2, 1) => Ok(CoseKey::P256 {
-                alg: get_int(m, 3).map(as_i64).transpose()?.unwrap_or(COSE_ALG_ES256),
+                alg: get_int(m, 3)
+                    .map(as_i64)
+                    .transpose()?
+                    .unwrap_or(COSE_ALG_ES256),
                 x: coord(-2)?,
                 y: coord(-3)?,
             }),

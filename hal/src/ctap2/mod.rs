@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::iso7816::{self, ApduTransport, Command, LengthMode};
-use cbor::{AuthenticatorData, CborError, CoseKey, as_bytes, as_i64, as_map, get_int, get_text, int};
+use cbor::{
+    AuthenticatorData, CborError, CoseKey, as_bytes, as_i64, as_map, get_int, get_text, int,
+};
 use pin::{KeyAgreement, PinError};
 
 /// AID of the FIDO applet.
@@ -62,12 +64,16 @@ impl CtapStatus {
             0x12 => "CTAP2_ERR_INVALID_CBOR",
             0x14 => "CTAP2_ERR_MISSING_PARAMETER",
             0x19 => "CTAP2_ERR_CREDENTIAL_EXCLUDED: already enrolled on this card",
-            0x26 => "CTAP2_ERR_UNSUPPORTED_ALGORITHM: the card offers none of the requested algorithms",
+            0x26 => {
+                "CTAP2_ERR_UNSUPPORTED_ALGORITHM: the card offers none of the requested algorithms"
+            }
             0x27 => "CTAP2_ERR_OPERATION_DENIED",
             0x28 => "CTAP2_ERR_KEY_STORE_FULL: the card has no room for a new credential",
             0x2B => "CTAP2_ERR_UNSUPPORTED_OPTION",
             0x2C => "CTAP2_ERR_INVALID_OPTION",
-            0x2E => "CTAP2_ERR_NO_CREDENTIALS: this card holds no enrolled credential for the request",
+            0x2E => {
+                "CTAP2_ERR_NO_CREDENTIALS: this card holds no enrolled credential for the request"
+            }
             0x2F => "CTAP2_ERR_USER_ACTION_TIMEOUT",
             0x30 => "CTAP2_ERR_NOT_ALLOWED",
             0x31 => "CTAP2_ERR_PIN_INVALID: wrong PIN",
@@ -132,7 +138,10 @@ pub struct Info {
 impl Info {
     /// An option's value.
     pub fn option(&self, name: &str) -> Option<bool> {
-        self.options.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+        self.options
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
     }
 
     /// Whether every credential operation needs user verification.
@@ -145,13 +154,14 @@ impl Info {
         self.option("clientPin") == Some(true)
     }
 
-    /// The pubKeyCredParams to send: Ed25519 preferred, ES256 where the card offers only that.
-    pub fn credential_algorithms(&self) -> Result<Vec<i64>, ()> {
+    /// The pubKeyCredParams to send: Ed25519 preferred, ES256 where the card offers only
+    /// that; `None` when the card lists neither.
+    pub fn credential_algorithms(&self) -> Option<Vec<i64>> {
         match &self.algorithms {
-            None => Ok(vec![cbor::COSE_ALG_EDDSA, cbor::COSE_ALG_ES256]),
-            Some(a) if a.contains(&cbor::COSE_ALG_EDDSA) => Ok(vec![cbor::COSE_ALG_EDDSA]),
-            Some(a) if a.contains(&cbor::COSE_ALG_ES256) => Ok(vec![cbor::COSE_ALG_ES256]),
-            Some(_) => Err(()),
+            None => Some(vec![cbor::COSE_ALG_EDDSA, cbor::COSE_ALG_ES256]),
+            Some(a) if a.contains(&cbor::COSE_ALG_EDDSA) => Some(vec![cbor::COSE_ALG_EDDSA]),
+            Some(a) if a.contains(&cbor::COSE_ALG_ES256) => Some(vec![cbor::COSE_ALG_ES256]),
+            Some(_) => None,
         }
     }
 
@@ -160,7 +170,10 @@ impl Info {
         let m = as_map(v)?;
         let mut info = Info::default();
         if let Some(vs) = get_int(m, 1).and_then(Value::as_array) {
-            info.versions = vs.iter().filter_map(|v| v.as_text().map(str::to_owned)).collect();
+            info.versions = vs
+                .iter()
+                .filter_map(|v| v.as_text().map(str::to_owned))
+                .collect();
         }
         if let Some(a) = get_int(m, 3) {
             info.aaguid = as_bytes(a)?.to_vec();
@@ -292,8 +305,14 @@ impl<T: ApduTransport> Ctap2<T> {
         if let Some(p) = params {
             data.extend_from_slice(&cbor::encode(p));
         }
-        let le = if self.mode == LengthMode::Short { 256 } else { 65_536 };
-        let apdu = Command::new(0x80, 0x10, 0x00, 0x00).with_data(data).with_le(le);
+        let le = if self.mode == LengthMode::Short {
+            256
+        } else {
+            65_536
+        };
+        let apdu = Command::new(0x80, 0x10, 0x00, 0x00)
+            .with_data(data)
+            .with_le(le);
         let r = iso7816::transmit(&mut self.transport, &apdu, self.mode)?;
         let status = *r.first().ok_or(Error::Protocol("empty CTAP response"))?;
         if status != 0 {
@@ -374,8 +393,14 @@ impl<T: ApduTransport> Ctap2<T> {
         let info = self.get_info()?;
         let algs = info
             .credential_algorithms()
-            .map_err(|_| Error::NoSupportedAlgorithm)?;
-        let auth = self.uv_params(&info, req.pin.as_deref(), PERMISSION_MC, &req.rp_id, &req.client_data_hash)?;
+            .ok_or(Error::NoSupportedAlgorithm)?;
+        let auth = self.uv_params(
+            &info,
+            req.pin.as_deref(),
+            PERMISSION_MC,
+            &req.rp_id,
+            &req.client_data_hash,
+        )?;
         let params: Vec<Value> = algs
             .iter()
             .map(|a| {
@@ -387,12 +412,21 @@ impl<T: ApduTransport> Ctap2<T> {
             .collect();
         let mut m = vec![
             (int(1), Value::Bytes(req.client_data_hash.to_vec())),
-            (int(2), Value::Map(vec![(Value::Text("id".into()), Value::Text(req.rp_id.clone()))])),
+            (
+                int(2),
+                Value::Map(vec![(
+                    Value::Text("id".into()),
+                    Value::Text(req.rp_id.clone()),
+                )]),
+            ),
             (
                 int(3),
                 Value::Map(vec![
                     (Value::Text("id".into()), Value::Bytes(req.user_id.clone())),
-                    (Value::Text("name".into()), Value::Text(req.user_name.clone())),
+                    (
+                        Value::Text("name".into()),
+                        Value::Text(req.user_name.clone()),
+                    ),
                 ]),
             ),
             (int(4), Value::Array(params)),
@@ -412,7 +446,9 @@ impl<T: ApduTransport> Ctap2<T> {
             .and_then(Value::as_text)
             .ok_or(Error::Protocol("attestation without fmt"))?
             .to_owned();
-        let auth_data = as_bytes(get_int(rm, 2).ok_or(Error::Protocol("attestation without authData"))?)?.to_vec();
+        let auth_data =
+            as_bytes(get_int(rm, 2).ok_or(Error::Protocol("attestation without authData"))?)?
+                .to_vec();
         let att_stmt = get_int(rm, 3).map(cbor::encode).unwrap_or_default();
         let parsed = AuthenticatorData::parse(&auth_data)?;
         if parsed.rp_id_hash[..] != Sha256::digest(req.rp_id.as_bytes())[..] {
@@ -423,7 +459,9 @@ impl<T: ApduTransport> Ctap2<T> {
             .ok_or(Error::Protocol("authData lacks attested credential data"))?;
         let alg = cred.key.alg();
         if !algs.contains(&alg) {
-            return Err(Error::Protocol("the card made a credential with an algorithm not asked for"));
+            return Err(Error::Protocol(
+                "the card made a credential with an algorithm not asked for",
+            ));
         }
         Ok(Enrollment {
             credential_id: cred.credential_id,
@@ -440,7 +478,13 @@ impl<T: ApduTransport> Ctap2<T> {
     pub fn assert(&mut self, req: &AssertionRequest) -> Result<Assertion, Error<T::Error>> {
         self.select()?;
         let info = self.get_info()?;
-        let auth = self.uv_params(&info, req.pin.as_deref(), PERMISSION_GA, &req.rp_id, &req.client_data_hash)?;
+        let auth = self.uv_params(
+            &info,
+            req.pin.as_deref(),
+            PERMISSION_GA,
+            &req.rp_id,
+            &req.client_data_hash,
+        )?;
         let mut m = vec![
             (int(1), Value::Text(req.rp_id.clone())),
             (int(2), Value::Bytes(req.client_data_hash.to_vec())),
@@ -469,8 +513,12 @@ impl<T: ApduTransport> Ctap2<T> {
             r => r?,
         };
         let rm = as_map(&resp)?;
-        let auth_data = as_bytes(get_int(rm, 2).ok_or(Error::Protocol("assertion without authData"))?)?.to_vec();
-        let signature = as_bytes(get_int(rm, 3).ok_or(Error::Protocol("assertion without signature"))?)?.to_vec();
+        let auth_data =
+            as_bytes(get_int(rm, 2).ok_or(Error::Protocol("assertion without authData"))?)?
+                .to_vec();
+        let signature =
+            as_bytes(get_int(rm, 3).ok_or(Error::Protocol("assertion without signature"))?)?
+                .to_vec();
         let credential_id = match get_int(rm, 1) {
             Some(c) => as_bytes(
                 get_text(as_map(c)?, "id").ok_or(Error::Protocol("credential without id"))?,
@@ -479,8 +527,12 @@ impl<T: ApduTransport> Ctap2<T> {
             None if req.allow_credential_ids.len() == 1 => req.allow_credential_ids[0].clone(),
             None => return Err(Error::Protocol("assertion without credential")),
         };
-        if !req.allow_credential_ids.is_empty() && !req.allow_credential_ids.contains(&credential_id) {
-            return Err(Error::Protocol("the card signed with a credential not in the allow list"));
+        if !req.allow_credential_ids.is_empty()
+            && !req.allow_credential_ids.contains(&credential_id)
+        {
+            return Err(Error::Protocol(
+                "the card signed with a credential not in the allow list",
+            ));
         }
         let parsed = AuthenticatorData::parse(&auth_data)?;
         if parsed.rp_id_hash[..] != Sha256::digest(req.rp_id.as_bytes())[..] {

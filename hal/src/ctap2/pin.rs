@@ -66,7 +66,7 @@ impl SharedSecret {
 
     /// encrypt() with a given IV (tests pin bytes with it).
     pub fn encrypt_with_iv(&self, iv: [u8; 16], plaintext: &[u8]) -> Result<Vec<u8>, PinError> {
-        if plaintext.len() % 16 != 0 {
+        if !plaintext.len().is_multiple_of(16) {
             return Err(PinError::BadCiphertext(plaintext.len()));
         }
         let mut enc = cbc::Encryptor::<Aes256>::new(&self.aes_key.into(), &iv.into());
@@ -82,7 +82,7 @@ impl SharedSecret {
 
     /// decrypt(): splits the IV and decrypts the blocks.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, PinError> {
-        if ciphertext.len() < 32 || ciphertext.len() % 16 != 0 {
+        if ciphertext.len() < 32 || !ciphertext.len().is_multiple_of(16) {
             return Err(PinError::BadCiphertext(ciphertext.len()));
         }
         let mut iv = [0u8; 16];

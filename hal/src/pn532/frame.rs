@@ -205,7 +205,10 @@ mod tests {
     fn decodes_ack_nack_error_and_rejects_bad_checksums() {
         assert_eq!(decode(&ACK).unwrap(), Decoded::Complete(Frame::Ack, 6));
         assert_eq!(decode(&NACK).unwrap(), Decoded::Complete(Frame::Nack, 6));
-        assert_eq!(decode(&ERROR_FRAME).unwrap(), Decoded::Complete(Frame::Error, 8));
+        assert_eq!(
+            decode(&ERROR_FRAME).unwrap(),
+            Decoded::Complete(Frame::Error, 8)
+        );
         let mut wire = encode(TFI_PN532, &[0x03, 0x32, 0x01, 0x06, 0x07]).unwrap();
         let dcs = wire.len() - 2;
         wire[dcs] ^= 1;

@@ -287,7 +287,9 @@ impl<T: Transport, D: DelayNs> Pn532<T, D> {
             Frame::Ack => {}
             Frame::Nack => return Err(Error::Nack),
             Frame::Error => return Err(Error::ErrorFrame),
-            Frame::Info { .. } => return Err(Error::Unexpected("information frame instead of ACK")),
+            Frame::Info { .. } => {
+                return Err(Error::Unexpected("information frame instead of ACK"));
+            }
         }
         let polls = self.timeouts.polls(response_ms);
         match self
@@ -299,7 +301,9 @@ impl<T: Transport, D: DelayNs> Pn532<T, D> {
                     return Err(Error::Unexpected("response frame with a host TFI"));
                 }
                 if data.first() != Some(&cmd.wrapping_add(1)) {
-                    return Err(Error::Unexpected("response code does not match the command"));
+                    return Err(Error::Unexpected(
+                        "response code does not match the command",
+                    ));
                 }
                 data.remove(0);
                 Ok(data)
@@ -323,7 +327,9 @@ impl<T: Transport, D: DelayNs> Pn532<T, D> {
     pub fn firmware_version(&mut self) -> Result<FirmwareVersion, Error<T::BusError>> {
         let r = self.command(CMD_GET_FIRMWARE_VERSION, &[], 100)?;
         if r.len() != 4 {
-            return Err(Error::Unexpected("GetFirmwareVersion response is not 4 bytes"));
+            return Err(Error::Unexpected(
+                "GetFirmwareVersion response is not 4 bytes",
+            ));
         }
         Ok(FirmwareVersion {
             ic: r[0],
@@ -344,7 +350,11 @@ impl<T: Transport, D: DelayNs> Pn532<T, D> {
     /// InListPassiveTarget for one ISO 14443-A target at 106 kbps; `None` when no card
     /// is in the field.
     pub fn in_list_passive_target(&mut self) -> Result<Option<Target>, Error<T::BusError>> {
-        let r = self.command(CMD_IN_LIST_PASSIVE_TARGET, &[0x01, 0x00], self.timeouts.response_ms)?;
+        let r = self.command(
+            CMD_IN_LIST_PASSIVE_TARGET,
+            &[0x01, 0x00],
+            self.timeouts.response_ms,
+        )?;
         Target::parse_list(&r).map_err(Error::Unexpected)
     }
 
@@ -366,7 +376,9 @@ impl<T: Transport, D: DelayNs> Pn532<T, D> {
                 break;
             }
             if status & MI != 0 {
-                return Err(Error::Unexpected("MI set in the answer to a chained command block"));
+                return Err(Error::Unexpected(
+                    "MI set in the answer to a chained command block",
+                ));
             }
         }
         let mut out = resp[1..].to_vec();

@@ -15,9 +15,7 @@ pub const PN532_I2C_ADDRESS: u8 = 0x24;
 /// hold an extended length field.
 const I2C_HEADER_READ: usize = 1 + 9;
 /// HSU wake-up: 0x55 0x55 and a run of zeros long enough for the chip to leave power-down.
-pub const HSU_WAKEUP: [u8; 16] = [
-    0x55, 0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
+pub const HSU_WAKEUP: [u8; 16] = [0x55, 0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// A byte link to the PN532 that moves whole frames.
 pub trait Transport {
@@ -153,7 +151,11 @@ impl<S: SpiDevice> SpiTransport<S> {
         self.spi
     }
     fn conv(&self, b: u8) -> u8 {
-        if self.reverse_bits { b.reverse_bits() } else { b }
+        if self.reverse_bits {
+            b.reverse_bits()
+        } else {
+            b
+        }
     }
     fn read_with(&mut self, prefix: u8, buf: &mut [u8]) -> Result<(), Error<S::Error>> {
         let p = [self.conv(prefix)];

@@ -373,7 +373,8 @@ impl VirtualCard {
         let m = as_map(p).map_err(|_| ERR_INVALID_CBOR)?;
         let cdh = get_int(m, 1).ok_or(ERR_MISSING_PARAMETER)?;
         let cdh = as_bytes(cdh).map_err(|_| ERR_INVALID_PARAMETER)?.to_vec();
-        let rp = as_map(get_int(m, 2).ok_or(ERR_MISSING_PARAMETER)?).map_err(|_| ERR_INVALID_PARAMETER)?;
+        let rp = as_map(get_int(m, 2).ok_or(ERR_MISSING_PARAMETER)?)
+            .map_err(|_| ERR_INVALID_PARAMETER)?;
         let rp_id = get_text(rp, "id")
             .and_then(Value::as_text)
             .ok_or(ERR_MISSING_PARAMETER)?
@@ -408,7 +409,11 @@ impl VirtualCard {
         signed.extend_from_slice(&cdh);
         let sig = key.sign(&signed);
         let alg = key.alg();
-        self.credentials.push(Credential { id, rp_id_hash, key });
+        self.credentials.push(Credential {
+            id,
+            rp_id_hash,
+            key,
+        });
         Ok(Value::Map(vec![
             (int(1), Value::Text("packed".into())),
             (int(2), Value::Bytes(auth_data)),
@@ -469,7 +474,8 @@ impl VirtualCard {
 
     fn client_pin(&mut self, p: &Value) -> CtapResult {
         let m = as_map(p).map_err(|_| ERR_INVALID_CBOR)?;
-        let sub = as_i64(get_int(m, 2).ok_or(ERR_MISSING_PARAMETER)?).map_err(|_| ERR_INVALID_PARAMETER)?;
+        let sub = as_i64(get_int(m, 2).ok_or(ERR_MISSING_PARAMETER)?)
+            .map_err(|_| ERR_INVALID_PARAMETER)?;
         match sub {
             ctap2::PIN_GET_RETRIES => Ok(Value::Map(vec![(int(3), int(self.pin_retries as i64))])),
             ctap2::PIN_GET_KEY_AGREEMENT => {
@@ -504,7 +510,11 @@ impl VirtualCard {
                 if got[..] != pin_hash[..] {
                     self.pin_retries -= 1;
                     self.key_agreement = KeyAgreement::generate().ok();
-                    return Err(if self.pin_retries == 0 { ERR_PIN_BLOCKED } else { ERR_PIN_INVALID });
+                    return Err(if self.pin_retries == 0 {
+                        ERR_PIN_BLOCKED
+                    } else {
+                        ERR_PIN_INVALID
+                    });
                 }
                 self.pin_retries = 8;
                 let token = pin::random::<32>().map_err(|_| 0x7Fu8)?;

@@ -51,7 +51,11 @@ impl State {
                 Err(_) => {
                     // Resynchronise on the next header byte; report a receive error.
                     self.rx.remove(0);
-                    let pos = self.rx.iter().position(|b| *b == 0xEF).unwrap_or(self.rx.len());
+                    let pos = self
+                        .rx
+                        .iter()
+                        .position(|b| *b == 0xEF)
+                        .unwrap_or(self.rx.len());
                     self.rx.drain(..pos);
                     self.reply(0x01, &[]);
                     return Ok(());
@@ -164,7 +168,11 @@ impl State {
             },
             0x0C => match (u16_at(0), u16_at(2)) {
                 (Some(page), Some(n)) if page as u32 + n as u32 <= self.capacity as u32 => {
-                    let keys: Vec<u16> = self.templates.range(page..page + n).map(|(k, _)| *k).collect();
+                    let keys: Vec<u16> = self
+                        .templates
+                        .range(page..page + n)
+                        .map(|(k, _)| *k)
+                        .collect();
                     for k in keys {
                         self.templates.remove(&k);
                     }

@@ -54,7 +54,9 @@ impl State {
             Frame::Nack => return Ok(self.last.clone()),
             Frame::Error => return Ok(Vec::new()),
             Frame::Info { tfi, .. } if tfi != TFI_HOST => return Ok(Vec::new()),
-            Frame::Info { data, .. } if data.is_empty() => return Ok(vec![ACK.to_vec(), ERROR_FRAME.to_vec()]),
+            Frame::Info { data, .. } if data.is_empty() => {
+                return Ok(vec![ACK.to_vec(), ERROR_FRAME.to_vec()]);
+            }
             Frame::Info { data, .. } => data,
         };
         let code = data[0];
@@ -151,7 +153,11 @@ impl State {
     }
 
     fn next_chunk(&mut self, fresh: Vec<u8>) -> Vec<u8> {
-        let mut all = if fresh.is_empty() { std::mem::take(&mut self.mi_out) } else { fresh };
+        let mut all = if fresh.is_empty() {
+            std::mem::take(&mut self.mi_out)
+        } else {
+            fresh
+        };
         if all.len() > MAX_EXCHANGE_CHUNK {
             self.mi_out = all.split_off(MAX_EXCHANGE_CHUNK);
             let mut r = vec![0x40];
@@ -303,7 +309,10 @@ impl SimPn532Handle {
 
     /// Signature counter of card `id`.
     pub fn sign_count(&self, id: u32) -> Option<u32> {
-        lock(&self.state).cards.get(&id).map(VirtualCard::sign_count)
+        lock(&self.state)
+            .cards
+            .get(&id)
+            .map(VirtualCard::sign_count)
     }
 
     /// Injects a fault that fires once, at `trigger`.
@@ -332,7 +341,11 @@ impl embedded_hal::i2c::ErrorType for SimPn532 {
 }
 
 impl I2c<SevenBitAddress> for SimPn532 {
-    fn transaction(&mut self, address: u8, operations: &mut [Operation<'_>]) -> Result<(), SimError> {
+    fn transaction(
+        &mut self,
+        address: u8,
+        operations: &mut [Operation<'_>],
+    ) -> Result<(), SimError> {
         if address != PN532_I2C_ADDRESS {
             return Err(SimError::NoDevice(address));
         }
