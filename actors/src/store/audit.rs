@@ -112,6 +112,8 @@ pub struct AuditDraft {
     pub patients: Vec<String>,
     /// The search query string, for searches.
     pub query: Option<String>,
+    /// Why the interaction failed (None = success).
+    pub failure: Option<String>,
 }
 
 impl AuditDraft {
@@ -124,6 +126,7 @@ impl AuditDraft {
             entities: Vec::new(),
             patients: Vec::new(),
             query: None,
+            failure: None,
         }
     }
 
@@ -158,6 +161,7 @@ pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
 
 /// The FHIR AuditEvent of a draft (without `id`, which the log index gives).
 pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&str>) -> Value {
+    let failure = failure.or(d.failure.as_deref());
     let mut agents = vec![json!({
         "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
         "who": {"identifier": {"system": "urn:hexa:client", "value": d.ctx.client_id}},

@@ -57,6 +57,9 @@ pub enum StoreError {
     /// A conditional create matched more than one resource.
     #[error("conditional create matched {0} resources; make the criteria more selective")]
     MultipleMatches(usize),
+    /// The access policy refused the read (consent enforcement hook).
+    #[error("access denied: {0}")]
+    Forbidden(String),
     /// An unsupported search parameter, modifier or sort.
     #[error("unsupported search: {0}")]
     UnsupportedSearch(String),
@@ -116,6 +119,7 @@ impl StoreError {
             StoreError::Conflict { .. } => "conflict",
             StoreError::Invalid(_) => "invalid",
             StoreError::MultipleMatches(_) => "multiple-matches",
+            StoreError::Forbidden(_) => "forbidden",
             StoreError::UnsupportedSearch(_) => "unsupported-search",
             StoreError::UnsupportedFormat { .. } => "unsupported-format",
             StoreError::Corrupt { .. } => "corrupt",

@@ -9,8 +9,10 @@
 
 pub mod audit;
 pub mod error;
+pub mod engine;
 pub mod format;
 pub mod params;
+pub mod policy;
 pub mod route;
 pub mod search;
 pub mod time;

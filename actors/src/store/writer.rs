@@ -65,6 +65,7 @@ impl Outcome {
 pub(crate) enum Job {
     Member(Member, oneshot::Sender<StoreResult<Outcome>>),
     Checkpoint(oneshot::Sender<StoreResult<Option<String>>>),
+    Shutdown,
 }
 
 /// Statistics of the writer (for benches and metrics).
@@ -138,12 +139,12 @@ impl Writer {
         Ok(rx)
     }
 
-    /// Waits for the writer thread to finish once every handle to it has been dropped
-    /// elsewhere (used by orderly shutdown).
-    pub fn join(self) {
+    /// Stops the writer after everything queued before this call was committed, and waits
+    /// for its thread. Later submissions through other handles fail with `WriterStopped`.
+    pub fn shutdown(&self) {
         let handle = self.thread.lock().ok().and_then(|mut g| g.take());
-        drop(self.tx);
         if let Some(h) = handle {
+            let _ = self.tx.send(Job::Shutdown);
             let _ = h.join();
         }
     }
@@ -151,15 +152,24 @@ impl Writer {
 
 fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats: Arc<WriterStats>) {
     let max = store.config.max_batch.max(1);
-    while let Ok(job) = rx.recv() {
-        let mut jobs = vec![job];
-        while jobs.len() < max {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+    let mut stop = false;
+    while !stop {
+        let Ok(job) = rx.recv() else { break };
+        let mut jobs = Vec::new();
+        let mut next = Some(job);
+        while let Some(j) = next.take() {
+            if matches!(j, Job::Shutdown) {
+                stop = true;
+                break;
+            }
+            jobs.push(j);
+            if jobs.len() < max {
+                next = rx.try_recv().ok();
             }
         }
-        process(&store, &mut appender, jobs, &stats);
+        if !jobs.is_empty() {
+            process(&store, &mut appender, jobs, &stats);
+        }
     }
 }
 
@@ -223,6 +233,7 @@ fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &
                     (Job::Member(_, tx), Res::Checkpoint) => {
                         let _ = tx.send(Err(StoreError::Storage("writer bookkeeping".into())));
                     }
+                    (Job::Shutdown, _) => {}
                 }
             }
         }
@@ -236,6 +247,7 @@ fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &
                     Job::Checkpoint(tx) => {
                         let _ = tx.send(Err(e.clone()));
                     }
+                    Job::Shutdown => {}
                 }
             }
         }
@@ -260,6 +272,7 @@ fn apply(
                 force_ckpt = true;
                 results.push(Res::Checkpoint);
             }
+            Job::Shutdown => results.push(Res::Checkpoint),
         }
     }
     appender.persist(store, &mut wtxn)?;

@@ -1,0 +1,502 @@
+//! The store's operations as the registry actors run them: read and prepare on the calling
+//! thread (blocking LMDB reads, canonicalisation, signing, sealing, blind indexes), then
+//! hand the result to the group-commit writer and return a [`Pending`] that resolves once
+//! the change — or, for reads and searches, the AuditEvent of the disclosure — is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::audit::{AccessContext, AuditDraft, Interaction};
+use super::error::{StoreError, StoreResult};
+use super::route::{client_writable, component_for, validate_id};
+use super::search::SearchQuery;
+use super::writer::{Member, Outcome, Writer};
+use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
+
+/// A result that becomes available after the group commit that makes it durable.
+pub struct Pending<T> {
+    rx: oneshot::Receiver<StoreResult<Outcome>>,
+    then: Box<dyn FnOnce(Outcome) -> StoreResult<T> + Send>,
+}
+
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<T> Pending<T> {
+    fn new(rx: oneshot::Receiver<StoreResult<Outcome>>, then: impl FnOnce(Outcome) -> StoreResult<T> + Send + 'static) -> Self {
+        Pending { rx, then: Box::new(then) }
+    }
+
+    /// Waits (async) for the commit.
+    pub async fn wait(self) -> StoreResult<T> {
+        let outcome = self.rx.await.map_err(|_| StoreError::WriterStopped)??;
+        (self.then)(outcome)
+    }
+
+    /// Waits (blocking the thread) for the commit. Not for async executors.
+    pub fn wait_blocking(self) -> StoreResult<T> {
+        let outcome = self.rx.blocking_recv().map_err(|_| StoreError::WriterStopped)??;
+        (self.then)(outcome)
+    }
+}
+
+/// Result of a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteResult {
+    /// The version now current (for a conditional create that matched: the existing one).
+    pub record: Record,
+    /// True if this write created the resource.
+    pub created: bool,
+    /// Audit log indexes of the AuditEvents recording the write.
+    pub audit_indexes: Vec<u64>,
+}
+
+/// One entry of a FHIR transaction.
+#[derive(Debug, Clone)]
+pub enum TxEntry {
+    /// POST: create with a server-assigned id. `full_url` (e.g. `urn:uuid:...`) lets other
+    /// entries reference it; such references are rewritten to `Type/id`.
+    Create {
+        /// The resource.
+        resource: Value,
+        /// The entry's fullUrl.
+        full_url: Option<String>,
+    },
+    /// PUT: update (or create with a client id), optionally with If-Match.
+    Update {
+        /// The resource (its `resourceType` and `id` name the target).
+        resource: Value,
+        /// Expected current version.
+        if_match: Option<u64>,
+    },
+    /// DELETE.
+    Delete {
+        /// Resource type.
+        resource_type: String,
+        /// Logical id.
+        id: String,
+    },
+}
+
+/// Store + writer: what a registry actor needs.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The group-commit writer.
+    pub writer: Writer,
+}
+
+fn resource_type_of(resource: &Value) -> StoreResult<String> {
+    let ty = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| StoreError::Invalid("resourceType is missing".into()))?;
+    component_for(ty)?;
+    if !client_writable(ty) {
+        return Err(StoreError::Invalid(format!("{ty} resources are written by the appliance only")));
+    }
+    Ok(ty.to_string())
+}
+
+fn deletion_body(ty: &str, id: &str) -> Value {
+    json!({"resourceType": ty, "id": id})
+}
+
+/// Rewrites `{"reference": "<fullUrl>"}` to the assigned `Type/id`.
+fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "reference"
+                    && let Value::String(s) = x
+                    && let Some(to) = map.get(s.as_str())
+                {
+                    *s = to.clone();
+                } else {
+                    rewrite_references(x, map);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_references(x, map)),
+        _ => {}
+    }
+}
+
+impl Engine {
+    /// Opens the writer for a store.
+    pub fn start(store: Arc<Store>) -> StoreResult<Engine> {
+        let writer = Writer::start(store.clone())?;
+        Ok(Engine { store, writer })
+    }
+
+    /// Orderly close: stops the writer (after committing what is queued) and closes the
+    /// LMDB environment. Every other clone of this engine and of its `Arc<Store>` must be
+    /// dropped first; otherwise this returns an error after `timeout`.
+    pub fn close(self, timeout: std::time::Duration) -> StoreResult<()> {
+        let Engine { store, writer } = self;
+        writer.shutdown();
+        drop(writer);
+        let closing = store.env.clone().prepare_for_closing();
+        drop(store);
+        if closing.wait_timeout(timeout) {
+            Ok(())
+        } else {
+            Err(StoreError::Storage("the store is still in use; it was not closed".into()))
+        }
+    }
+
+    /// Records a failed interaction and returns a Pending that yields `e` after the audit
+    /// entry is durable.
+    fn fail<T: 'static>(&self, mut draft: AuditDraft, e: StoreError) -> StoreResult<Pending<T>> {
+        draft.failure = Some(e.to_string());
+        let rx = self.writer.submit(Member::Audit(vec![draft]))?;
+        Ok(Pending::new(rx, move |_| Err(e)))
+    }
+
+    fn spec(&self, ty: &str, id: &str, base: u64, resource: Value, deleted: bool, author_jws: Option<String>, ctx: &AccessContext) -> VersionSpec {
+        VersionSpec {
+            resource_type: ty.to_string(),
+            id: id.to_string(),
+            base,
+            resource,
+            deleted,
+            author: author_jws.as_ref().and(ctx.practitioner.as_ref()).map(|p| format!("Practitioner/{p}")),
+            author_jws,
+            now: time::now_millis(),
+        }
+    }
+
+    fn submit_versions(
+        &self,
+        prepared: Vec<super::Prepared>,
+        audits: Vec<AuditDraft>,
+        conditional: Option<SearchQuery>,
+        created: Vec<bool>,
+    ) -> StoreResult<Pending<Vec<WriteResult>>> {
+        let records: Vec<Record> = prepared.iter().map(|p| p.record.clone()).collect();
+        let rx = self.writer.submit(Member::Versions { versions: prepared, audits, conditional })?;
+        Ok(Pending::new(rx, move |o| match o {
+            Outcome::Written { audit_indexes } => Ok(records
+                .into_iter()
+                .zip(created)
+                .map(|(record, created)| WriteResult { record, created, audit_indexes: audit_indexes.clone() })
+                .collect()),
+            Outcome::Existing { record, audit_indexes } => {
+                Ok(vec![WriteResult { record: *record, created: false, audit_indexes }])
+            }
+        }))
+    }
+
+    /// Create with a server-assigned id; `if_none_exist` makes it conditional.
+    pub fn create(
+        &self,
+        ctx: &AccessContext,
+        resource: Value,
+        author_jws: Option<String>,
+        if_none_exist: Option<SearchQuery>,
+    ) -> StoreResult<Pending<WriteResult>> {
+        let mut draft = AuditDraft::new(Interaction::Create, ctx);
+        let ty = match resource_type_of(&resource) {
+            Ok(t) => t,
+            Err(e) => return self.fail(draft, e),
+        };
+        if let Some(q) = &if_none_exist
+            && q.resource_type != ty
+        {
+            return self.fail(draft, StoreError::Invalid("If-None-Exist criteria name another type".into()));
+        }
+        let id = new_id()?;
+        let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
+        let prepared = match self.store.with_read(|txn| self.store.prepare_version(txn, spec)) {
+            Ok(p) => p,
+            Err(e) => return self.fail(draft, e),
+        };
+        draft.touch(&prepared.record);
+        let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
+        Ok(Pending::new(p.rx, move |o| {
+            (p.then)(o)?.into_iter().next().ok_or_else(|| StoreError::Storage("empty write result".into()))
+        }))
+    }
+
+    /// Update (or create with a client-chosen id). `if_match`: expected current version.
+    pub fn update(
+        &self,
+        ctx: &AccessContext,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<u64>,
+        author_jws: Option<String>,
+    ) -> StoreResult<Pending<WriteResult>> {
+        let mut draft = AuditDraft::new(Interaction::Update, ctx);
+        draft.entities.push(format!("{ty}/{id}"));
+        let checked = resource_type_of(&resource).and_then(|rt| {
+            validate_id(id)?;
+            if rt != ty {
+                return Err(StoreError::Invalid(format!("resourceType {rt} does not match the URL type {ty}")));
+            }
+            match resource.get("id").and_then(Value::as_str) {
+                Some(rid) if rid != id => Err(StoreError::Invalid(format!("resource id {rid} does not match the URL id {id}"))),
+                _ => Ok(()),
+            }
+        });
+        if let Err(e) = checked {
+            return self.fail(draft, e);
+        }
+        let prepared = self.store.with_read(|txn| {
+            let base = self.store.current_in(txn, ty, id)?.map(|c| c.version).unwrap_or(0);
+            if let Some(m) = if_match
+                && m != base
+            {
+                return Err(StoreError::Conflict { resource_type: ty.into(), id: id.into(), expected: m, current: base });
+            }
+            self.store.prepare_version(txn, self.spec(ty, id, base, resource, false, author_jws, ctx))
+        });
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => return self.fail(draft, e),
+        };
+        let created = prepared.base == 0;
+        draft.interaction = if created { Interaction::Create } else { Interaction::Update };
+        draft.entities.clear();
+        draft.touch(&prepared.record);
+        let p = self.submit_versions(vec![prepared], vec![draft], None, vec![created])?;
+        Ok(Pending::new(p.rx, move |o| {
+            (p.then)(o)?.into_iter().next().ok_or_else(|| StoreError::Storage("empty write result".into()))
+        }))
+    }
+
+    /// Logical delete: a new version with `deleted = true`. Deleting a deleted resource is a
+    /// no-op that returns the deletion version.
+    pub fn delete(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<WriteResult>> {
+        let mut draft = AuditDraft::new(Interaction::Delete, ctx);
+        draft.entities.push(format!("{ty}/{id}"));
+        if let Err(e) = component_for(ty).and_then(|_| {
+            if client_writable(ty) { Ok(()) } else { Err(StoreError::Invalid(format!("{ty} cannot be deleted"))) }
+        }) {
+            return self.fail(draft, e);
+        }
+        let r = self.store.with_read(|txn| {
+            let cur = self
+                .store
+                .current_in(txn, ty, id)?
+                .ok_or_else(|| StoreError::NotFound { resource_type: ty.into(), id: id.into() })?;
+            if cur.deleted {
+                let rec = self.store.version_in(txn, ty, id, cur.version)?.ok_or_else(|| StoreError::NotFound {
+                    resource_type: ty.into(),
+                    id: id.into(),
+                })?;
+                return Ok(Err(rec));
+            }
+            let old = self.store.version_in(txn, ty, id, cur.version)?;
+            let prepared = self.store.prepare_version(txn, self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx))?;
+            Ok(Ok((prepared, old)))
+        });
+        match r {
+            Err(e) => self.fail(draft, e),
+            Ok(Err(existing)) => {
+                draft.touch(&existing);
+                let rx = self.writer.submit(Member::Audit(vec![draft]))?;
+                Ok(Pending::new(rx, move |o| {
+                    Ok(WriteResult { record: existing, created: false, audit_indexes: o.audit_indexes().to_vec() })
+                }))
+            }
+            Ok(Ok((prepared, old))) => {
+                draft.entities.clear();
+                draft.touch(&prepared.record);
+                if let Some(old) = &old {
+                    // The deletion body has no subject: name the patient of the old version.
+                    for p in super::audit::patients_of(ty, id, &old.resource) {
+                        if !draft.patients.contains(&p) {
+                            draft.patients.push(p);
+                        }
+                    }
+                }
+                let p = self.submit_versions(vec![prepared], vec![draft], None, vec![false])?;
+                Ok(Pending::new(p.rx, move |o| {
+                    (p.then)(o)?.into_iter().next().ok_or_else(|| StoreError::Storage("empty write result".into()))
+                }))
+            }
+        }
+    }
+
+    /// A FHIR transaction: every entry commits, or none does.
+    pub fn transaction(&self, ctx: &AccessContext, entries: Vec<TxEntry>) -> StoreResult<Pending<Vec<WriteResult>>> {
+        let mut tx_draft = AuditDraft::new(Interaction::Transaction, ctx);
+        match self.prepare_transaction(ctx, entries) {
+            Err(e) => self.fail(tx_draft, e),
+            Ok((prepared, mut drafts, created)) => {
+                for p in &prepared {
+                    tx_draft.touch(&p.record);
+                }
+                drafts.insert(0, tx_draft);
+                self.submit_versions(prepared, drafts, None, created)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare_transaction(
+        &self,
+        ctx: &AccessContext,
+        entries: Vec<TxEntry>,
+    ) -> StoreResult<(Vec<super::Prepared>, Vec<AuditDraft>, Vec<bool>)> {
+        if entries.is_empty() {
+            return Err(StoreError::Invalid("empty transaction".into()));
+        }
+        // Assign ids to creates and map their fullUrls.
+        let mut map = HashMap::new();
+        let mut plan = Vec::new();
+        for e in entries {
+            match e {
+                TxEntry::Create { resource, full_url } => {
+                    let ty = resource_type_of(&resource)?;
+                    let id = new_id()?;
+                    if let Some(u) = full_url {
+                        map.insert(u, format!("{ty}/{id}"));
+                    }
+                    plan.push((ty, id, Some(resource), None, true));
+                }
+                TxEntry::Update { resource, if_match } => {
+                    let ty = resource_type_of(&resource)?;
+                    let id = resource
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| StoreError::Invalid("update entry without id".into()))?
+                        .to_string();
+                    validate_id(&id)?;
+                    plan.push((ty, id, Some(resource), if_match, false));
+                }
+                TxEntry::Delete { resource_type, id } => {
+                    component_for(&resource_type)?;
+                    plan.push((resource_type, id, None, None, false));
+                }
+            }
+        }
+        self.store.with_read(|txn| {
+            let mut prepared = Vec::new();
+            let mut drafts = Vec::new();
+            let mut created = Vec::new();
+            for (ty, id, resource, if_match, is_create) in plan {
+                let cur = if is_create { None } else { self.store.current_in(txn, &ty, &id)? };
+                let base = cur.map(|c| c.version).unwrap_or(0);
+                if let Some(m) = if_match
+                    && m != base
+                {
+                    return Err(StoreError::Conflict { resource_type: ty, id, expected: m, current: base });
+                }
+                let (body, deleted, interaction) = match resource {
+                    Some(mut r) => {
+                        rewrite_references(&mut r, &map);
+                        (r, false, if base == 0 { Interaction::Create } else { Interaction::Update })
+                    }
+                    None => {
+                        match cur {
+                            None => return Err(StoreError::NotFound { resource_type: ty, id }),
+                            Some(c) if c.deleted => continue,
+                            Some(_) => {}
+                        }
+                        (deletion_body(&ty, &id), true, Interaction::Delete)
+                    }
+                };
+                let p = self.store.prepare_version(txn, self.spec(&ty, &id, base, body, deleted, None, ctx))?;
+                let mut d = AuditDraft::new(interaction, ctx);
+                d.touch(&p.record);
+                drafts.push(d);
+                created.push(base == 0);
+                prepared.push(p);
+            }
+            if prepared.is_empty() {
+                return Err(StoreError::Invalid("transaction has nothing to write".into()));
+            }
+            Ok((prepared, drafts, created))
+        })
+    }
+
+    fn audited_read<T: Send + 'static>(
+        &self,
+        mut draft: AuditDraft,
+        ctx: &AccessContext,
+        result: StoreResult<(Vec<Record>, T)>,
+    ) -> StoreResult<Pending<T>> {
+        match result.and_then(|(records, v)| {
+            for r in &records {
+                policy::authorize_read(ctx, r)?;
+            }
+            Ok((records, v))
+        }) {
+            Err(e) => self.fail(draft, e),
+            Ok((records, v)) => {
+                for r in &records {
+                    draft.touch(r);
+                }
+                let rx = self.writer.submit(Member::Audit(vec![draft]))?;
+                Ok(Pending::new(rx, move |_| Ok(v)))
+            }
+        }
+    }
+
+    /// Read the current version; the AuditEvent is durable before the record is returned.
+    pub fn read(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<Record>> {
+        let mut draft = AuditDraft::new(Interaction::Read, ctx);
+        draft.entities.push(format!("{ty}/{id}"));
+        let r = self.store.read(ty, id).map(|r| (vec![r.clone()], r));
+        draft.entities.clear();
+        self.audited_read(draft, ctx, r)
+    }
+
+    /// Read one version.
+    pub fn vread(&self, ctx: &AccessContext, ty: &str, id: &str, version: u64) -> StoreResult<Pending<Record>> {
+        let mut draft = AuditDraft::new(Interaction::Vread, ctx);
+        let r = self.store.vread(ty, id, version).map(|r| (vec![r.clone()], r));
+        if r.is_err() {
+            draft.entities.push(format!("{ty}/{id}/_history/{version}"));
+        }
+        self.audited_read(draft, ctx, r)
+    }
+
+    /// Instance history, newest first.
+    pub fn history(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<Vec<Record>>> {
+        let mut draft = AuditDraft::new(Interaction::History, ctx);
+        let r = self.store.history(ty, id).map(|v| (v.clone(), v));
+        if r.is_err() {
+            draft.entities.push(format!("{ty}/{id}"));
+        }
+        self.audited_read(draft, ctx, r)
+    }
+
+    /// Type history, newest first, paged.
+    pub fn type_history(&self, ctx: &AccessContext, ty: &str, count: usize, offset: usize) -> StoreResult<Pending<SearchPage>> {
+        let mut draft = AuditDraft::new(Interaction::History, ctx);
+        draft.query = Some(format!("{ty}/_history?_count={count}&_offset={offset}"));
+        let r = self.store.type_history(ty, count, offset).map(|p| (p.items.clone(), p));
+        self.audited_read(draft, ctx, r)
+    }
+
+    /// Search; every returned resource and its patient are named in the AuditEvent.
+    pub fn search(&self, ctx: &AccessContext, q: &SearchQuery) -> StoreResult<Pending<SearchPage>> {
+        let mut draft = AuditDraft::new(Interaction::Search, ctx);
+        draft.query = Some(q.describe());
+        let r = self.store.search(q).map(|p| (p.items.clone(), p));
+        self.audited_read(draft, ctx, r)
+    }
+
+    /// Audits an operation whose result the caller computed from store data (e.g. $match).
+    pub fn audit_disclosure(&self, ctx: &AccessContext, interaction: Interaction, query: Option<String>, records: &[Record]) -> StoreResult<Pending<()>> {
+        let mut draft = AuditDraft::new(interaction, ctx);
+        draft.query = query;
+        self.audited_read(draft, ctx, Ok((records.to_vec(), ())))
+    }
+
+    /// Forces a checkpoint if the log grew; resolves to the latest signed note.
+    pub fn checkpoint(&self) -> StoreResult<oneshot::Receiver<StoreResult<Option<String>>>> {
+        self.writer.checkpoint()
+    }
+}
