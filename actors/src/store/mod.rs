@@ -18,6 +18,9 @@ pub mod search;
 pub mod time;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
