@@ -18,9 +18,10 @@ use hexa_actors::matching::synth::{SynthRng, duplicate, person, population};
 use hexa_actors::matching::{DEFAULT_THRESHOLD, Demographics, MatchGrade, MemoryIndex, score_with};
 
 const SEED: u64 = 0x4845_5841; // "HEXA"
-const PRECISION_FLOOR: f64 = 0.97;
-const RECALL_FLOOR: f64 = 0.90;
-const BLOCKING_RECALL_FLOOR: f64 = 0.97;
+const PRECISION_FLOOR: f64 = 0.98;
+const LARGE_PRECISION_FLOOR: f64 = 0.80;
+const RECALL_FLOOR: f64 = 0.97;
+const BLOCKING_RECALL_FLOOR: f64 = 0.99;
 
 struct Quality {
     population: usize,
@@ -124,15 +125,23 @@ fn report(q: &Quality, threshold: f64) {
 
 #[test]
 fn precision_and_recall_at_default_threshold() {
-    let n: usize = std::env::var("HEXA_MATCH_POPULATION")
+    let custom: Option<usize> = std::env::var("HEXA_MATCH_POPULATION")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .and_then(|v| v.parse().ok());
+    let n = custom.unwrap_or(20_000);
     let q = measure(n, 4_000.min(n), 2_000, DEFAULT_THRESHOLD);
     report(&q, DEFAULT_THRESHOLD);
+    // With only ~260 names per list, a larger synthetic registry holds many namesakes
+    // born the same year; those are ambiguous to any matcher without a full date or a
+    // phone, so the precision floor for a custom (larger) population is lower.
+    let precision_floor = if custom.is_some() {
+        LARGE_PRECISION_FLOOR
+    } else {
+        PRECISION_FLOOR
+    };
     assert!(
-        q.precision() >= PRECISION_FLOOR,
-        "precision {:.4} < {PRECISION_FLOOR}",
+        q.precision() >= precision_floor,
+        "precision {:.4} < {precision_floor}",
         q.precision()
     );
     assert!(

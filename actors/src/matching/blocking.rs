@@ -12,6 +12,7 @@
 //! | name word + birth year | `ny|{phonetic(word)}|{year}` for each given and family word | a typo in the *other* name; swapped names (words are role-free) |
 //! | name pair | `nn|{phonetic(a)}|{phonetic(b)}`, family word and first given word, sorted | any birth-date error, swapped names |
 //!
+//! Queries look up [`search_keys`]: the same keys plus name word + neighbouring years.
 //! At most [`MAX_NAME_WORDS`] name words are keyed. Keys are plain strings; a store that
 //! keeps its indexes sealed files them under a keyed hash of the string (a blind index),
 //! which preserves equality and so preserves blocking.
@@ -51,6 +52,27 @@ pub fn blocking_keys(d: &Demographics) -> Vec<String> {
             (&g.key, &f.key)
         };
         push(format!("nn|{a}|{b}"));
+    }
+    keys
+}
+
+/// The keys to look up when searching for `d`: its [`blocking_keys`], plus its name +
+/// year keys for the year before and after, so a duplicate whose birth year is off by
+/// one and who also has a name typo is still found. Records are filed only under
+/// [`blocking_keys`]; only queries pay for the wider net.
+pub fn search_keys(d: &Demographics) -> Vec<String> {
+    let mut keys = blocking_keys(d);
+    if let Some(date) = d.birth_date {
+        let extra: Vec<String> = keys
+            .iter()
+            .filter_map(|k| {
+                let rest = k.strip_prefix("ny|")?;
+                let (word, _year) = rest.rsplit_once('|')?;
+                Some([date.year - 1, date.year + 1].map(|y| format!("ny|{word}|{y}")))
+            })
+            .flatten()
+            .collect();
+        keys.extend(extra);
     }
     keys
 }
@@ -122,6 +144,15 @@ mod tests {
         for x in [&b, &c, &e, &f] {
             assert!(shares_key(&a, x), "{x:?}");
         }
+        // year off by one and a typo in one name: found through the query's wider net
+        let g = Demographics::builder()
+            .given("Alise")
+            .family("Uwase")
+            .birth_date(BirthDate::year(1991))
+            .build();
+        let kg = blocking_keys(&g);
+        assert!(search_keys(&a).iter().any(|k| kg.contains(k)));
+        assert_eq!(search_keys(&a).len(), blocking_keys(&a).len() + 4);
         let other = Demographics::builder()
             .given("Eric")
             .family("Habimana")

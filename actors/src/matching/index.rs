@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 
-use super::blocking::blocking_keys;
+use super::blocking::{blocking_keys, search_keys};
 use super::demographics::Demographics;
-use super::score::{MatchScore, score};
+use super::frequency::NameCounts;
+use super::score::{MatchScore, score_with};
 
 /// Default [`MemoryIndex::max_block`]: blocks larger than this are skipped at query time.
 pub const DEFAULT_MAX_BLOCK: usize = 20_000;
@@ -28,6 +29,7 @@ pub struct Candidate {
 pub struct MemoryIndex {
     records: Vec<Demographics>,
     blocks: HashMap<String, Vec<u32>>,
+    counts: NameCounts,
     /// Blocks with more records than this are not searched: a key shared by that many
     /// records (a clinic's phone number entered for every patient) carries no identity.
     pub max_block: usize,
@@ -45,6 +47,7 @@ impl MemoryIndex {
         Self {
             records: Vec::new(),
             blocks: HashMap::new(),
+            counts: NameCounts::new(),
             max_block: DEFAULT_MAX_BLOCK,
         }
     }
@@ -56,6 +59,7 @@ impl MemoryIndex {
         for k in blocking_keys(&d) {
             self.blocks.entry(k).or_default().push(id);
         }
+        self.counts.add(&d);
         self.records.push(d);
         id
     }
@@ -83,10 +87,15 @@ impl MemoryIndex {
         )
     }
 
-    /// Ids of the records sharing at least one blocking key with `query`, sorted.
+    /// Name frequencies over the records, as [`search`](Self::search) weighs names.
+    pub fn name_counts(&self) -> &NameCounts {
+        &self.counts
+    }
+
+    /// Ids of the records filed under one of `query`'s [`search_keys`], sorted.
     pub fn candidates(&self, query: &Demographics) -> Vec<u32> {
         let mut ids: Vec<u32> = Vec::new();
-        for k in blocking_keys(query) {
+        for k in search_keys(query) {
             if let Some(block) = self.blocks.get(&k)
                 && block.len() <= self.max_block
             {
@@ -104,7 +113,7 @@ impl MemoryIndex {
             .candidates(query)
             .into_iter()
             .filter_map(|id| {
-                let s = score(query, self.get(id)?);
+                let s = score_with(query, self.get(id)?, &self.counts);
                 s.is_match(threshold).then_some(Candidate { id, score: s })
             })
             .collect();

@@ -48,20 +48,22 @@
 
 pub mod blocking;
 pub mod demographics;
+pub mod frequency;
 pub mod index;
 pub mod jaro;
 pub mod phonetic;
 pub mod score;
 pub mod synth;
 
-pub use blocking::blocking_keys;
+pub use blocking::{blocking_keys, search_keys};
 pub use demographics::{
     BirthDate, Demographics, DemographicsBuilder, Gender, MatchError, normalize_phone,
 };
+pub use frequency::NameCounts;
 pub use index::{Candidate, MemoryIndex};
 pub use jaro::{jaro, jaro_winkler};
 pub use phonetic::{fold, phonetic_key};
 pub use score::{
-    CERTAIN_THRESHOLD, DEFAULT_THRESHOLD, FieldWeights, MatchGrade, MatchScore, POSSIBLE_THRESHOLD,
-    score,
+    CERTAIN_THRESHOLD, DEFAULT_THRESHOLD, FieldWeights, FixedWeights, MatchGrade, MatchScore,
+    NameFrequencies, POSSIBLE_THRESHOLD, PRIOR_BITS, score, score_with,
 };

@@ -141,8 +141,39 @@ impl MatchScore {
     }
 }
 
-/// Score `candidate` against `query`. Symmetric in its two arguments.
+/// How common a name is, for value-specific Fellegi-Sunter weights: agreeing on a rare
+/// name is stronger evidence than agreeing on `Habimana`.
+pub trait NameFrequencies {
+    /// Share (`0..=1`) of registered patients having a name word with phonetic key `key`,
+    /// or `None` when unknown (the fixed weights of the table are used then).
+    fn frequency(&self, key: &str) -> Option<f64>;
+}
+
+/// No frequency information: names get the fixed weights of the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixedWeights;
+
+impl NameFrequencies for FixedWeights {
+    fn frequency(&self, _key: &str) -> Option<f64> {
+        None
+    }
+}
+
+/// Score `candidate` against `query` with the fixed name weights. Symmetric.
 pub fn score(query: &Demographics, candidate: &Demographics) -> MatchScore {
+    score_with(query, candidate, &FixedWeights)
+}
+
+/// Score `candidate` against `query`, weighting name agreement by how common the name is:
+/// an exact agreement weighs `log2(m / f)` bits, clamped to 3..=14, where `f` is the
+/// larger frequency of the two words' phonetic keys and `m` is 0.9 (family) or 0.85
+/// (given); a phonetic or JW ≥ 0.94 agreement 1.5 bits less; a close one (JW ≥ 0.88)
+/// 5 bits less, kept within 0.5..=2. Symmetric in `query` and `candidate`.
+pub fn score_with(
+    query: &Demographics,
+    candidate: &Demographics,
+    freq: &dyn NameFrequencies,
+) -> MatchScore {
     let mut fields = FieldWeights::default();
     let mut identifier_match = false;
     for (qs, qv) in &query.identifiers {
@@ -156,7 +187,7 @@ pub fn score(query: &Demographics, candidate: &Demographics) -> MatchScore {
             }
         }
     }
-    let (names, names_swapped) = names_weight(query, candidate);
+    let (names, names_swapped) = names_weight(query, candidate, freq);
     fields.names = names;
     fields.birth_date = match (query.birth_date, candidate.birth_date) {
         (Some(a), Some(b)) => date_weight(a, b),
@@ -224,55 +255,102 @@ fn word_level(a: &NameWord, b: &NameWord) -> Level {
     }
 }
 
-/// Best level over all word pairs, `None` when either side has no words.
-fn best_level(a: &[NameWord], b: &[NameWord]) -> Option<Level> {
-    let mut best: Option<Level> = None;
+/// The role a name word is compared in; it sets the agreement probability `m` and the
+/// fixed weights used without frequencies.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Family,
+    Given,
+    /// Crosswise (given against family): the mean of the two roles.
+    Cross,
+}
+
+impl Role {
+    /// `m`: how often two records of one person agree exactly on this name.
+    fn m(self) -> f64 {
+        match self {
+            Self::Family => 0.9,
+            Self::Given => 0.85,
+            Self::Cross => 0.875,
+        }
+    }
+
+    /// Exact-agreement weight when no frequency is known.
+    fn fixed_exact(self) -> f64 {
+        match self {
+            Self::Family => 7.0,
+            Self::Given => 6.0,
+            Self::Cross => 6.5,
+        }
+    }
+
+    /// Largest weight for a close (JW ≥ 0.88) agreement.
+    fn close_max(self) -> f64 {
+        match self {
+            Self::Family => 2.0,
+            Self::Given => 1.5,
+            Self::Cross => 1.75,
+        }
+    }
+}
+
+/// Lowest and highest exact-agreement weight from frequencies.
+const EXACT_RANGE: (f64, f64) = (3.0, 14.0);
+/// Weight of a name that disagrees (JW < 0.88 and different phonetic keys).
+const NAME_DISAGREE: f64 = -5.0;
+
+fn pair_bits(x: &NameWord, y: &NameWord, role: Role, freq: &dyn NameFrequencies) -> f64 {
+    let level = word_level(x, y);
+    if level == Level::Disagree {
+        return NAME_DISAGREE;
+    }
+    let f = match (freq.frequency(&x.key), freq.frequency(&y.key)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let exact = match f {
+        Some(f) => (role.m() / f.max(1e-12))
+            .log2()
+            .clamp(EXACT_RANGE.0, EXACT_RANGE.1),
+        None => role.fixed_exact(),
+    };
+    match level {
+        Level::Exact => exact,
+        Level::Similar => exact - 1.5,
+        Level::Close => (exact - 5.0).clamp(0.5, role.close_max()),
+        Level::Disagree => NAME_DISAGREE,
+    }
+}
+
+/// Best weight over all word pairs, `None` when either side has no words.
+fn best_bits(
+    a: &[NameWord],
+    b: &[NameWord],
+    role: Role,
+    freq: &dyn NameFrequencies,
+) -> Option<f64> {
+    let mut best: Option<f64> = None;
     for x in a {
         for y in b {
-            let l = word_level(x, y);
-            if best.is_none_or(|b| l > b) {
-                best = Some(l);
-            }
-            if l == Level::Exact {
-                return best;
+            let w = pair_bits(x, y, role, freq);
+            if best.is_none_or(|b| w > b) {
+                best = Some(w);
             }
         }
     }
     best
 }
 
-fn family_bits(l: Option<Level>) -> f64 {
-    match l {
-        Some(Level::Exact) => 7.0,
-        Some(Level::Similar) => 5.0,
-        Some(Level::Close) => 2.0,
-        Some(Level::Disagree) => -5.0,
-        None => 0.0,
-    }
-}
-
-fn given_bits(l: Option<Level>) -> f64 {
-    match l {
-        Some(Level::Exact) => 6.0,
-        Some(Level::Similar) => 4.5,
-        Some(Level::Close) => 1.5,
-        Some(Level::Disagree) => -5.0,
-        None => 0.0,
-    }
-}
-
-fn names_weight(q: &Demographics, c: &Demographics) -> (f64, bool) {
-    let straight =
-        family_bits(best_level(&q.family, &c.family)) + given_bits(best_level(&q.given, &c.given));
+fn names_weight(q: &Demographics, c: &Demographics, freq: &dyn NameFrequencies) -> (f64, bool) {
+    let straight = best_bits(&q.family, &c.family, Role::Family, freq).unwrap_or(0.0)
+        + best_bits(&q.given, &c.given, Role::Given, freq).unwrap_or(0.0);
     // Crosswise: the query's family against the candidate's given, and vice versa.
-    // Each cross pair is weighted as the average of the two roles.
-    let cross1 = best_level(&q.family, &c.given);
-    let cross2 = best_level(&q.given, &c.family);
+    let cross1 = best_bits(&q.family, &c.given, Role::Cross, freq);
+    let cross2 = best_bits(&q.given, &c.family, Role::Cross, freq);
     if cross1.is_none() && cross2.is_none() {
         return (straight, false);
     }
-    let avg = |l| (family_bits(l) + given_bits(l)) / 2.0;
-    let swapped = avg(cross1) + avg(cross2) - 0.5;
+    let swapped = cross1.unwrap_or(0.0) + cross2.unwrap_or(0.0) - 0.5;
     if swapped > straight {
         (swapped, true)
     } else {
@@ -290,12 +368,12 @@ fn date_weight(a: BirthDate, b: BirthDate) -> f64 {
                 } else if am == bd && ad == bm {
                     5.0
                 } else if am == bm {
-                    2.0
+                    1.0
                 } else {
-                    -2.0
+                    -5.0
                 }
             } else if (a.year - b.year).abs() == 1 {
-                if am == bm && ad == bd { 4.5 } else { -1.0 }
+                if am == bm && ad == bd { 4.5 } else { -5.0 }
             } else {
                 -6.0
             }
@@ -308,9 +386,9 @@ fn date_weight(a: BirthDate, b: BirthDate) -> f64 {
                     (Some(x), Some(y)) => {
                         // A year-month against a full date may hide a day/month swap.
                         let swap = |d: BirthDate, m: u8| d.day == Some(m);
-                        if swap(a, y) || swap(b, x) { 3.0 } else { -2.0 }
+                        if swap(a, y) || swap(b, x) { 2.0 } else { -5.0 }
                     }
-                    _ => 3.0,
+                    _ => 2.0,
                 }
             } else if (a.year - b.year).abs() == 1 {
                 -1.0
@@ -452,7 +530,7 @@ mod tests {
         let d = BirthDate::ymd(1990, 3, 4);
         assert_eq!(date_weight(d, d), 8.0);
         assert_eq!(date_weight(d, BirthDate::ymd(1990, 4, 3)), 5.0);
-        assert_eq!(date_weight(d, BirthDate::year(1990)), 3.0);
+        assert_eq!(date_weight(d, BirthDate::year(1990)), 2.0);
         assert_eq!(
             date_weight(
                 d,
@@ -473,11 +551,12 @@ mod tests {
                     day: None
                 }
             ),
-            3.0
+            2.0
         );
         assert_eq!(date_weight(d, BirthDate::ymd(1989, 3, 4)), 4.5);
-        assert_eq!(date_weight(d, BirthDate::ymd(1990, 3, 9)), 2.0);
-        assert_eq!(date_weight(d, BirthDate::ymd(1990, 8, 9)), -2.0);
+        assert_eq!(date_weight(d, BirthDate::ymd(1990, 3, 9)), 1.0);
+        assert_eq!(date_weight(d, BirthDate::ymd(1989, 5, 6)), -5.0);
+        assert_eq!(date_weight(d, BirthDate::ymd(1990, 8, 9)), -5.0);
         assert_eq!(date_weight(d, BirthDate::ymd(1960, 3, 4)), -6.0);
         assert_eq!(
             date_weight(BirthDate::year(1990), BirthDate::year(1991)),
