@@ -12,6 +12,7 @@ pub mod error;
 pub mod engine;
 pub mod format;
 pub mod params;
+pub mod pmatch;
 pub mod policy;
 pub mod route;
 pub mod search;
@@ -612,7 +613,11 @@ impl Store {
 
     /// Blind index keys of a resource.
     pub(crate) fn index_keys(&self, c: Component, ty: &str, id: &str, resource: &Value) -> BTreeSet<Vec<u8>> {
-        params::all_terms(ty, resource)
+        let mut terms = params::all_terms(ty, resource);
+        if ty == "Patient" {
+            terms.extend(pmatch::match_terms(resource));
+        }
+        terms
             .into_iter()
             .map(|(field, term)| {
                 let blind = self.blind[c.index()].index(&field, term.as_bytes());

@@ -1,0 +1,299 @@
+//! The supervised registry actors: one [`Registry`] pool per store component (client
+//! registry, facility registry, health-worker registry, product catalogue, terminology,
+//! shared health record, consent store, audit log).
+//!
+//! Each is an actix `SyncActor` in a [`SyncArbiter`] pool: its handlers do the blocking LMDB
+//! reads and the CPU work of a write (canonicalise, sign, seal, blind-index) off the async
+//! executor, hand writes to the group-commit writer and reply with a
+//! [`Pending`](crate::store::engine::Pending) the caller awaits. Supervision: a panic inside
+//! a handler is caught, the caller gets [`StoreError::Unavailable`], and the actor stops —
+//! which in a `SyncContext` means the pool's factory builds a fresh actor that resumes from
+//! LMDB (all durable state lives there) and serves the messages still queued. Other
+//! components never notice.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::prelude::*;
+use serde_json::Value;
+
+use crate::store::engine::{Engine, Pending, TxEntry, WriteResult};
+use crate::store::pmatch::PatientMatch;
+use crate::store::search::SearchQuery;
+use crate::store::{AccessContext, Component, Record, SearchPage, StoreError, StoreResult};
+use crate::store::audit::{AuditEntry, Interaction};
+
+/// A request to a registry actor.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Create (optionally conditional on a search).
+    Create {
+        /// The resource.
+        resource: Value,
+        /// Author's detached JWS over the canonical bytes, if any.
+        author_jws: Option<String>,
+        /// If-None-Exist criteria.
+        if_none_exist: Option<SearchQuery>,
+    },
+    /// Update / create-with-id.
+    Update {
+        /// Type.
+        resource_type: String,
+        /// Id.
+        id: String,
+        /// The resource.
+        resource: Value,
+        /// If-Match version.
+        if_match: Option<u64>,
+        /// Author's JWS.
+        author_jws: Option<String>,
+    },
+    /// Logical delete.
+    Delete {
+        /// Type.
+        resource_type: String,
+        /// Id.
+        id: String,
+    },
+    /// Read (current).
+    Read {
+        /// Type.
+        resource_type: String,
+        /// Id.
+        id: String,
+    },
+    /// Read a version.
+    Vread {
+        /// Type.
+        resource_type: String,
+        /// Id.
+        id: String,
+        /// Version.
+        version: u64,
+    },
+    /// Instance history.
+    History {
+        /// Type.
+        resource_type: String,
+        /// Id.
+        id: String,
+    },
+    /// Type history.
+    TypeHistory {
+        /// Type.
+        resource_type: String,
+        /// Page size.
+        count: usize,
+        /// Offset.
+        offset: usize,
+    },
+    /// Search.
+    Search(SearchQuery),
+    /// Transaction (all or nothing).
+    Transaction(Vec<TxEntry>),
+    /// Patient matching.
+    Match {
+        /// The query Patient.
+        patient: Value,
+        /// Minimum score.
+        min_score: f64,
+        /// Most candidates.
+        count: usize,
+    },
+    /// Audit-log entry by index.
+    AuditEntry(u64),
+    /// Inclusion proof (index, size).
+    InclusionProof(u64, u64),
+    /// Consistency proof (old, new).
+    ConsistencyProof(u64, u64),
+    /// Fault injection for supervision tests: the handler panics.
+    #[cfg(test)]
+    Panic,
+}
+
+/// A registry actor's reply.
+#[derive(Debug)]
+pub enum Response {
+    /// One write.
+    Write(Pending<WriteResult>),
+    /// Transaction results.
+    Writes(Pending<Vec<WriteResult>>),
+    /// One record.
+    Record(Pending<Record>),
+    /// Several records.
+    Records(Pending<Vec<Record>>),
+    /// A search page.
+    Page(Pending<SearchPage>),
+    /// Matches (their disclosure is audited before they are returned).
+    Matches(Pending<()>, Vec<PatientMatch>),
+    /// An audit entry.
+    Entry(AuditEntry),
+    /// A Merkle proof.
+    Proof(Vec<[u8; 32]>),
+}
+
+/// Message carrying a request and who makes it.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// Who asks.
+    pub ctx: AccessContext,
+    /// What.
+    pub request: Request,
+}
+
+impl Message for Op {
+    type Result = StoreResult<Response>;
+}
+
+/// A registry actor: one instance per pool thread, all sharing the engine.
+pub struct Registry {
+    component: Component,
+    engine: Engine,
+    restarts: Arc<AtomicU64>,
+}
+
+impl Registry {
+    /// Names of the registries, for logs (`ClientRegistry`, `FacilityRegistry`, ...).
+    pub fn name(c: Component) -> &'static str {
+        match c {
+            Component::Patient => "ClientRegistry",
+            Component::Facility => "FacilityRegistry",
+            Component::Worker => "WorkerRegistry",
+            Component::Product => "ProductCatalogue",
+            Component::Term => "Terminology",
+            Component::Shr => "SharedHealthRecord",
+            Component::Consent => "ConsentStore",
+            Component::Audit => "AuditLog",
+        }
+    }
+
+    /// Starts a pool of `threads` actors of component `c`.
+    pub fn start_pool(c: Component, engine: Engine, threads: usize, restarts: Arc<AtomicU64>) -> Addr<Registry> {
+        SyncArbiter::start(threads.max(1), move || Registry { component: c, engine: engine.clone(), restarts: restarts.clone() })
+    }
+
+    fn handle_op(&mut self, op: Op) -> StoreResult<Response> {
+        let e = &self.engine;
+        let ctx = &op.ctx;
+        Ok(match op.request {
+            Request::Create { resource, author_jws, if_none_exist } => {
+                Response::Write(e.create(ctx, resource, author_jws, if_none_exist)?)
+            }
+            Request::Update { resource_type, id, resource, if_match, author_jws } => {
+                Response::Write(e.update(ctx, &resource_type, &id, resource, if_match, author_jws)?)
+            }
+            Request::Delete { resource_type, id } => Response::Write(e.delete(ctx, &resource_type, &id)?),
+            Request::Read { resource_type, id } => Response::Record(e.read(ctx, &resource_type, &id)?),
+            Request::Vread { resource_type, id, version } => Response::Record(e.vread(ctx, &resource_type, &id, version)?),
+            Request::History { resource_type, id } => Response::Records(e.history(ctx, &resource_type, &id)?),
+            Request::TypeHistory { resource_type, count, offset } => {
+                Response::Page(e.type_history(ctx, &resource_type, count, offset)?)
+            }
+            Request::Search(q) => Response::Page(e.search(ctx, &q)?),
+            Request::Transaction(entries) => Response::Writes(e.transaction(ctx, entries)?),
+            Request::Match { patient, min_score, count } => {
+                let found = e.store.match_patients(&patient, min_score, count)?;
+                let records: Vec<Record> = found.iter().map(|m| m.record.clone()).collect();
+                let pending = e.audit_disclosure(ctx, Interaction::Operation, Some("Patient/$match".into()), &records)?;
+                Response::Matches(pending, found)
+            }
+            Request::AuditEntry(i) => Response::Entry(e.store.audit_entry(i)?),
+            Request::InclusionProof(i, n) => Response::Proof(e.store.audit_inclusion_proof(i, n)?),
+            Request::ConsistencyProof(o, n) => Response::Proof(e.store.audit_consistency_proof(o, n)?),
+            #[cfg(test)]
+            Request::Panic => panic!("fault injection: {} handler panicked", Registry::name(self.component)),
+        })
+    }
+}
+
+impl Actor for Registry {
+    type Context = SyncContext<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        tracing::debug!(registry = Registry::name(self.component), "registry actor started");
+    }
+}
+
+impl Handler<Op> for Registry {
+    type Result = StoreResult<Response>;
+
+    fn handle(&mut self, op: Op, ctx: &mut Self::Context) -> Self::Result {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.handle_op(op))) {
+            Ok(r) => r,
+            Err(_) => {
+                // Supervision: stop this actor; the SyncArbiter's factory replaces it with a
+                // fresh one (state is in LMDB), which then serves the queued messages.
+                self.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(registry = Registry::name(self.component), "handler panicked; restarting actor");
+                ctx.stop();
+                Err(StoreError::Unavailable(Registry::name(self.component).into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hexa_crypto::keyfile::ApplianceSecrets;
+    use hexa_crypto::keys::SigningKey;
+    use hexa_crypto::seal::MasterKey;
+    use serde_json::json;
+
+    use super::*;
+    use crate::handle::StoreHandle;
+    use crate::store::StoreConfig;
+
+    fn handle(dir: &std::path::Path) -> StoreHandle {
+        let secrets = ApplianceSecrets { node_key: SigningKey::from_seed(&[7; 32]), master_key: MasterKey::from_bytes([8; 32]) };
+        StoreHandle::start(StoreConfig::new(dir, "node", "fac"), secrets, 2).unwrap()
+    }
+
+    /// Kills the client registry mid-load: the in-flight request that crashed it gets a
+    /// typed error, every other request (queued behind it, or to other registries)
+    /// succeeds, and the restarted actor serves again.
+    #[actix_rt::test]
+    async fn a_panicking_actor_is_restarted_and_others_keep_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let ctx = AccessContext::system("fac");
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let (h2, ctx2) = (h.clone(), ctx.clone());
+            tasks.push(actix_rt::spawn(async move {
+                let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
+                let body = if ty == "Patient" {
+                    json!({"resourceType": "Patient", "name": [{"family": format!("Load{i}")}]})
+                } else {
+                    json!({"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/x"}})
+                };
+                h2.create(&ctx2, body, None).await.map(|w| (ty, w.record.id))
+            }));
+            if i == 100 {
+                // Let the first half get going, then crash the client registry under load.
+                for _ in 0..20 {
+                    actix_rt::task::yield_now().await;
+                }
+                let crash = h.call(Component::Patient, &ctx, Request::Panic).await;
+                assert!(matches!(crash, Err(StoreError::Unavailable(ref n)) if n == "ClientRegistry"), "{crash:?}");
+            }
+        }
+        let mut written = Vec::new();
+        for t in tasks {
+            written.push(t.await.unwrap().expect("request failed"));
+        }
+        assert_eq!(written.len(), 200);
+        assert_eq!(h.restarts(), 1);
+        // The restarted registry serves again, from LMDB.
+        for (ty, id) in written.iter().step_by(9) {
+            let r = h.read(&ctx, ty, id).await.unwrap();
+            h.store().verify(&r).unwrap();
+        }
+        let page = h.search(&ctx, "Patient", &[("family".into(), "load1".into())]).await.unwrap();
+        assert!(page.total >= 11, "{}", page.total);
+        // A second crash while idle also recovers.
+        assert!(h.call(Component::Shr, &ctx, Request::Panic).await.is_err());
+        assert!(h.create(&ctx, json!({"resourceType": "Observation", "status": "final"}), None).await.is_ok());
+        assert_eq!(h.restarts(), 2);
+    }
+}
