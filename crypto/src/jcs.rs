@@ -295,7 +295,10 @@ mod tests {
     }
 
     #[test]
-    fn trailing_garbage_rejected() {
+    fn trailing_garbage_and_lone_surrogates_rejected() {
         assert!(canonicalize_str("{} x").is_err());
+        assert!(canonicalize_str(r#""\ud800""#).is_err());
+        assert!(canonicalize_str(r#"{"\udfff":1}"#).is_err());
+        assert!(canonicalize_str("1e400").is_err());
     }
 }

@@ -23,6 +23,15 @@
 //! - `jcs::canonicalize` never fails for a `serde_json::Value` (it cannot hold NaN/Infinity),
 //!   but keeps its `Result` signature; integers beyond ±2^53 are formatted as the nearest
 //!   IEEE 754 double, exactly as RFC 8785 prescribes.
+//! - Additions beyond the sketch: `jcs::parse_strict` (JSON parse rejecting duplicate member
+//!   names) and `jcs::format_es6`; `seal::SealKey::{from_bytes, seal_with_nonce,
+//!   open_with_nonce}` (raw AEAD, used for the key file and the published vector);
+//!   `keyfile::ApplianceSecrets::to_file_bytes_with_params`; `checkpoint::{key_hash,
+//!   try_sign_note}` (`sign_note` stays infallible; a malformed body simply will not open);
+//!   `roster::VerifiedRoster::roster`; `consent::VerifiedAssertion` carries the new
+//!   `sign_count` the caller must persist.
+//! - `roster::SignedRoster` and `merkle::Frontier` implement serde `Serialize`/`Deserialize`
+//!   (a `Frontier` with the wrong number of hashes for its size is rejected on load).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
