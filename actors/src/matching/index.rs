@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use super::blocking::{blocking_keys, search_keys};
 use super::demographics::Demographics;
 use super::frequency::NameCounts;
-use super::score::{MatchScore, score_with};
+use super::score::{FixedWeights, MatchScore, score_with};
 
 /// Default [`MemoryIndex::max_block`]: blocks larger than this are skipped at query time.
 pub const DEFAULT_MAX_BLOCK: usize = 20_000;
@@ -33,6 +33,12 @@ pub struct MemoryIndex {
     /// Blocks with more records than this are not searched: a key shared by that many
     /// records (a clinic's phone number entered for every patient) carries no identity.
     pub max_block: usize,
+    /// Weigh names by their frequency in this index ([`score_with`] over
+    /// [`NameCounts`]) rather than by the fixed table. On by default.
+    pub frequency_weights: bool,
+    /// Look up [`search_keys`] (name + neighbouring birth years) rather than only the
+    /// [`blocking_keys`]. On by default.
+    pub widen_years: bool,
 }
 
 impl Default for MemoryIndex {
@@ -49,6 +55,8 @@ impl MemoryIndex {
             blocks: HashMap::new(),
             counts: NameCounts::new(),
             max_block: DEFAULT_MAX_BLOCK,
+            frequency_weights: true,
+            widen_years: true,
         }
     }
 
@@ -92,10 +100,16 @@ impl MemoryIndex {
         &self.counts
     }
 
-    /// Ids of the records filed under one of `query`'s [`search_keys`], sorted.
+    /// Ids of the records filed under one of `query`'s [`search_keys`] (or only its
+    /// [`blocking_keys`] when `widen_years` is off), sorted.
     pub fn candidates(&self, query: &Demographics) -> Vec<u32> {
         let mut ids: Vec<u32> = Vec::new();
-        for k in search_keys(query) {
+        let keys = if self.widen_years {
+            search_keys(query)
+        } else {
+            blocking_keys(query)
+        };
+        for k in keys {
             if let Some(block) = self.blocks.get(&k)
                 && block.len() <= self.max_block
             {
@@ -113,7 +127,12 @@ impl MemoryIndex {
             .candidates(query)
             .into_iter()
             .filter_map(|id| {
-                let s = score_with(query, self.get(id)?, &self.counts);
+                let candidate = self.get(id)?;
+                let s = if self.frequency_weights {
+                    score_with(query, candidate, &self.counts)
+                } else {
+                    score_with(query, candidate, &FixedWeights)
+                };
                 s.is_match(threshold).then_some(Candidate { id, score: s })
             })
             .collect();
