@@ -14,7 +14,10 @@ use crate::store::audit::AuditEntry;
 use crate::store::engine::{Engine, TxEntry, WriteResult};
 use crate::store::pmatch::PatientMatch;
 use crate::store::search::SearchQuery;
-use crate::store::{AccessContext, Component, Record, SearchPage, Store, StoreConfig, StoreError, StoreResult, component_for};
+use crate::store::{
+    AccessContext, Component, Record, SearchPage, Store, StoreConfig, StoreError, StoreResult,
+    component_for,
+};
 
 /// One entry of a FHIR batch (entries are independent; each has its own outcome).
 #[derive(Debug, Clone)]
@@ -56,7 +59,9 @@ pub struct StoreHandle {
 
 impl std::fmt::Debug for StoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreHandle").field("store", &self.engine.store).finish_non_exhaustive()
+        f.debug_struct("StoreHandle")
+            .field("store", &self.engine.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,7 +72,11 @@ fn unexpected() -> StoreError {
 impl StoreHandle {
     /// Opens the store and starts the writer and one registry pool per component
     /// (`threads` actors each). Call inside a running actix `System`.
-    pub fn start(config: StoreConfig, secrets: ApplianceSecrets, threads: usize) -> StoreResult<StoreHandle> {
+    pub fn start(
+        config: StoreConfig,
+        secrets: ApplianceSecrets,
+        threads: usize,
+    ) -> StoreResult<StoreHandle> {
         let store = Arc::new(Store::open(config, secrets)?);
         let engine = Engine::start(store)?;
         let restarts = Arc::new(AtomicU64::new(0));
@@ -75,7 +84,11 @@ impl StoreHandle {
             .iter()
             .map(|c| Registry::start_pool(*c, engine.clone(), threads, restarts.clone()))
             .collect();
-        Ok(StoreHandle { registries: Arc::new(registries), engine, restarts })
+        Ok(StoreHandle {
+            registries: Arc::new(registries),
+            engine,
+            restarts,
+        })
     }
 
     /// The underlying store (for verification helpers and tests).
@@ -95,21 +108,39 @@ impl StoreHandle {
 
     /// Sends a request to the registry of `c`. A stopped or restarting actor is a typed
     /// `Unavailable` error, never a hang.
-    pub async fn call(&self, c: Component, ctx: &AccessContext, request: Request) -> StoreResult<Response> {
+    pub async fn call(
+        &self,
+        c: Component,
+        ctx: &AccessContext,
+        request: Request,
+    ) -> StoreResult<Response> {
         let addr = &self.registries[c.index()];
-        addr.send(Op { ctx: ctx.clone(), request })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{} ({e})", Registry::name(c))))?
+        addr.send(Op {
+            ctx: ctx.clone(),
+            request,
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{} ({e})", Registry::name(c))))?
     }
 
-    async fn write(&self, c: Component, ctx: &AccessContext, request: Request) -> StoreResult<WriteResult> {
+    async fn write(
+        &self,
+        c: Component,
+        ctx: &AccessContext,
+        request: Request,
+    ) -> StoreResult<WriteResult> {
         match self.call(c, ctx, request).await? {
             Response::Write(p) => p.wait().await,
             _ => Err(unexpected()),
         }
     }
 
-    async fn record(&self, c: Component, ctx: &AccessContext, request: Request) -> StoreResult<Record> {
+    async fn record(
+        &self,
+        c: Component,
+        ctx: &AccessContext,
+        request: Request,
+    ) -> StoreResult<Record> {
         match self.call(c, ctx, request).await? {
             Response::Record(p) => p.wait().await,
             _ => Err(unexpected()),
@@ -125,35 +156,102 @@ impl StoreHandle {
     }
 
     /// Create with a server-assigned id.
-    pub async fn create(&self, ctx: &AccessContext, resource: Value, author_jws: Option<String>) -> StoreResult<WriteResult> {
+    pub async fn create(
+        &self,
+        ctx: &AccessContext,
+        resource: Value,
+        author_jws: Option<String>,
+    ) -> StoreResult<WriteResult> {
         let c = Self::type_component(&resource)?;
-        self.write(c, ctx, Request::Create { resource, author_jws, if_none_exist: None }).await
+        self.write(
+            c,
+            ctx,
+            Request::Create {
+                resource,
+                author_jws,
+                if_none_exist: None,
+            },
+        )
+        .await
     }
 
     /// Conditional create (If-None-Exist): creates unless exactly one resource matches
     /// `criteria` (then returns it with `created == false`); several matches are an error.
-    pub async fn conditional_create(&self, ctx: &AccessContext, resource: Value, criteria: &[(String, String)]) -> StoreResult<WriteResult> {
+    pub async fn conditional_create(
+        &self,
+        ctx: &AccessContext,
+        resource: Value,
+        criteria: &[(String, String)],
+    ) -> StoreResult<WriteResult> {
         let c = Self::type_component(&resource)?;
-        let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+        let ty = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let q = SearchQuery::parse(ty, criteria)?;
-        self.write(c, ctx, Request::Create { resource, author_jws: None, if_none_exist: Some(q) }).await
+        self.write(
+            c,
+            ctx,
+            Request::Create {
+                resource,
+                author_jws: None,
+                if_none_exist: Some(q),
+            },
+        )
+        .await
     }
 
     /// Read the current version.
-    pub async fn read(&self, ctx: &AccessContext, resource_type: &str, id: &str) -> StoreResult<Record> {
+    pub async fn read(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+    ) -> StoreResult<Record> {
         let c = component_for(resource_type)?;
-        self.record(c, ctx, Request::Read { resource_type: resource_type.into(), id: id.into() }).await
+        self.record(
+            c,
+            ctx,
+            Request::Read {
+                resource_type: resource_type.into(),
+                id: id.into(),
+            },
+        )
+        .await
     }
 
     /// Read one version.
-    pub async fn vread(&self, ctx: &AccessContext, resource_type: &str, id: &str, version: u64) -> StoreResult<Record> {
+    pub async fn vread(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> StoreResult<Record> {
         let c = component_for(resource_type)?;
-        self.record(c, ctx, Request::Vread { resource_type: resource_type.into(), id: id.into(), version }).await
+        self.record(
+            c,
+            ctx,
+            Request::Vread {
+                resource_type: resource_type.into(),
+                id: id.into(),
+                version,
+            },
+        )
+        .await
     }
 
     /// Update (If-Match optional). Without If-Match, a concurrent update that wins the race
     /// is not the caller's conflict: the update is re-prepared on the new version.
-    pub async fn update(&self, ctx: &AccessContext, resource_type: &str, id: &str, resource: Value, if_match: Option<u64>, author_jws: Option<String>) -> StoreResult<WriteResult> {
+    pub async fn update(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<u64>,
+        author_jws: Option<String>,
+    ) -> StoreResult<WriteResult> {
         let c = component_for(resource_type)?;
         let mut attempt = 0;
         loop {
@@ -165,31 +263,80 @@ impl StoreHandle {
                 author_jws: author_jws.clone(),
             };
             match self.write(c, ctx, req).await {
-                Err(StoreError::Conflict { .. }) if if_match.is_none() && attempt < UPDATE_RETRIES => attempt += 1,
+                Err(StoreError::Conflict { .. })
+                    if if_match.is_none() && attempt < UPDATE_RETRIES =>
+                {
+                    attempt += 1
+                }
                 other => return other,
             }
         }
     }
 
     /// Logical delete.
-    pub async fn delete(&self, ctx: &AccessContext, resource_type: &str, id: &str) -> StoreResult<WriteResult> {
+    pub async fn delete(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+    ) -> StoreResult<WriteResult> {
         let c = component_for(resource_type)?;
-        self.write(c, ctx, Request::Delete { resource_type: resource_type.into(), id: id.into() }).await
+        self.write(
+            c,
+            ctx,
+            Request::Delete {
+                resource_type: resource_type.into(),
+                id: id.into(),
+            },
+        )
+        .await
     }
 
     /// Instance history, newest first.
-    pub async fn history(&self, ctx: &AccessContext, resource_type: &str, id: &str) -> StoreResult<Vec<Record>> {
+    pub async fn history(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+    ) -> StoreResult<Vec<Record>> {
         let c = component_for(resource_type)?;
-        match self.call(c, ctx, Request::History { resource_type: resource_type.into(), id: id.into() }).await? {
+        match self
+            .call(
+                c,
+                ctx,
+                Request::History {
+                    resource_type: resource_type.into(),
+                    id: id.into(),
+                },
+            )
+            .await?
+        {
             Response::Records(p) => p.wait().await,
             _ => Err(unexpected()),
         }
     }
 
     /// Type history, newest first.
-    pub async fn type_history(&self, ctx: &AccessContext, resource_type: &str, count: usize, offset: usize) -> StoreResult<SearchPage> {
+    pub async fn type_history(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        count: usize,
+        offset: usize,
+    ) -> StoreResult<SearchPage> {
         let c = component_for(resource_type)?;
-        match self.call(c, ctx, Request::TypeHistory { resource_type: resource_type.into(), count, offset }).await? {
+        match self
+            .call(
+                c,
+                ctx,
+                Request::TypeHistory {
+                    resource_type: resource_type.into(),
+                    count,
+                    offset,
+                },
+            )
+            .await?
+        {
             Response::Page(p) => p.wait().await,
             _ => Err(unexpected()),
         }
@@ -197,13 +344,22 @@ impl StoreHandle {
 
     /// Search with `(name, value)` parameters (`_count`, `_offset`, `_sort` included);
     /// returns the total and one page.
-    pub async fn search(&self, ctx: &AccessContext, resource_type: &str, params: &[(String, String)]) -> StoreResult<SearchPage> {
+    pub async fn search(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        params: &[(String, String)],
+    ) -> StoreResult<SearchPage> {
         let q = SearchQuery::parse(resource_type, params)?;
         self.search_query(ctx, q).await
     }
 
     /// Search with a parsed query.
-    pub async fn search_query(&self, ctx: &AccessContext, q: SearchQuery) -> StoreResult<SearchPage> {
+    pub async fn search_query(
+        &self,
+        ctx: &AccessContext,
+        q: SearchQuery,
+    ) -> StoreResult<SearchPage> {
         let c = component_for(&q.resource_type)?;
         match self.call(c, ctx, Request::Search(q)).await? {
             Response::Page(p) => p.wait().await,
@@ -212,9 +368,15 @@ impl StoreHandle {
     }
 
     /// FHIR transaction: all entries commit together or none does.
-    pub async fn transaction(&self, ctx: &AccessContext, entries: Vec<TxEntry>) -> StoreResult<Vec<WriteResult>> {
+    pub async fn transaction(
+        &self,
+        ctx: &AccessContext,
+        entries: Vec<TxEntry>,
+    ) -> StoreResult<Vec<WriteResult>> {
         let c = match entries.first() {
-            Some(TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. }) => Self::type_component(resource)?,
+            Some(TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. }) => {
+                Self::type_component(resource)?
+            }
             Some(TxEntry::Delete { resource_type, .. }) => component_for(resource_type)?,
             None => return Err(StoreError::Invalid("empty transaction".into())),
         };
@@ -226,33 +388,66 @@ impl StoreHandle {
 
     /// FHIR batch: independent entries, each with its own outcome. All entries are sent
     /// before any is awaited, so their writes share group commits.
-    pub async fn batch(&self, ctx: &AccessContext, entries: Vec<BatchEntry>) -> Vec<StoreResult<BatchOutcome>> {
+    pub async fn batch(
+        &self,
+        ctx: &AccessContext,
+        entries: Vec<BatchEntry>,
+    ) -> Vec<StoreResult<BatchOutcome>> {
         let mut sent = Vec::with_capacity(entries.len());
         for entry in entries {
             let routed = match &entry {
-                BatchEntry::Write(TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. }) => Self::type_component(resource),
-                BatchEntry::Write(TxEntry::Delete { resource_type, .. }) | BatchEntry::Read { resource_type, .. } => component_for(resource_type),
+                BatchEntry::Write(
+                    TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. },
+                ) => Self::type_component(resource),
+                BatchEntry::Write(TxEntry::Delete { resource_type, .. })
+                | BatchEntry::Read { resource_type, .. } => component_for(resource_type),
                 BatchEntry::Search(q) => component_for(&q.resource_type),
             };
             let request = match entry {
-                BatchEntry::Write(TxEntry::Create { resource, .. }) => Request::Create { resource, author_jws: None, if_none_exist: None },
+                BatchEntry::Write(TxEntry::Create { resource, .. }) => Request::Create {
+                    resource,
+                    author_jws: None,
+                    if_none_exist: None,
+                },
                 BatchEntry::Write(TxEntry::Update { resource, if_match }) => {
-                    let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_string();
-                    let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                    Request::Update { resource_type: ty, id, resource, if_match, author_jws: None }
+                    let ty = resource
+                        .get("resourceType")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let id = resource
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    Request::Update {
+                        resource_type: ty,
+                        id,
+                        resource,
+                        if_match,
+                        author_jws: None,
+                    }
                 }
-                BatchEntry::Write(TxEntry::Delete { resource_type, id }) => Request::Delete { resource_type, id },
+                BatchEntry::Write(TxEntry::Delete { resource_type, id }) => {
+                    Request::Delete { resource_type, id }
+                }
                 BatchEntry::Read { resource_type, id } => Request::Read { resource_type, id },
                 BatchEntry::Search(q) => Request::Search(q),
             };
             sent.push(routed.map(|c| {
-                self.registries[c.index()].send(Op { ctx: ctx.clone(), request })
+                self.registries[c.index()].send(Op {
+                    ctx: ctx.clone(),
+                    request,
+                })
             }));
         }
         let mut replies = Vec::with_capacity(sent.len());
         for s in sent {
             replies.push(match s {
-                Ok(fut) => fut.await.map_err(|e| StoreError::Unavailable(e.to_string())).and_then(|r| r),
+                Ok(fut) => fut
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+                    .and_then(|r| r),
                 Err(e) => Err(e),
             });
         }
@@ -271,8 +466,25 @@ impl StoreHandle {
 
     /// Patient matching ($match): candidates scoring at least `min_score` (or sharing an
     /// identifier), best first. The disclosure is audited before results are returned.
-    pub async fn match_patients(&self, ctx: &AccessContext, patient: Value, min_score: f64, count: usize) -> StoreResult<Vec<PatientMatch>> {
-        match self.call(Component::Patient, ctx, Request::Match { patient, min_score, count }).await? {
+    pub async fn match_patients(
+        &self,
+        ctx: &AccessContext,
+        patient: Value,
+        min_score: f64,
+        count: usize,
+    ) -> StoreResult<Vec<PatientMatch>> {
+        match self
+            .call(
+                Component::Patient,
+                ctx,
+                Request::Match {
+                    patient,
+                    min_score,
+                    count,
+                },
+            )
+            .await?
+        {
             Response::Matches(p, found) => {
                 p.wait().await?;
                 Ok(found)
@@ -283,28 +495,50 @@ impl StoreHandle {
 
     /// Forces a checkpoint if the log grew and returns the latest signed note.
     pub async fn audit_checkpoint(&self) -> StoreResult<Option<String>> {
-        self.engine.checkpoint()?.await.map_err(|_| StoreError::WriterStopped)?
+        self.engine
+            .checkpoint()?
+            .await
+            .map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Audit-log entry by index.
     pub async fn audit_entry(&self, ctx: &AccessContext, index: u64) -> StoreResult<AuditEntry> {
-        match self.call(Component::Audit, ctx, Request::AuditEntry(index)).await? {
+        match self
+            .call(Component::Audit, ctx, Request::AuditEntry(index))
+            .await?
+        {
             Response::Entry(e) => Ok(e),
             _ => Err(unexpected()),
         }
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` entries.
-    pub async fn audit_inclusion_proof(&self, ctx: &AccessContext, index: u64, size: u64) -> StoreResult<Vec<[u8; 32]>> {
-        match self.call(Component::Audit, ctx, Request::InclusionProof(index, size)).await? {
+    pub async fn audit_inclusion_proof(
+        &self,
+        ctx: &AccessContext,
+        index: u64,
+        size: u64,
+    ) -> StoreResult<Vec<[u8; 32]>> {
+        match self
+            .call(Component::Audit, ctx, Request::InclusionProof(index, size))
+            .await?
+        {
             Response::Proof(p) => Ok(p),
             _ => Err(unexpected()),
         }
     }
 
     /// Consistency proof between two tree sizes.
-    pub async fn audit_consistency_proof(&self, ctx: &AccessContext, old: u64, new: u64) -> StoreResult<Vec<[u8; 32]>> {
-        match self.call(Component::Audit, ctx, Request::ConsistencyProof(old, new)).await? {
+    pub async fn audit_consistency_proof(
+        &self,
+        ctx: &AccessContext,
+        old: u64,
+        new: u64,
+    ) -> StoreResult<Vec<[u8; 32]>> {
+        match self
+            .call(Component::Audit, ctx, Request::ConsistencyProof(old, new))
+            .await?
+        {
             Response::Proof(p) => Ok(p),
             _ => Err(unexpected()),
         }

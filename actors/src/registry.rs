@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::prelude::*;
 use serde_json::Value;
 
+use crate::store::audit::{AuditEntry, Interaction};
 use crate::store::engine::{Engine, Pending, TxEntry, WriteResult};
 use crate::store::pmatch::PatientMatch;
 use crate::store::search::SearchQuery;
 use crate::store::{AccessContext, Component, Record, SearchPage, StoreError, StoreResult};
-use crate::store::audit::{AuditEntry, Interaction};
 
 /// A request to a registry actor.
 #[derive(Debug, Clone)]
@@ -169,40 +169,88 @@ impl Registry {
     }
 
     /// Starts a pool of `threads` actors of component `c`.
-    pub fn start_pool(c: Component, engine: Engine, threads: usize, restarts: Arc<AtomicU64>) -> Addr<Registry> {
-        SyncArbiter::start(threads.max(1), move || Registry { component: c, engine: engine.clone(), restarts: restarts.clone() })
+    pub fn start_pool(
+        c: Component,
+        engine: Engine,
+        threads: usize,
+        restarts: Arc<AtomicU64>,
+    ) -> Addr<Registry> {
+        SyncArbiter::start(threads.max(1), move || Registry {
+            component: c,
+            engine: engine.clone(),
+            restarts: restarts.clone(),
+        })
     }
 
     fn handle_op(&mut self, op: Op) -> StoreResult<Response> {
         let e = &self.engine;
         let ctx = &op.ctx;
         Ok(match op.request {
-            Request::Create { resource, author_jws, if_none_exist } => {
-                Response::Write(e.create(ctx, resource, author_jws, if_none_exist)?)
+            Request::Create {
+                resource,
+                author_jws,
+                if_none_exist,
+            } => Response::Write(e.create(ctx, resource, author_jws, if_none_exist)?),
+            Request::Update {
+                resource_type,
+                id,
+                resource,
+                if_match,
+                author_jws,
+            } => Response::Write(e.update(
+                ctx,
+                &resource_type,
+                &id,
+                resource,
+                if_match,
+                author_jws,
+            )?),
+            Request::Delete { resource_type, id } => {
+                Response::Write(e.delete(ctx, &resource_type, &id)?)
             }
-            Request::Update { resource_type, id, resource, if_match, author_jws } => {
-                Response::Write(e.update(ctx, &resource_type, &id, resource, if_match, author_jws)?)
+            Request::Read { resource_type, id } => {
+                Response::Record(e.read(ctx, &resource_type, &id)?)
             }
-            Request::Delete { resource_type, id } => Response::Write(e.delete(ctx, &resource_type, &id)?),
-            Request::Read { resource_type, id } => Response::Record(e.read(ctx, &resource_type, &id)?),
-            Request::Vread { resource_type, id, version } => Response::Record(e.vread(ctx, &resource_type, &id, version)?),
-            Request::History { resource_type, id } => Response::Records(e.history(ctx, &resource_type, &id)?),
-            Request::TypeHistory { resource_type, count, offset } => {
-                Response::Page(e.type_history(ctx, &resource_type, count, offset)?)
+            Request::Vread {
+                resource_type,
+                id,
+                version,
+            } => Response::Record(e.vread(ctx, &resource_type, &id, version)?),
+            Request::History { resource_type, id } => {
+                Response::Records(e.history(ctx, &resource_type, &id)?)
             }
+            Request::TypeHistory {
+                resource_type,
+                count,
+                offset,
+            } => Response::Page(e.type_history(ctx, &resource_type, count, offset)?),
             Request::Search(q) => Response::Page(e.search(ctx, &q)?),
             Request::Transaction(entries) => Response::Writes(e.transaction(ctx, entries)?),
-            Request::Match { patient, min_score, count } => {
+            Request::Match {
+                patient,
+                min_score,
+                count,
+            } => {
                 let found = e.store.match_patients(&patient, min_score, count)?;
                 let records: Vec<Record> = found.iter().map(|m| m.record.clone()).collect();
-                let pending = e.audit_disclosure(ctx, Interaction::Operation, Some("Patient/$match".into()), &records)?;
+                let pending = e.audit_disclosure(
+                    ctx,
+                    Interaction::Operation,
+                    Some("Patient/$match".into()),
+                    &records,
+                )?;
                 Response::Matches(pending, found)
             }
             Request::AuditEntry(i) => Response::Entry(e.store.audit_entry(i)?),
             Request::InclusionProof(i, n) => Response::Proof(e.store.audit_inclusion_proof(i, n)?),
-            Request::ConsistencyProof(o, n) => Response::Proof(e.store.audit_consistency_proof(o, n)?),
+            Request::ConsistencyProof(o, n) => {
+                Response::Proof(e.store.audit_consistency_proof(o, n)?)
+            }
             #[cfg(test)]
-            Request::Panic => panic!("fault injection: {} handler panicked", Registry::name(self.component)),
+            Request::Panic => panic!(
+                "fault injection: {} handler panicked",
+                Registry::name(self.component)
+            ),
         })
     }
 }
@@ -211,7 +259,10 @@ impl Actor for Registry {
     type Context = SyncContext<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        tracing::debug!(registry = Registry::name(self.component), "registry actor started");
+        tracing::debug!(
+            registry = Registry::name(self.component),
+            "registry actor started"
+        );
     }
 }
 
@@ -225,9 +276,14 @@ impl Handler<Op> for Registry {
                 // Supervision: stop this actor; the SyncArbiter's factory replaces it with a
                 // fresh one (state is in LMDB), which then serves the queued messages.
                 self.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(registry = Registry::name(self.component), "handler panicked; restarting actor");
+                tracing::error!(
+                    registry = Registry::name(self.component),
+                    "handler panicked; restarting actor"
+                );
                 ctx.stop();
-                Err(StoreError::Unavailable(Registry::name(self.component).into()))
+                Err(StoreError::Unavailable(
+                    Registry::name(self.component).into(),
+                ))
             }
         }
     }
@@ -245,7 +301,10 @@ mod tests {
     use crate::store::StoreConfig;
 
     fn handle(dir: &std::path::Path) -> StoreHandle {
-        let secrets = ApplianceSecrets { node_key: SigningKey::from_seed(&[7; 32]), master_key: MasterKey::from_bytes([8; 32]) };
+        let secrets = ApplianceSecrets {
+            node_key: SigningKey::from_seed(&[7; 32]),
+            master_key: MasterKey::from_bytes([8; 32]),
+        };
         StoreHandle::start(StoreConfig::new(dir, "node", "fac"), secrets, 2).unwrap()
     }
 
@@ -275,7 +334,10 @@ mod tests {
                     actix_rt::task::yield_now().await;
                 }
                 let crash = h.call(Component::Patient, &ctx, Request::Panic).await;
-                assert!(matches!(crash, Err(StoreError::Unavailable(ref n)) if n == "ClientRegistry"), "{crash:?}");
+                assert!(
+                    matches!(crash, Err(StoreError::Unavailable(ref n)) if n == "ClientRegistry"),
+                    "{crash:?}"
+                );
             }
         }
         let mut written = Vec::new();
@@ -289,11 +351,22 @@ mod tests {
             let r = h.read(&ctx, ty, id).await.unwrap();
             h.store().verify(&r).unwrap();
         }
-        let page = h.search(&ctx, "Patient", &[("family".into(), "load1".into())]).await.unwrap();
+        let page = h
+            .search(&ctx, "Patient", &[("family".into(), "load1".into())])
+            .await
+            .unwrap();
         assert!(page.total >= 11, "{}", page.total);
         // A second crash while idle also recovers.
         assert!(h.call(Component::Shr, &ctx, Request::Panic).await.is_err());
-        assert!(h.create(&ctx, json!({"resourceType": "Observation", "status": "final"}), None).await.is_ok());
+        assert!(
+            h.create(
+                &ctx,
+                json!({"resourceType": "Observation", "status": "final"}),
+                None
+            )
+            .await
+            .is_ok()
+        );
         assert_eq!(h.restarts(), 2);
     }
 }

@@ -93,7 +93,12 @@ fn acknowledged_writes_survive_sigkill() {
     for round in 0..ROUNDS {
         let kill_after = 1 + (random_u32() % 400) as usize;
         let mut child = Command::new(&exe)
-            .args(["acknowledged_writes_survive_sigkill", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "acknowledged_writes_survive_sigkill",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -105,7 +110,9 @@ fn acknowledged_writes_survive_sigkill() {
             let parts: Vec<&str> = line.split_whitespace().collect();
             if parts.len() == 4 && parts[0] == "ACK" {
                 let v: u64 = parts[3].parse().unwrap();
-                let e = acked.entry((parts[1].to_string(), parts[2].to_string())).or_insert(0);
+                let e = acked
+                    .entry((parts[1].to_string(), parts[2].to_string()))
+                    .or_insert(0);
                 *e = (*e).max(v);
                 true
             } else {
@@ -128,13 +135,19 @@ fn acknowledged_writes_survive_sigkill() {
                 seen += 1;
             }
         }
-        assert!(seen >= kill_after.min(1), "round {round}: child produced no acknowledgements");
+        assert!(
+            seen >= kill_after.min(1),
+            "round {round}: child produced no acknowledgements"
+        );
         total_acks += seen;
 
         // Restart: everything acknowledged is there, opens and verifies.
         let e = open(dir.path());
         for ((ty, id), v) in &acked {
-            let r = e.store.vread(ty, id, *v).unwrap_or_else(|err| panic!("round {round}: {ty}/{id} v{v} lost: {err}"));
+            let r = e
+                .store
+                .vread(ty, id, *v)
+                .unwrap_or_else(|err| panic!("round {round}: {ty}/{id} v{v} lost: {err}"));
             e.store.verify(&r).unwrap();
             let cur = e.store.read(ty, id).unwrap();
             assert!(cur.version >= *v);
@@ -149,15 +162,26 @@ fn acknowledged_writes_survive_sigkill() {
             assert_eq!(e.store.audit_root(cp.size).unwrap(), cp.root);
             if let Some(prev) = &last_checkpoint {
                 let proof = e.store.audit_consistency_proof(prev.size, cp.size).unwrap();
-                merkle::verify_consistency(prev.size, cp.size, &prev.root, &cp.root, &proof).unwrap();
+                merkle::verify_consistency(prev.size, cp.size, &prev.root, &cp.root, &proof)
+                    .unwrap();
             }
             last_checkpoint = Some(cp);
         }
         let last = e.store.audit_entry(size - 1).unwrap();
         let proof = e.store.audit_inclusion_proof(size - 1, size).unwrap();
-        merkle::verify_inclusion(&last.leaf, size - 1, size, &proof, &e.store.audit_root(size).unwrap()).unwrap();
+        merkle::verify_inclusion(
+            &last.leaf,
+            size - 1,
+            size,
+            &proof,
+            &e.store.audit_root(size).unwrap(),
+        )
+        .unwrap();
         close(e);
     }
     assert!(total_acks >= ROUNDS);
-    eprintln!("crash test: {ROUNDS} SIGKILLs, {total_acks} acknowledged writes, {} resources verified", acked.len());
+    eprintln!(
+        "crash test: {ROUNDS} SIGKILLs, {total_acks} acknowledged writes, {} resources verified",
+        acked.len()
+    );
 }

@@ -14,27 +14,63 @@ fn versions_history_and_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = ctx();
-    let w = e.create(&c, patient("Uwimana", "Aline", "1990-05-17", "1"), None, None).unwrap().wait_blocking().unwrap();
+    let w = e
+        .create(
+            &c,
+            patient("Uwimana", "Aline", "1990-05-17", "1"),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert!(w.created);
     let id = w.record.id.clone();
     assert_eq!(w.record.version, 1);
     assert_eq!(w.record.resource["meta"]["versionId"], "1");
-    assert!(w.record.resource["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        w.record.resource["meta"]["lastUpdated"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
 
     let mut body = w.record.resource.clone();
     body["gender"] = json!("other");
-    let w2 = e.update(&c, "Patient", &id, body.clone(), Some(1), None).unwrap().wait_blocking().unwrap();
+    let w2 = e
+        .update(&c, "Patient", &id, body.clone(), Some(1), None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(w2.record.version, 2);
     assert!(!w2.created);
 
     // Stale If-Match is a conflict and writes nothing.
-    let err = e.update(&c, "Patient", &id, body.clone(), Some(1), None).unwrap().wait_blocking().unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { expected: 1, current: 2, .. }), "{err:?}");
+    let err = e
+        .update(&c, "Patient", &id, body.clone(), Some(1), None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     let cur = e.read(&c, "Patient", &id).unwrap().wait_blocking().unwrap();
     assert_eq!(cur.version, 2);
     assert_eq!(cur.resource["gender"], "other");
-    let v1 = e.vread(&c, "Patient", &id, 1).unwrap().wait_blocking().unwrap();
+    let v1 = e
+        .vread(&c, "Patient", &id, 1)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(v1.resource["gender"], "female");
     assert!(matches!(
         e.vread(&c, "Patient", &id, 9).unwrap().wait_blocking(),
@@ -42,42 +78,94 @@ fn versions_history_and_conflicts() {
     ));
 
     // Delete is a version; history keeps everything.
-    let d = e.delete(&c, "Patient", &id).unwrap().wait_blocking().unwrap();
+    let d = e
+        .delete(&c, "Patient", &id)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(d.record.version, 3);
     assert!(d.record.deleted);
-    assert!(matches!(e.read(&c, "Patient", &id).unwrap().wait_blocking(), Err(StoreError::Gone { version: 3, .. })));
-    let again = e.delete(&c, "Patient", &id).unwrap().wait_blocking().unwrap();
+    assert!(matches!(
+        e.read(&c, "Patient", &id).unwrap().wait_blocking(),
+        Err(StoreError::Gone { version: 3, .. })
+    ));
+    let again = e
+        .delete(&c, "Patient", &id)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(again.record.version, 3);
-    let h = e.history(&c, "Patient", &id).unwrap().wait_blocking().unwrap();
-    assert_eq!(h.iter().map(|r| r.version).collect::<Vec<_>>(), vec![3, 2, 1]);
+    let h = e
+        .history(&c, "Patient", &id)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    assert_eq!(
+        h.iter().map(|r| r.version).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
     // Every stored version's signature verifies, over the exact stored bytes.
     for r in &h {
         e.store.verify(r).unwrap();
-        assert_eq!(hexa_crypto::jcs::canonicalize(&r.resource).unwrap(), r.canonical);
+        assert_eq!(
+            hexa_crypto::jcs::canonicalize(&r.resource).unwrap(),
+            r.canonical
+        );
     }
     // A modified copy does not verify.
     let mut forged = h[1].clone();
     forged.canonical = forged.canonical.replace_bytes("other", "male_");
-    assert!(matches!(e.store.verify(&forged), Err(StoreError::BadSignature(_))));
+    assert!(matches!(
+        e.store.verify(&forged),
+        Err(StoreError::BadSignature(_))
+    ));
 
     // Update of a deleted resource revives it as version 4; update-as-create with client id.
-    let w4 = e.update(&c, "Patient", &id, body, None, None).unwrap().wait_blocking().unwrap();
+    let w4 = e
+        .update(&c, "Patient", &id, body, None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(w4.record.version, 4);
-    let wc = e.update(&c, "Patient", "client-id-1", patient("A", "B", "2000", "2"), Some(0), None).unwrap().wait_blocking().unwrap();
+    let wc = e
+        .update(
+            &c,
+            "Patient",
+            "client-id-1",
+            patient("A", "B", "2000", "2"),
+            Some(0),
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert!(wc.created);
     assert_eq!(wc.record.id, "client-id-1");
 
     // Bad input is a typed error.
     assert!(matches!(
-        e.create(&c, json!({"resourceType": "Spaceship"}), None, None).unwrap().wait_blocking(),
+        e.create(&c, json!({"resourceType": "Spaceship"}), None, None)
+            .unwrap()
+            .wait_blocking(),
         Err(StoreError::UnknownResourceType(_))
     ));
     assert!(matches!(
-        e.update(&c, "Patient", "x", json!({"resourceType": "Observation"}), None, None).unwrap().wait_blocking(),
+        e.update(
+            &c,
+            "Patient",
+            "x",
+            json!({"resourceType": "Observation"}),
+            None,
+            None
+        )
+        .unwrap()
+        .wait_blocking(),
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
-        e.create(&c, json!({"resourceType": "AuditEvent"}), None, None).unwrap().wait_blocking(),
+        e.create(&c, json!({"resourceType": "AuditEvent"}), None, None)
+            .unwrap()
+            .wait_blocking(),
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
@@ -91,7 +179,10 @@ trait ReplaceBytes {
 }
 impl ReplaceBytes for Vec<u8> {
     fn replace_bytes(&self, from: &str, to: &str) -> Vec<u8> {
-        String::from_utf8(self.clone()).unwrap().replace(from, to).into_bytes()
+        String::from_utf8(self.clone())
+            .unwrap()
+            .replace(from, to)
+            .into_bytes()
     }
 }
 
@@ -100,31 +191,74 @@ fn provenance_for_every_version() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = ctx();
-    let w = e.create(&c, patient("Habimana", "Eric", "1980", "5"), Some("hdr..sig".into()), None).unwrap().wait_blocking().unwrap();
+    let w = e
+        .create(
+            &c,
+            patient("Habimana", "Eric", "1980", "5"),
+            Some("hdr..sig".into()),
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     let id = w.record.id;
-    e.update(&c, "Patient", &id, patient("Habimana", "Erik", "1980", "5"), Some(1), None).unwrap().wait_blocking().unwrap();
+    e.update(
+        &c,
+        "Patient",
+        &id,
+        patient("Habimana", "Erik", "1980", "5"),
+        Some(1),
+        None,
+    )
+    .unwrap()
+    .wait_blocking()
+    .unwrap();
     let provs = e.store.provenance_for(&format!("Patient/{id}")).unwrap();
     assert_eq!(provs.len(), 2);
     let hist = e.store.history("Patient", &id).unwrap();
     for p in &provs {
         let target = p.resource["target"][0]["reference"].as_str().unwrap();
-        let rec = hist.iter().find(|r| r.versioned_reference() == target).unwrap();
+        let rec = hist
+            .iter()
+            .find(|r| r.versioned_reference() == target)
+            .unwrap();
         let sig = &p.resource["signature"][0];
         assert_eq!(sig["sigFormat"], "application/jose");
         assert_eq!(sig["type"][0]["code"], "1.2.840.10065.1.12.1.1");
         use base64::Engine as _;
-        let jws = base64::engine::general_purpose::STANDARD.decode(sig["data"].as_str().unwrap()).unwrap();
+        let jws = base64::engine::general_purpose::STANDARD
+            .decode(sig["data"].as_str().unwrap())
+            .unwrap();
         let jws = String::from_utf8(jws).unwrap();
         hexa_crypto::jws::verify_detached(&jws, &rec.canonical, e.store.node_public()).unwrap();
         // Read by id.
-        let again = e.read(&c, "Provenance", &p.id).unwrap().wait_blocking().unwrap();
+        let again = e
+            .read(&c, "Provenance", &p.id)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
         assert_eq!(again.resource, p.resource);
     }
     // Author signature and agent on version 1.
-    let v1 = provs.iter().find(|p| p.resource["target"][0]["reference"].as_str().unwrap().ends_with("/1")).unwrap();
+    let v1 = provs
+        .iter()
+        .find(|p| {
+            p.resource["target"][0]["reference"]
+                .as_str()
+                .unwrap()
+                .ends_with("/1")
+        })
+        .unwrap();
     assert_eq!(v1.resource["signature"].as_array().unwrap().len(), 2);
-    assert_eq!(v1.resource["agent"][1]["who"]["reference"], "Practitioner/dr-a");
-    let q = SearchQuery::from_pairs("Provenance", &[("target", &format!("Patient/{id}/_history/2"))]).unwrap();
+    assert_eq!(
+        v1.resource["agent"][1]["who"]["reference"],
+        "Practitioner/dr-a"
+    );
+    let q = SearchQuery::from_pairs(
+        "Provenance",
+        &[("target", &format!("Patient/{id}/_history/2"))],
+    )
+    .unwrap();
     let page = e.search(&c, &q).unwrap().wait_blocking().unwrap();
     assert_eq!(page.total, 1);
 }
@@ -134,48 +268,99 @@ fn transactions_are_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = ctx();
-    let existing = e.create(&c, patient("Keza", "Ange", "2001", "7"), None, None).unwrap().wait_blocking().unwrap();
+    let existing = e
+        .create(&c, patient("Keza", "Ange", "2001", "7"), None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     let before = e.store.audit_size().unwrap();
 
     // One stale entry: nothing is written.
     let bad = vec![
-        TxEntry::Create { resource: patient("New", "One", "2010", "8"), full_url: Some("urn:uuid:a".into()) },
-        TxEntry::Create { resource: observation("ignored", "8867-4", "2024-01-01"), full_url: None },
-        TxEntry::Update { resource: { let mut r = existing.record.resource.clone(); r["gender"] = json!("male"); r }, if_match: Some(5) },
+        TxEntry::Create {
+            resource: patient("New", "One", "2010", "8"),
+            full_url: Some("urn:uuid:a".into()),
+        },
+        TxEntry::Create {
+            resource: observation("ignored", "8867-4", "2024-01-01"),
+            full_url: None,
+        },
+        TxEntry::Update {
+            resource: {
+                let mut r = existing.record.resource.clone();
+                r["gender"] = json!("male");
+                r
+            },
+            if_match: Some(5),
+        },
     ];
     let err = e.transaction(&c, bad).unwrap().wait_blocking().unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }));
     let q = SearchQuery::from_pairs("Patient", &[("family", "new")]).unwrap();
     assert_eq!(e.store.search(&q).unwrap().total, 0);
-    assert_eq!(e.store.search(&SearchQuery::from_pairs("Observation", &[]).unwrap()).unwrap().total, 0);
-    assert_eq!(e.store.read("Patient", &existing.record.id).unwrap().version, 1);
+    assert_eq!(
+        e.store
+            .search(&SearchQuery::from_pairs("Observation", &[]).unwrap())
+            .unwrap()
+            .total,
+        0
+    );
+    assert_eq!(
+        e.store
+            .read("Patient", &existing.record.id)
+            .unwrap()
+            .version,
+        1
+    );
     // The failure itself is audited.
     assert_eq!(e.store.audit_size().unwrap(), before + 1);
-    let ev: serde_json::Value = serde_json::from_slice(&e.store.audit_entry(before).unwrap().bytes).unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_slice(&e.store.audit_entry(before).unwrap().bytes).unwrap();
     assert_eq!(ev["outcome"], "4");
 
     // A good transaction: references to fullUrls are rewritten, all entries commit.
     let mut obs = observation("x", "8867-4", "2024-01-02");
     obs["subject"] = json!({"reference": "urn:uuid:p"});
     let good = vec![
-        TxEntry::Create { resource: patient("Mugisha", "Yves", "1995-02-03", "9"), full_url: Some("urn:uuid:p".into()) },
-        TxEntry::Create { resource: obs, full_url: None },
-        TxEntry::Delete { resource_type: "Patient".into(), id: existing.record.id.clone() },
+        TxEntry::Create {
+            resource: patient("Mugisha", "Yves", "1995-02-03", "9"),
+            full_url: Some("urn:uuid:p".into()),
+        },
+        TxEntry::Create {
+            resource: obs,
+            full_url: None,
+        },
+        TxEntry::Delete {
+            resource_type: "Patient".into(),
+            id: existing.record.id.clone(),
+        },
     ];
     let res = e.transaction(&c, good).unwrap().wait_blocking().unwrap();
     assert_eq!(res.len(), 3);
     let pid = &res[0].record.id;
-    assert_eq!(res[1].record.resource["subject"]["reference"], format!("Patient/{pid}"));
+    assert_eq!(
+        res[1].record.resource["subject"]["reference"],
+        format!("Patient/{pid}")
+    );
     assert!(res[2].record.deleted);
     let q = SearchQuery::from_pairs("Observation", &[("patient", pid)]).unwrap();
     assert_eq!(e.store.search(&q).unwrap().total, 1);
 
     // The same resource twice in one transaction is rejected.
     let dup = vec![
-        TxEntry::Update { resource: json!({"resourceType": "Patient", "id": "dup"}), if_match: None },
-        TxEntry::Update { resource: json!({"resourceType": "Patient", "id": "dup"}), if_match: None },
+        TxEntry::Update {
+            resource: json!({"resourceType": "Patient", "id": "dup"}),
+            if_match: None,
+        },
+        TxEntry::Update {
+            resource: json!({"resourceType": "Patient", "id": "dup"}),
+            if_match: None,
+        },
     ];
-    assert!(matches!(e.transaction(&c, dup).unwrap().wait_blocking(), Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        e.transaction(&c, dup).unwrap().wait_blocking(),
+        Err(StoreError::Invalid(_))
+    ));
     assert!(e.store.read("Patient", "dup").is_err());
 }
 
@@ -185,8 +370,22 @@ fn restart_and_reopen() {
     let c = ctx();
     let (id, size) = {
         let e = open(dir.path());
-        let w = e.create(&c, patient("Ineza", "Grace", "1999", "11"), None, None).unwrap().wait_blocking().unwrap();
-        e.update(&c, "Patient", &w.record.id, patient("Ineza", "Gracie", "1999", "11"), Some(1), None).unwrap().wait_blocking().unwrap();
+        let w = e
+            .create(&c, patient("Ineza", "Grace", "1999", "11"), None, None)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        e.update(
+            &c,
+            "Patient",
+            &w.record.id,
+            patient("Ineza", "Gracie", "1999", "11"),
+            Some(1),
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
         let size = e.store.audit_size().unwrap();
         close(e);
         (w.record.id, size)
@@ -221,10 +420,26 @@ fn map_grows_past_a_tiny_initial_size() {
     let c = ctx();
     let mut pend = Vec::new();
     for i in 0..1500 {
-        pend.push(e.create(&c, patient(&format!("Family{i}"), "Given", "1990-01-01", &i.to_string()), None, None).unwrap());
+        pend.push(
+            e.create(
+                &c,
+                patient(&format!("Family{i}"), "Given", "1990-01-01", &i.to_string()),
+                None,
+                None,
+            )
+            .unwrap(),
+        );
     }
-    let ids: Vec<String> = pend.into_iter().map(|p| p.wait_blocking().unwrap().record.id).collect();
-    assert!(e.store.map_size() > start * 4, "map {} -> {}", start, e.store.map_size());
+    let ids: Vec<String> = pend
+        .into_iter()
+        .map(|p| p.wait_blocking().unwrap().record.id)
+        .collect();
+    assert!(
+        e.store.map_size() > start * 4,
+        "map {} -> {}",
+        start,
+        e.store.map_size()
+    );
     for id in ids.iter().step_by(97) {
         e.store.read("Patient", id).unwrap();
     }
@@ -238,15 +453,27 @@ fn values_are_sealed_on_disk() {
     let c = ctx();
     {
         let e = open(dir.path());
-        e.create(&c, patient("Nyiramahoro", "Zawadi", "1977-07-07", "NID-SECRET-424242"), None, None)
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
+        e.create(
+            &c,
+            patient("Nyiramahoro", "Zawadi", "1977-07-07", "NID-SECRET-424242"),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
         let q = SearchQuery::from_pairs("Patient", &[("family", "nyiramahoro")]).unwrap();
         assert_eq!(e.search(&c, &q).unwrap().wait_blocking().unwrap().total, 1);
     }
     let raw = std::fs::read(dir.path().join("store").join("data.mdb")).unwrap();
-    for needle in ["Nyiramahoro", "nyiramahoro", "Zawadi", "NID-SECRET-424242", "1977-07-07", "Gasabo"] {
+    for needle in [
+        "Nyiramahoro",
+        "nyiramahoro",
+        "Zawadi",
+        "NID-SECRET-424242",
+        "1977-07-07",
+        "Gasabo",
+    ] {
         assert!(
             !raw.windows(needle.len()).any(|w| w == needle.as_bytes()),
             "plaintext {needle} found in data.mdb"
@@ -262,12 +489,30 @@ fn backup_and_restore() {
     let e = open(dir.path());
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(e.create(&c, patient("Backup", &format!("P{i}"), "1990", &i.to_string()), None, None).unwrap().wait_blocking().unwrap().record.id);
+        ids.push(
+            e.create(
+                &c,
+                patient("Backup", &format!("P{i}"), "1990", &i.to_string()),
+                None,
+                None,
+            )
+            .unwrap()
+            .wait_blocking()
+            .unwrap()
+            .record
+            .id,
+        );
     }
     let path = e.store.backup_to(bak.path()).unwrap();
     assert!(path.exists());
     // Writes after the backup are not in it.
-    let later = e.create(&c, patient("Later", "X", "1990", "x"), None, None).unwrap().wait_blocking().unwrap().record.id;
+    let later = e
+        .create(&c, patient("Later", "X", "1990", "x"), None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id;
     let size = e.store.audit_size().unwrap();
     close(e);
     let restored = open(bak.path());
@@ -288,7 +533,12 @@ fn newer_format_is_refused() {
     // Bump meta.format with raw heed, as a future version of hexa would.
     {
         #[allow(unsafe_code)]
-        let env = unsafe { heed::EnvOpenOptions::new().max_dbs(40).open(dir.path().join("store")).unwrap() };
+        let env = unsafe {
+            heed::EnvOpenOptions::new()
+                .max_dbs(40)
+                .open(dir.path().join("store"))
+                .unwrap()
+        };
         let wtxn = env.write_txn().unwrap();
         let meta = env
             .create_databases_and_commit(wtxn, |o, w| {
@@ -298,11 +548,18 @@ fn newer_format_is_refused() {
             .unwrap()
             .unwrap_commit();
         let mut wtxn = env.write_txn().unwrap();
-        meta.put(&mut wtxn, b"format", &99u32.to_be_bytes()).unwrap();
+        meta.put(&mut wtxn, b"format", &99u32.to_be_bytes())
+            .unwrap();
         wtxn.commit().unwrap();
         env.prepare_for_closing().wait();
     }
     let err = Store::open(config(dir.path()), secrets(1)).unwrap_err();
-    assert_eq!(err, StoreError::UnsupportedFormat { found: 99, supported: 1 });
+    assert_eq!(
+        err,
+        StoreError::UnsupportedFormat {
+            found: 99,
+            supported: 1
+        }
+    );
     assert!(err.to_string().contains("upgrade hexa"));
 }

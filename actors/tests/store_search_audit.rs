@@ -12,7 +12,14 @@ use serde_json::{Value, json};
 
 fn ids(e: &Engine, ty: &str, pairs: &[(&str, &str)]) -> Vec<String> {
     let q = SearchQuery::from_pairs(ty, pairs).unwrap();
-    let mut v: Vec<String> = e.store.search(&q).unwrap().items.into_iter().map(|r| r.id).collect();
+    let mut v: Vec<String> = e
+        .store
+        .search(&q)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     v.sort();
     v
 }
@@ -22,58 +29,131 @@ fn patient_search_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = ctx();
-    let mk = |v: Value| e.create(&c, v, None, None).unwrap().wait_blocking().unwrap().record.id;
+    let mk = |v: Value| {
+        e.create(&c, v, None, None)
+            .unwrap()
+            .wait_blocking()
+            .unwrap()
+            .record
+            .id
+    };
     let a = mk(patient("Uwimana", "Aimée", "1990-05-17", "111"));
     let mut pb = patient("Uwase", "Jean-Pierre", "1985-12-01", "222");
     pb["gender"] = json!("male");
     pb["telecom"] = json!([{"system": "phone", "value": "+250 788 000 111"}]);
     pb["address"] = json!([{"city": "Huye", "district": "Huye"}]);
     let b = mk(pb);
-    let cc = mk(patient("Nyirahabimana-Mukeshimana", "Claire", "1990-06-02", "333"));
+    let cc = mk(patient(
+        "Nyirahabimana-Mukeshimana",
+        "Claire",
+        "1990-06-02",
+        "333",
+    ));
     let mut sorted = vec![a.clone(), b.clone()];
     sorted.sort();
 
     assert_eq!(ids(&e, "Patient", &[("family", "uw")]), sorted);
-    assert_eq!(ids(&e, "Patient", &[("family", "UWIMANA")]), vec![a.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("family", "UWIMANA")]),
+        vec![a.clone()]
+    );
     assert_eq!(ids(&e, "Patient", &[("given", "aimee")]), vec![a.clone()]);
     assert_eq!(ids(&e, "Patient", &[("given", "pierre")]), vec![b.clone()]);
     assert_eq!(ids(&e, "Patient", &[("name", "jean")]), vec![b.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("name:exact", "Uwase")]), vec![b.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("name:exact", "Uwase")]),
+        vec![b.clone()]
+    );
     assert!(ids(&e, "Patient", &[("name:exact", "uwase")]).is_empty());
-    assert_eq!(ids(&e, "Patient", &[("name:contains", "habim")]), vec![cc.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("name:contains", "habim")]),
+        vec![cc.clone()]
+    );
     // Longer than the indexed prefix: index narrows, post-filter decides.
-    assert_eq!(ids(&e, "Patient", &[("family", "nyirahabimana mukesh")]), vec![cc.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("family", "nyirahabimana mukesh")]),
+        vec![cc.clone()]
+    );
     assert!(ids(&e, "Patient", &[("family", "nyirahabimana mukeshX")]).is_empty());
-    assert_eq!(ids(&e, "Patient", &[("identifier", "urn:rw:nid|222")]), vec![b.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("identifier", "333")]), vec![cc.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("identifier", "urn:rw:nid|222")]),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Patient", &[("identifier", "333")]),
+        vec![cc.clone()]
+    );
     assert!(ids(&e, "Patient", &[("identifier", "other|333")]).is_empty());
     assert_eq!(ids(&e, "Patient", &[("gender", "male")]), vec![b.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("telecom", "+250788000111")]), vec![b.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("address-district", "huye")]), vec![b.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("address-city", "kig"), ("given", "claire")]), vec![cc.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("telecom", "+250788000111")]),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Patient", &[("address-district", "huye")]),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Patient",
+            &[("address-city", "kig"), ("given", "claire")]
+        ),
+        vec![cc.clone()]
+    );
     assert_eq!(ids(&e, "Patient", &[("birthdate", "1990")]).len(), 2);
-    assert_eq!(ids(&e, "Patient", &[("birthdate", "1990-05")]), vec![a.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("birthdate", "1990-05-17")]), vec![a.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("birthdate", "lt1990-01-01")]), vec![b.clone()]);
-    assert_eq!(ids(&e, "Patient", &[("birthdate", "ge1990-06-01"), ("family", "ny")]), vec![cc.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("birthdate", "1990-05")]),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Patient", &[("birthdate", "1990-05-17")]),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Patient", &[("birthdate", "lt1990-01-01")]),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Patient",
+            &[("birthdate", "ge1990-06-01"), ("family", "ny")]
+        ),
+        vec![cc.clone()]
+    );
     assert_eq!(ids(&e, "Patient", &[("_id", &format!("{a},{b}"))]), sorted);
     assert_eq!(ids(&e, "Patient", &[("gender", "male,female")]).len(), 3);
 
     // Paging and sort.
-    let q = SearchQuery::from_pairs("Patient", &[("_count", "2"), ("_sort", "-birthdate")]).unwrap();
+    let q =
+        SearchQuery::from_pairs("Patient", &[("_count", "2"), ("_sort", "-birthdate")]).unwrap();
     let p = e.store.search(&q).unwrap();
     assert_eq!(p.total, 3);
-    assert_eq!(p.items.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![cc.clone(), a.clone()]);
-    let q = SearchQuery::from_pairs("Patient", &[("_count", "2"), ("_offset", "2"), ("_sort", "-birthdate")]).unwrap();
+    assert_eq!(
+        p.items.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![cc.clone(), a.clone()]
+    );
+    let q = SearchQuery::from_pairs(
+        "Patient",
+        &[("_count", "2"), ("_offset", "2"), ("_sort", "-birthdate")],
+    )
+    .unwrap();
     assert_eq!(e.store.search(&q).unwrap().items[0].id, b);
 
     // Updates move index entries; deletes remove them.
     let mut upd = e.store.read("Patient", &a).unwrap().resource;
     upd["name"] = json!([{"family": "Ingabire", "given": ["Aimée"]}]);
-    e.update(&c, "Patient", &a, upd, None, None).unwrap().wait_blocking().unwrap();
+    e.update(&c, "Patient", &a, upd, None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(ids(&e, "Patient", &[("family", "uw")]), vec![b.clone()]);
     assert_eq!(ids(&e, "Patient", &[("family", "ingab")]), vec![a.clone()]);
-    e.delete(&c, "Patient", &b).unwrap().wait_blocking().unwrap();
+    e.delete(&c, "Patient", &b)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert!(ids(&e, "Patient", &[("family", "uw")]).is_empty());
     assert_eq!(ids(&e, "Patient", &[]).len(), 2);
 
@@ -88,7 +168,14 @@ fn clinical_and_registry_search() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
     let c = ctx();
-    let mk = |v: Value| e.create(&c, v, None, None).unwrap().wait_blocking().unwrap().record.id;
+    let mk = |v: Value| {
+        e.create(&c, v, None, None)
+            .unwrap()
+            .wait_blocking()
+            .unwrap()
+            .record
+            .id
+    };
     let o1 = mk(observation("p1", "8867-4", "2024-01-10T08:00:00Z"));
     let o2 = mk(observation("p1", "8310-5", "2024-02-10"));
     let o3 = mk(observation("p2", "8867-4", "2024-01-11"));
@@ -106,42 +193,132 @@ fn clinical_and_registry_search() {
     assert_eq!(ids(&e, "Observation", &[("subject", "Patient/p1")]), v);
     let mut v = vec![o1.clone(), o4.clone()];
     v.sort();
-    assert_eq!(ids(&e, "Observation", &[("patient", "p1"), ("code", "http://loinc.org|8867-4")]), v);
-    assert_eq!(ids(&e, "Observation", &[("code", "8867-4"), ("date", "2024-01")]).len(), 2);
-    assert_eq!(ids(&e, "Observation", &[("patient", "Patient/p1"), ("date", "ge2024-02-01")]).len(), 2);
-    assert_eq!(ids(&e, "Observation", &[("date", "ge2024-01-11"), ("date", "le2024-02-10")]), {
-        let mut v = vec![o2.clone(), o3.clone()];
-        v.sort();
+    assert_eq!(
+        ids(
+            &e,
+            "Observation",
+            &[("patient", "p1"), ("code", "http://loinc.org|8867-4")]
+        ),
         v
-    });
-    assert_eq!(ids(&e, "Observation", &[("encounter", &en)]), vec![o4.clone()]);
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Observation",
+            &[("code", "8867-4"), ("date", "2024-01")]
+        )
+        .len(),
+        2
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Observation",
+            &[("patient", "Patient/p1"), ("date", "ge2024-02-01")]
+        )
+        .len(),
+        2
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Observation",
+            &[("date", "ge2024-01-11"), ("date", "le2024-02-10")]
+        ),
+        {
+            let mut v = vec![o2.clone(), o3.clone()];
+            v.sort();
+            v
+        }
+    );
+    assert_eq!(
+        ids(&e, "Observation", &[("encounter", &en)]),
+        vec![o4.clone()]
+    );
     assert_eq!(ids(&e, "Observation", &[("status", "final")]).len(), 4);
-    assert_eq!(ids(&e, "Encounter", &[("date", "2024-01-11")]), Vec::<String>::new()); // period not within the day
-    assert_eq!(ids(&e, "Encounter", &[("date", "2024-01")]), vec![en.clone()]);
-    assert_eq!(ids(&e, "Encounter", &[("date", "ge2024-01-12")]), vec![en.clone()]);
+    assert_eq!(
+        ids(&e, "Encounter", &[("date", "2024-01-11")]),
+        Vec::<String>::new()
+    ); // period not within the day
+    assert_eq!(
+        ids(&e, "Encounter", &[("date", "2024-01")]),
+        vec![en.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Encounter", &[("date", "ge2024-01-12")]),
+        vec![en.clone()]
+    );
 
-    let org = mk(json!({"resourceType": "Organization", "name": "CHU Kigali", "identifier": [{"system": "urn:fac", "value": "F1"}]}));
-    let loc = mk(json!({"resourceType": "Location", "name": "Maternité", "partOf": {"reference": "Location/root"},
+    let org = mk(
+        json!({"resourceType": "Organization", "name": "CHU Kigali", "identifier": [{"system": "urn:fac", "value": "F1"}]}),
+    );
+    let loc = mk(
+        json!({"resourceType": "Location", "name": "Maternité", "partOf": {"reference": "Location/root"},
         "managingOrganization": {"reference": format!("Organization/{org}")},
-        "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "HOSP"}]}]}));
-    let pr = mk(json!({"resourceType": "Practitioner", "name": [{"family": "Mugabo", "given": ["Eric"]}], "identifier": [{"value": "MD-9"}]}));
-    let cons = mk(json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p1"},
-        "provision": {"actor": [{"reference": {"reference": format!("Practitioner/{pr}")}}]}}));
-    assert_eq!(ids(&e, "Organization", &[("name", "chu")]), vec![org.clone()]);
-    assert_eq!(ids(&e, "Organization", &[("identifier", "urn:fac|F1")]), vec![org]);
-    assert_eq!(ids(&e, "Location", &[("name", "maternite"), ("partof", "root"), ("type", "HOSP")]), vec![loc]);
-    assert_eq!(ids(&e, "Practitioner", &[("name", "eric"), ("identifier", "MD-9")]), vec![pr.clone()]);
-    assert_eq!(ids(&e, "Consent", &[("patient", "p1"), ("status", "active"), ("actor", &format!("Practitioner/{pr}"))]), vec![cons]);
+        "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "HOSP"}]}]}),
+    );
+    let pr = mk(
+        json!({"resourceType": "Practitioner", "name": [{"family": "Mugabo", "given": ["Eric"]}], "identifier": [{"value": "MD-9"}]}),
+    );
+    let cons = mk(
+        json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p1"},
+        "provision": {"actor": [{"reference": {"reference": format!("Practitioner/{pr}")}}]}}),
+    );
+    assert_eq!(
+        ids(&e, "Organization", &[("name", "chu")]),
+        vec![org.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Organization", &[("identifier", "urn:fac|F1")]),
+        vec![org]
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Location",
+            &[("name", "maternite"), ("partof", "root"), ("type", "HOSP")]
+        ),
+        vec![loc]
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Practitioner",
+            &[("name", "eric"), ("identifier", "MD-9")]
+        ),
+        vec![pr.clone()]
+    );
+    assert_eq!(
+        ids(
+            &e,
+            "Consent",
+            &[
+                ("patient", "p1"),
+                ("status", "active"),
+                ("actor", &format!("Practitioner/{pr}"))
+            ]
+        ),
+        vec![cons]
+    );
 
     // AuditEvent search: who touched patient p1's record.
     let q = SearchQuery::from_pairs("AuditEvent", &[("patient", "p1")]).unwrap();
     let page = e.store.search(&q).unwrap();
     assert!(page.total >= 4, "{}", page.total);
     for r in &page.items {
-        let refs: Vec<&str> = r.resource["entity"].as_array().unwrap().iter().filter_map(|x| x["what"]["reference"].as_str()).collect();
+        let refs: Vec<&str> = r.resource["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x["what"]["reference"].as_str())
+            .collect();
         assert!(refs.contains(&"Patient/p1"), "{refs:?}");
     }
-    let q = SearchQuery::from_pairs("AuditEvent", &[("agent", "Practitioner/dr-a"), ("date", "ge2020-01-01")]).unwrap();
+    let q = SearchQuery::from_pairs(
+        "AuditEvent",
+        &[("agent", "Practitioner/dr-a"), ("date", "ge2020-01-01")],
+    )
+    .unwrap();
     assert!(e.store.search(&q).unwrap().total > 5);
 }
 
@@ -151,27 +328,67 @@ fn conditional_create() {
     let e = open(dir.path());
     let c = ctx();
     let q = SearchQuery::from_pairs("Patient", &[("identifier", "urn:rw:nid|777")]).unwrap();
-    let first = e.create(&c, patient("Cond", "A", "2000", "777"), None, Some(q.clone())).unwrap().wait_blocking().unwrap();
+    let first = e
+        .create(
+            &c,
+            patient("Cond", "A", "2000", "777"),
+            None,
+            Some(q.clone()),
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert!(first.created);
-    let second = e.create(&c, patient("Cond", "B", "2000", "777"), None, Some(q.clone())).unwrap().wait_blocking().unwrap();
+    let second = e
+        .create(
+            &c,
+            patient("Cond", "B", "2000", "777"),
+            None,
+            Some(q.clone()),
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert!(!second.created);
     assert_eq!(second.record.id, first.record.id);
     // Two concurrent conditional creates in one group commit: exactly one is created.
-    let p1 = e.create(&c, patient("Cond", "C", "2000", "888"), None, Some(SearchQuery::from_pairs("Patient", &[("identifier", "888")]).unwrap())).unwrap();
-    let p2 = e.create(&c, patient("Cond", "D", "2000", "888"), None, Some(SearchQuery::from_pairs("Patient", &[("identifier", "888")]).unwrap())).unwrap();
+    let p1 = e
+        .create(
+            &c,
+            patient("Cond", "C", "2000", "888"),
+            None,
+            Some(SearchQuery::from_pairs("Patient", &[("identifier", "888")]).unwrap()),
+        )
+        .unwrap();
+    let p2 = e
+        .create(
+            &c,
+            patient("Cond", "D", "2000", "888"),
+            None,
+            Some(SearchQuery::from_pairs("Patient", &[("identifier", "888")]).unwrap()),
+        )
+        .unwrap();
     let (r1, r2) = (p1.wait_blocking().unwrap(), p2.wait_blocking().unwrap());
     assert_eq!(r1.record.id, r2.record.id);
     assert!(r1.created ^ r2.created);
     let multi = SearchQuery::from_pairs("Patient", &[("family", "cond")]).unwrap();
     assert!(matches!(
-        e.create(&c, patient("Cond", "E", "2000", "999"), None, Some(multi)).unwrap().wait_blocking(),
+        e.create(&c, patient("Cond", "E", "2000", "999"), None, Some(multi))
+            .unwrap()
+            .wait_blocking(),
         Err(StoreError::MultipleMatches(2))
     ));
 }
 
 /// Verifies that entry `index` is in the log under the latest signed checkpoint.
 fn assert_included(e: &Engine, index: u64, expect_action: &str) -> Value {
-    let note = e.checkpoint().unwrap().blocking_recv().unwrap().unwrap().expect("a checkpoint");
+    let note = e
+        .checkpoint()
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+        .expect("a checkpoint");
     let verifier = NoteVerifier::new(e.store.origin(), e.store.node_public().clone());
     let (body, names) = open_note(&note, &[verifier]).unwrap();
     assert_eq!(names, vec![e.store.origin().to_string()]);
@@ -196,17 +413,36 @@ fn every_write_read_and_search_is_audited_with_proofs() {
     let e = open(dir.path());
     let c = ctx();
     assert_eq!(e.store.audit_size().unwrap(), 0);
-    let w = e.create(&c, patient("Audit", "Me", "1970", "1"), None, None).unwrap().wait_blocking().unwrap();
+    let w = e
+        .create(&c, patient("Audit", "Me", "1970", "1"), None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(w.audit_indexes, vec![0]);
     let ev = assert_included(&e, 0, "C");
     assert_eq!(ev["outcome"], "0");
     assert_eq!(ev["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
-    let whos: Vec<String> = ev["agent"].as_array().unwrap().iter().map(|a| a["who"].to_string()).collect();
-    assert!(whos.iter().any(|w| w.contains("emr-1")) && whos.iter().any(|w| w.contains("Organization/fac1")) && whos.iter().any(|w| w.contains("Practitioner/dr-a")));
-    assert_eq!(ev["entity"][0]["what"]["reference"], format!("Patient/{}", w.record.id));
+    let whos: Vec<String> = ev["agent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["who"].to_string())
+        .collect();
+    assert!(
+        whos.iter().any(|w| w.contains("emr-1"))
+            && whos.iter().any(|w| w.contains("Organization/fac1"))
+            && whos.iter().any(|w| w.contains("Practitioner/dr-a"))
+    );
+    assert_eq!(
+        ev["entity"][0]["what"]["reference"],
+        format!("Patient/{}", w.record.id)
+    );
 
     let before = e.store.audit_size().unwrap();
-    e.read(&c, "Patient", &w.record.id).unwrap().wait_blocking().unwrap();
+    e.read(&c, "Patient", &w.record.id)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     // The read's AuditEvent was durable before the data came back.
     assert_eq!(e.store.audit_size().unwrap(), before + 1);
     let ev = assert_included(&e, before, "R");
@@ -217,43 +453,115 @@ fn every_write_read_and_search_is_audited_with_proofs() {
     e.search(&c, &q).unwrap().wait_blocking().unwrap();
     let ev = assert_included(&e, before, "E");
     assert_eq!(ev["subtype"][0]["code"], "search-type");
-    assert!(ev["entity"].as_array().unwrap().iter().any(|x| x.get("query").is_some()));
-    assert!(ev["entity"].as_array().unwrap().iter().any(|x| x["what"]["reference"] == format!("Patient/{}", w.record.id)));
+    assert!(
+        ev["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.get("query").is_some())
+    );
+    assert!(
+        ev["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["what"]["reference"] == format!("Patient/{}", w.record.id))
+    );
 
     let before = e.store.audit_size().unwrap();
-    e.update(&c, "Patient", &w.record.id, patient("Audit", "You", "1970", "1"), Some(1), None).unwrap().wait_blocking().unwrap();
+    e.update(
+        &c,
+        "Patient",
+        &w.record.id,
+        patient("Audit", "You", "1970", "1"),
+        Some(1),
+        None,
+    )
+    .unwrap()
+    .wait_blocking()
+    .unwrap();
     assert_included(&e, before, "U");
     let before = e.store.audit_size().unwrap();
-    e.delete(&c, "Patient", &w.record.id).unwrap().wait_blocking().unwrap();
+    e.delete(&c, "Patient", &w.record.id)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_included(&e, before, "D");
     // A failed read is audited too.
     let before = e.store.audit_size().unwrap();
-    assert!(e.read(&c, "Patient", "missing").unwrap().wait_blocking().is_err());
+    assert!(
+        e.read(&c, "Patient", "missing")
+            .unwrap()
+            .wait_blocking()
+            .is_err()
+    );
     let ev = assert_included(&e, before, "R");
     assert_eq!(ev["outcome"], "4");
 
     // Many entries: checkpoints every 10, consistency between them.
     for i in 0..40 {
-        e.create(&c, observation("px", &format!("c{i}"), "2024-01-01"), None, None).unwrap().wait_blocking().unwrap();
+        e.create(
+            &c,
+            observation("px", &format!("c{i}"), "2024-01-01"),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     }
     let n = e.store.audit_size().unwrap();
     for old in [1, 7, 16, n / 2] {
         let p = e.store.audit_consistency_proof(old, n).unwrap();
-        merkle::verify_consistency(old, n, &e.store.audit_root(old).unwrap(), &e.store.audit_root(n).unwrap(), &p).unwrap();
+        merkle::verify_consistency(
+            old,
+            n,
+            &e.store.audit_root(old).unwrap(),
+            &e.store.audit_root(n).unwrap(),
+            &p,
+        )
+        .unwrap();
     }
     // Checkpoints were published automatically (every 10 entries) without being forced.
     let latest = e.store.latest_checkpoint().unwrap().unwrap();
-    let (body, _) = open_note(&latest, &[NoteVerifier::new(e.store.origin(), e.store.node_public().clone())]).unwrap();
+    let (body, _) = open_note(
+        &latest,
+        &[NoteVerifier::new(
+            e.store.origin(),
+            e.store.node_public().clone(),
+        )],
+    )
+    .unwrap();
     let cp = Checkpoint::parse_body(&body).unwrap();
-    assert!(cp.size + 10 >= n && cp.size <= n, "latest checkpoint {} of {n}", cp.size);
-    assert_eq!(e.store.checkpoint_at(cp.size).unwrap().as_deref(), Some(latest.as_str()));
+    assert!(
+        cp.size + 10 >= n && cp.size <= n,
+        "latest checkpoint {} of {n}",
+        cp.size
+    );
+    assert_eq!(
+        e.store.checkpoint_at(cp.size).unwrap().as_deref(),
+        Some(latest.as_str())
+    );
     // AuditEvent is readable as a FHIR resource, and tampering with an entry breaks its proof.
-    let r = e.read(&c, "AuditEvent", "3").unwrap().wait_blocking().unwrap();
+    let r = e
+        .read(&c, "AuditEvent", "3")
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     assert_eq!(r.resource["id"], "3");
     let mut forged = r.canonical.clone();
     let pos = forged.iter().position(|b| *b == b'R').unwrap();
     forged[pos] = b'X';
     let proof = e.store.audit_inclusion_proof(3, n).unwrap();
-    assert!(merkle::verify_inclusion(&merkle::leaf_hash(&forged), 3, n, &proof, &e.store.audit_root(n).unwrap()).is_err());
+    assert!(
+        merkle::verify_inclusion(
+            &merkle::leaf_hash(&forged),
+            3,
+            n,
+            &proof,
+            &e.store.audit_root(n).unwrap()
+        )
+        .is_err()
+    );
     assert!(e.store.audit_inclusion_proof(n, n).is_err());
 }

@@ -7,11 +7,11 @@
 //! (`level:u8 || index:u64 BE -> hash`), so roots and proofs are O(log n) reads.
 
 use base64::Engine as _;
+use heed::{RoTxn, RwTxn};
 use hexa_crypto::checkpoint::{Checkpoint, sign_note};
 use hexa_crypto::jcs;
 use hexa_crypto::merkle::{self, Frontier, Hash, SubtreeSource};
 use hexa_crypto::seal::Aad;
-use heed::{RoTxn, RwTxn};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
@@ -323,11 +323,20 @@ impl AuditAppender {
             ),
             _ => (0, 0),
         };
-        Ok(AuditAppender { frontier, last_ckpt_size, last_ckpt_time })
+        Ok(AuditAppender {
+            frontier,
+            last_ckpt_size,
+            last_ckpt_time,
+        })
     }
 
     /// Appends one AuditEvent; returns its log index.
-    pub fn append(&mut self, store: &Store, wtxn: &mut RwTxn, mut event: Value) -> StoreResult<u64> {
+    pub fn append(
+        &mut self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        mut event: Value,
+    ) -> StoreResult<u64> {
         let index = self.frontier.size();
         if let Some(obj) = event.as_object_mut() {
             obj.insert("id".into(), json!(index.to_string()));
@@ -340,7 +349,14 @@ impl AuditAppender {
         let key = log_key(index);
         let sealed = store
             .seal_log
-            .seal(&bytes, &Aad { database: "audit.log", key: &key, version: index })
+            .seal(
+                &bytes,
+                &Aad {
+                    database: "audit.log",
+                    key: &key,
+                    version: index,
+                },
+            )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
         store.audit_log.put(wtxn, &key, &sealed)?;
         let id = index.to_string();
@@ -353,13 +369,20 @@ impl AuditAppender {
 
     /// Persists the frontier (end of every batch).
     pub fn persist(&self, store: &Store, wtxn: &mut RwTxn) -> StoreResult<()> {
-        let b = postcard::to_stdvec(&self.frontier).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let b =
+            postcard::to_stdvec(&self.frontier).map_err(|e| StoreError::Storage(e.to_string()))?;
         store.meta.put(wtxn, META_FRONTIER, &b)?;
         Ok(())
     }
 
     /// Signs and stores a checkpoint if due (or `force`d and the log grew). Returns its size.
-    pub fn maybe_checkpoint(&mut self, store: &Store, wtxn: &mut RwTxn, now: u64, force: bool) -> StoreResult<Option<u64>> {
+    pub fn maybe_checkpoint(
+        &mut self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        now: u64,
+        force: bool,
+    ) -> StoreResult<Option<u64>> {
         let size = self.frontier.size();
         if size == 0 || size == self.last_ckpt_size {
             return Ok(None);
@@ -369,9 +392,16 @@ impl AuditAppender {
         if !(due || force) {
             return Ok(None);
         }
-        let cp = Checkpoint { origin: store.origin.clone(), size, root: self.frontier.root(), extensions: vec![] };
+        let cp = Checkpoint {
+            origin: store.origin.clone(),
+            size,
+            root: self.frontier.root(),
+            extensions: vec![],
+        };
         let note = sign_note(&cp.body(), &store.origin, &store.node_key);
-        store.audit_checkpoints.put(wtxn, &size.to_be_bytes(), note.as_bytes())?;
+        store
+            .audit_checkpoints
+            .put(wtxn, &size.to_be_bytes(), note.as_bytes())?;
         let mut st = [0u8; 16];
         st[..8].copy_from_slice(&size.to_be_bytes());
         st[8..].copy_from_slice(&now.to_be_bytes());
@@ -396,7 +426,8 @@ impl SubtreeSource for TreeSource<'_, '_> {
             .audit_tree
             .get(self.txn, &tree_key(level, index))?
             .ok_or_else(|| StoreError::Audit(format!("subtree ({level}, {index}) missing")))?;
-        v.try_into().map_err(|_| StoreError::Audit("subtree hash has wrong length".into()))
+        v.try_into()
+            .map_err(|_| StoreError::Audit("subtree hash has wrong length".into()))
     }
 }
 
@@ -443,7 +474,14 @@ impl Store {
             .ok_or_else(|| StoreError::Audit(format!("no audit entry {index}")))?;
         let bytes = self
             .seal_log
-            .open(sealed, &Aad { database: "audit.log", key: &key, version: index })
+            .open(
+                sealed,
+                &Aad {
+                    database: "audit.log",
+                    key: &key,
+                    version: index,
+                },
+            )
             .map_err(|e| StoreError::Corrupt {
                 database: "audit.log".into(),
                 key: index.to_string(),
@@ -462,7 +500,9 @@ impl Store {
     pub fn audit_root(&self, size: u64) -> StoreResult<Hash> {
         self.with_read(|txn| {
             if size > self.frontier_in(txn)?.size() {
-                return Err(StoreError::Audit(format!("log has fewer than {size} entries")));
+                return Err(StoreError::Audit(format!(
+                    "log has fewer than {size} entries"
+                )));
             }
             merkle::root_from(&mut TreeSource { store: self, txn }, size)
         })
@@ -472,9 +512,12 @@ impl Store {
     pub fn audit_inclusion_proof(&self, index: u64, size: u64) -> StoreResult<Vec<Hash>> {
         self.with_read(|txn| {
             if size > self.frontier_in(txn)?.size() {
-                return Err(StoreError::Audit(format!("log has fewer than {size} entries")));
+                return Err(StoreError::Audit(format!(
+                    "log has fewer than {size} entries"
+                )));
             }
-            merkle::inclusion_proof_from(&mut TreeSource { store: self, txn }, index, size).map_err(source_err)
+            merkle::inclusion_proof_from(&mut TreeSource { store: self, txn }, index, size)
+                .map_err(source_err)
         })
     }
 
@@ -482,32 +525,46 @@ impl Store {
     pub fn audit_consistency_proof(&self, old: u64, new: u64) -> StoreResult<Vec<Hash>> {
         self.with_read(|txn| {
             if new > self.frontier_in(txn)?.size() {
-                return Err(StoreError::Audit(format!("log has fewer than {new} entries")));
+                return Err(StoreError::Audit(format!(
+                    "log has fewer than {new} entries"
+                )));
             }
-            merkle::consistency_proof_from(&mut TreeSource { store: self, txn }, old, new).map_err(source_err)
+            merkle::consistency_proof_from(&mut TreeSource { store: self, txn }, old, new)
+                .map_err(source_err)
         })
     }
 
     /// The latest signed checkpoint note, if any.
     pub fn latest_checkpoint(&self) -> StoreResult<Option<String>> {
         self.with_read(|txn| {
-            Ok(match self.audit_checkpoints.last(txn)? {
-                Some((_, note)) => Some(String::from_utf8_lossy(note).into_owned()),
-                None => None,
-            })
+            Ok(self
+                .audit_checkpoints
+                .last(txn)?
+                .map(|(_, note)| String::from_utf8_lossy(note).into_owned()))
         })
     }
 
     /// The checkpoint signed at exactly `size`, if one was.
     pub fn checkpoint_at(&self, size: u64) -> StoreResult<Option<String>> {
         self.with_read(|txn| {
-            Ok(self.audit_checkpoints.get(txn, &size.to_be_bytes())?.map(|n| String::from_utf8_lossy(n).into_owned()))
+            Ok(self
+                .audit_checkpoints
+                .get(txn, &size.to_be_bytes())?
+                .map(|n| String::from_utf8_lossy(n).into_owned()))
         })
     }
 
     /// AuditEvent (id = log index) or Provenance (deterministic id) as a record.
-    pub(crate) fn read_audit_resource(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Record> {
-        let not_found = || StoreError::NotFound { resource_type: ty.into(), id: id.into() };
+    pub(crate) fn read_audit_resource(
+        &self,
+        txn: &RoTxn,
+        ty: &str,
+        id: &str,
+    ) -> StoreResult<Record> {
+        let not_found = || StoreError::NotFound {
+            resource_type: ty.into(),
+            id: id.into(),
+        };
         match ty {
             "AuditEvent" => {
                 let index: u64 = id.parse().map_err(|_| not_found())?;
@@ -515,7 +572,11 @@ impl Store {
                 audit_record(e)
             }
             "Provenance" => {
-                let key = self.audit_provids.get(txn, id.as_bytes())?.ok_or_else(not_found)?.to_vec();
+                let key = self
+                    .audit_provids
+                    .get(txn, id.as_bytes())?
+                    .ok_or_else(not_found)?
+                    .to_vec();
                 self.provenance_at(txn, &key)
             }
             _ => Err(not_found()),
@@ -529,17 +590,32 @@ impl Store {
             key: format::printable_key(key),
             reason,
         };
-        let (_, _, version) = format::parse_version_key(key).ok_or_else(|| corrupt("bad key".into()))?;
+        let (_, _, version) =
+            format::parse_version_key(key).ok_or_else(|| corrupt("bad key".into()))?;
         let sealed = self
             .audit_provenance
             .get(txn, key)?
-            .ok_or_else(|| StoreError::NotFound { resource_type: "Provenance".into(), id: format::printable_key(key) })?;
+            .ok_or_else(|| StoreError::NotFound {
+                resource_type: "Provenance".into(),
+                id: format::printable_key(key),
+            })?;
         let bytes = self
             .seal_provenance
-            .open(sealed, &Aad { database: "audit.provenance", key, version })
+            .open(
+                sealed,
+                &Aad {
+                    database: "audit.provenance",
+                    key,
+                    version,
+                },
+            )
             .map_err(|e| corrupt(e.to_string()))?;
         let resource: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let last_updated = 0;
         Ok(Record {
             resource_type: "Provenance".into(),

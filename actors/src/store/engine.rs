@@ -29,8 +29,14 @@ impl<T> std::fmt::Debug for Pending<T> {
 }
 
 impl<T> Pending<T> {
-    fn new(rx: oneshot::Receiver<StoreResult<Outcome>>, then: impl FnOnce(Outcome) -> StoreResult<T> + Send + 'static) -> Self {
-        Pending { rx, then: Box::new(then) }
+    fn new(
+        rx: oneshot::Receiver<StoreResult<Outcome>>,
+        then: impl FnOnce(Outcome) -> StoreResult<T> + Send + 'static,
+    ) -> Self {
+        Pending {
+            rx,
+            then: Box::new(then),
+        }
     }
 
     /// Waits (async) for the commit.
@@ -41,7 +47,10 @@ impl<T> Pending<T> {
 
     /// Waits (blocking the thread) for the commit. Not for async executors.
     pub fn wait_blocking(self) -> StoreResult<T> {
-        let outcome = self.rx.blocking_recv().map_err(|_| StoreError::WriterStopped)??;
+        let outcome = self
+            .rx
+            .blocking_recv()
+            .map_err(|_| StoreError::WriterStopped)??;
         (self.then)(outcome)
     }
 }
@@ -100,7 +109,9 @@ fn resource_type_of(resource: &Value) -> StoreResult<String> {
         .ok_or_else(|| StoreError::Invalid("resourceType is missing".into()))?;
     component_for(ty)?;
     if !client_writable(ty) {
-        return Err(StoreError::Invalid(format!("{ty} resources are written by the appliance only")));
+        return Err(StoreError::Invalid(format!(
+            "{ty} resources are written by the appliance only"
+        )));
     }
     Ok(ty.to_string())
 }
@@ -148,7 +159,9 @@ impl Engine {
         if closing.wait_timeout(timeout) {
             Ok(())
         } else {
-            Err(StoreError::Storage("the store is still in use; it was not closed".into()))
+            Err(StoreError::Storage(
+                "the store is still in use; it was not closed".into(),
+            ))
         }
     }
 
@@ -160,14 +173,27 @@ impl Engine {
         Ok(Pending::new(rx, move |_| Err(e)))
     }
 
-    fn spec(&self, ty: &str, id: &str, base: u64, resource: Value, deleted: bool, author_jws: Option<String>, ctx: &AccessContext) -> VersionSpec {
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        &self,
+        ty: &str,
+        id: &str,
+        base: u64,
+        resource: Value,
+        deleted: bool,
+        author_jws: Option<String>,
+        ctx: &AccessContext,
+    ) -> VersionSpec {
         VersionSpec {
             resource_type: ty.to_string(),
             id: id.to_string(),
             base,
             resource,
             deleted,
-            author: author_jws.as_ref().and(ctx.practitioner.as_ref()).map(|p| format!("Practitioner/{p}")),
+            author: author_jws
+                .as_ref()
+                .and(ctx.practitioner.as_ref())
+                .map(|p| format!("Practitioner/{p}")),
             author_jws,
             now: time::now_millis(),
         }
@@ -181,16 +207,29 @@ impl Engine {
         created: Vec<bool>,
     ) -> StoreResult<Pending<Vec<WriteResult>>> {
         let records: Vec<Record> = prepared.iter().map(|p| p.record.clone()).collect();
-        let rx = self.writer.submit(Member::Versions { versions: prepared, audits, conditional })?;
+        let rx = self.writer.submit(Member::Versions {
+            versions: prepared,
+            audits,
+            conditional,
+        })?;
         Ok(Pending::new(rx, move |o| match o {
             Outcome::Written { audit_indexes } => Ok(records
                 .into_iter()
                 .zip(created)
-                .map(|(record, created)| WriteResult { record, created, audit_indexes: audit_indexes.clone() })
+                .map(|(record, created)| WriteResult {
+                    record,
+                    created,
+                    audit_indexes: audit_indexes.clone(),
+                })
                 .collect()),
-            Outcome::Existing { record, audit_indexes } => {
-                Ok(vec![WriteResult { record: *record, created: false, audit_indexes }])
-            }
+            Outcome::Existing {
+                record,
+                audit_indexes,
+            } => Ok(vec![WriteResult {
+                record: *record,
+                created: false,
+                audit_indexes,
+            }]),
         }))
     }
 
@@ -210,18 +249,27 @@ impl Engine {
         if let Some(q) = &if_none_exist
             && q.resource_type != ty
         {
-            return self.fail(draft, StoreError::Invalid("If-None-Exist criteria name another type".into()));
+            return self.fail(
+                draft,
+                StoreError::Invalid("If-None-Exist criteria name another type".into()),
+            );
         }
         let id = new_id()?;
         let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
-        let prepared = match self.store.with_read(|txn| self.store.prepare_version(txn, spec)) {
+        let prepared = match self
+            .store
+            .with_read(|txn| self.store.prepare_version(txn, spec))
+        {
             Ok(p) => p,
             Err(e) => return self.fail(draft, e),
         };
         draft.touch(&prepared.record);
         let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
         Ok(Pending::new(p.rx, move |o| {
-            (p.then)(o)?.into_iter().next().ok_or_else(|| StoreError::Storage("empty write result".into()))
+            (p.then)(o)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Storage("empty write result".into()))
         }))
     }
 
@@ -240,10 +288,14 @@ impl Engine {
         let checked = resource_type_of(&resource).and_then(|rt| {
             validate_id(id)?;
             if rt != ty {
-                return Err(StoreError::Invalid(format!("resourceType {rt} does not match the URL type {ty}")));
+                return Err(StoreError::Invalid(format!(
+                    "resourceType {rt} does not match the URL type {ty}"
+                )));
             }
             match resource.get("id").and_then(Value::as_str) {
-                Some(rid) if rid != id => Err(StoreError::Invalid(format!("resource id {rid} does not match the URL id {id}"))),
+                Some(rid) if rid != id => Err(StoreError::Invalid(format!(
+                    "resource id {rid} does not match the URL id {id}"
+                ))),
                 _ => Ok(()),
             }
         });
@@ -251,35 +303,63 @@ impl Engine {
             return self.fail(draft, e);
         }
         let prepared = self.store.with_read(|txn| {
-            let base = self.store.current_in(txn, ty, id)?.map(|c| c.version).unwrap_or(0);
+            let base = self
+                .store
+                .current_in(txn, ty, id)?
+                .map(|c| c.version)
+                .unwrap_or(0);
             if let Some(m) = if_match
                 && m != base
             {
-                return Err(StoreError::Conflict { resource_type: ty.into(), id: id.into(), expected: m, current: base });
+                return Err(StoreError::Conflict {
+                    resource_type: ty.into(),
+                    id: id.into(),
+                    expected: m,
+                    current: base,
+                });
             }
-            self.store.prepare_version(txn, self.spec(ty, id, base, resource, false, author_jws, ctx))
+            self.store.prepare_version(
+                txn,
+                self.spec(ty, id, base, resource, false, author_jws, ctx),
+            )
         });
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => return self.fail(draft, e),
         };
         let created = prepared.base == 0;
-        draft.interaction = if created { Interaction::Create } else { Interaction::Update };
+        draft.interaction = if created {
+            Interaction::Create
+        } else {
+            Interaction::Update
+        };
         draft.entities.clear();
         draft.touch(&prepared.record);
         let p = self.submit_versions(vec![prepared], vec![draft], None, vec![created])?;
         Ok(Pending::new(p.rx, move |o| {
-            (p.then)(o)?.into_iter().next().ok_or_else(|| StoreError::Storage("empty write result".into()))
+            (p.then)(o)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Storage("empty write result".into()))
         }))
     }
 
     /// Logical delete: a new version with `deleted = true`. Deleting a deleted resource is a
     /// no-op that returns the deletion version.
-    pub fn delete(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<WriteResult>> {
+    pub fn delete(
+        &self,
+        ctx: &AccessContext,
+        ty: &str,
+        id: &str,
+    ) -> StoreResult<Pending<WriteResult>> {
         let mut draft = AuditDraft::new(Interaction::Delete, ctx);
         draft.entities.push(format!("{ty}/{id}"));
         if let Err(e) = component_for(ty).and_then(|_| {
-            if client_writable(ty) { Ok(()) } else { Err(StoreError::Invalid(format!("{ty} cannot be deleted"))) }
+            if client_writable(ty) {
+                Ok(())
+            } else {
+                Err(StoreError::Invalid(format!("{ty} cannot be deleted")))
+            }
         }) {
             return self.fail(draft, e);
         }
@@ -287,16 +367,25 @@ impl Engine {
             let cur = self
                 .store
                 .current_in(txn, ty, id)?
-                .ok_or_else(|| StoreError::NotFound { resource_type: ty.into(), id: id.into() })?;
-            if cur.deleted {
-                let rec = self.store.version_in(txn, ty, id, cur.version)?.ok_or_else(|| StoreError::NotFound {
+                .ok_or_else(|| StoreError::NotFound {
                     resource_type: ty.into(),
                     id: id.into(),
                 })?;
+            if cur.deleted {
+                let rec = self
+                    .store
+                    .version_in(txn, ty, id, cur.version)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        resource_type: ty.into(),
+                        id: id.into(),
+                    })?;
                 return Ok(Err(rec));
             }
             let old = self.store.version_in(txn, ty, id, cur.version)?;
-            let prepared = self.store.prepare_version(txn, self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx))?;
+            let prepared = self.store.prepare_version(
+                txn,
+                self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx),
+            )?;
             Ok(Ok((prepared, old)))
         });
         match r {
@@ -305,7 +394,11 @@ impl Engine {
                 draft.touch(&existing);
                 let rx = self.writer.submit(Member::Audit(vec![draft]))?;
                 Ok(Pending::new(rx, move |o| {
-                    Ok(WriteResult { record: existing, created: false, audit_indexes: o.audit_indexes().to_vec() })
+                    Ok(WriteResult {
+                        record: existing,
+                        created: false,
+                        audit_indexes: o.audit_indexes().to_vec(),
+                    })
                 }))
             }
             Ok(Ok((prepared, old))) => {
@@ -321,14 +414,21 @@ impl Engine {
                 }
                 let p = self.submit_versions(vec![prepared], vec![draft], None, vec![false])?;
                 Ok(Pending::new(p.rx, move |o| {
-                    (p.then)(o)?.into_iter().next().ok_or_else(|| StoreError::Storage("empty write result".into()))
+                    (p.then)(o)?
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| StoreError::Storage("empty write result".into()))
                 }))
             }
         }
     }
 
     /// A FHIR transaction: every entry commits, or none does.
-    pub fn transaction(&self, ctx: &AccessContext, entries: Vec<TxEntry>) -> StoreResult<Pending<Vec<WriteResult>>> {
+    pub fn transaction(
+        &self,
+        ctx: &AccessContext,
+        entries: Vec<TxEntry>,
+    ) -> StoreResult<Pending<Vec<WriteResult>>> {
         let mut tx_draft = AuditDraft::new(Interaction::Transaction, ctx);
         match self.prepare_transaction(ctx, entries) {
             Err(e) => self.fail(tx_draft, e),
@@ -385,28 +485,52 @@ impl Engine {
             let mut drafts = Vec::new();
             let mut created = Vec::new();
             for (ty, id, resource, if_match, is_create) in plan {
-                let cur = if is_create { None } else { self.store.current_in(txn, &ty, &id)? };
+                let cur = if is_create {
+                    None
+                } else {
+                    self.store.current_in(txn, &ty, &id)?
+                };
                 let base = cur.map(|c| c.version).unwrap_or(0);
                 if let Some(m) = if_match
                     && m != base
                 {
-                    return Err(StoreError::Conflict { resource_type: ty, id, expected: m, current: base });
+                    return Err(StoreError::Conflict {
+                        resource_type: ty,
+                        id,
+                        expected: m,
+                        current: base,
+                    });
                 }
                 let (body, deleted, interaction) = match resource {
                     Some(mut r) => {
                         rewrite_references(&mut r, &map);
-                        (r, false, if base == 0 { Interaction::Create } else { Interaction::Update })
+                        (
+                            r,
+                            false,
+                            if base == 0 {
+                                Interaction::Create
+                            } else {
+                                Interaction::Update
+                            },
+                        )
                     }
                     None => {
                         match cur {
-                            None => return Err(StoreError::NotFound { resource_type: ty, id }),
+                            None => {
+                                return Err(StoreError::NotFound {
+                                    resource_type: ty,
+                                    id,
+                                });
+                            }
                             Some(c) if c.deleted => continue,
                             Some(_) => {}
                         }
                         (deletion_body(&ty, &id), true, Interaction::Delete)
                     }
                 };
-                let p = self.store.prepare_version(txn, self.spec(&ty, &id, base, body, deleted, None, ctx))?;
+                let p = self
+                    .store
+                    .prepare_version(txn, self.spec(&ty, &id, base, body, deleted, None, ctx))?;
                 let mut d = AuditDraft::new(interaction, ctx);
                 d.touch(&p.record);
                 drafts.push(d);
@@ -414,7 +538,9 @@ impl Engine {
                 prepared.push(p);
             }
             if prepared.is_empty() {
-                return Err(StoreError::Invalid("transaction has nothing to write".into()));
+                return Err(StoreError::Invalid(
+                    "transaction has nothing to write".into(),
+                ));
             }
             Ok((prepared, drafts, created))
         })
@@ -453,9 +579,18 @@ impl Engine {
     }
 
     /// Read one version.
-    pub fn vread(&self, ctx: &AccessContext, ty: &str, id: &str, version: u64) -> StoreResult<Pending<Record>> {
+    pub fn vread(
+        &self,
+        ctx: &AccessContext,
+        ty: &str,
+        id: &str,
+        version: u64,
+    ) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Vread, ctx);
-        let r = self.store.vread(ty, id, version).map(|r| (vec![r.clone()], r));
+        let r = self
+            .store
+            .vread(ty, id, version)
+            .map(|r| (vec![r.clone()], r));
         if r.is_err() {
             draft.entities.push(format!("{ty}/{id}/_history/{version}"));
         }
@@ -463,7 +598,12 @@ impl Engine {
     }
 
     /// Instance history, newest first.
-    pub fn history(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<Vec<Record>>> {
+    pub fn history(
+        &self,
+        ctx: &AccessContext,
+        ty: &str,
+        id: &str,
+    ) -> StoreResult<Pending<Vec<Record>>> {
         let mut draft = AuditDraft::new(Interaction::History, ctx);
         let r = self.store.history(ty, id).map(|v| (v.clone(), v));
         if r.is_err() {
@@ -473,10 +613,19 @@ impl Engine {
     }
 
     /// Type history, newest first, paged.
-    pub fn type_history(&self, ctx: &AccessContext, ty: &str, count: usize, offset: usize) -> StoreResult<Pending<SearchPage>> {
+    pub fn type_history(
+        &self,
+        ctx: &AccessContext,
+        ty: &str,
+        count: usize,
+        offset: usize,
+    ) -> StoreResult<Pending<SearchPage>> {
         let mut draft = AuditDraft::new(Interaction::History, ctx);
         draft.query = Some(format!("{ty}/_history?_count={count}&_offset={offset}"));
-        let r = self.store.type_history(ty, count, offset).map(|p| (p.items.clone(), p));
+        let r = self
+            .store
+            .type_history(ty, count, offset)
+            .map(|p| (p.items.clone(), p));
         self.audited_read(draft, ctx, r)
     }
 
@@ -489,7 +638,13 @@ impl Engine {
     }
 
     /// Audits an operation whose result the caller computed from store data (e.g. $match).
-    pub fn audit_disclosure(&self, ctx: &AccessContext, interaction: Interaction, query: Option<String>, records: &[Record]) -> StoreResult<Pending<()>> {
+    pub fn audit_disclosure(
+        &self,
+        ctx: &AccessContext,
+        interaction: Interaction,
+        query: Option<String>,
+        records: &[Record],
+    ) -> StoreResult<Pending<()>> {
         let mut draft = AuditDraft::new(interaction, ctx);
         draft.query = query;
         self.audited_read(draft, ctx, Ok((records.to_vec(), ())))

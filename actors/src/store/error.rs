@@ -40,7 +40,9 @@ pub enum StoreError {
         version: u64,
     },
     /// Optimistic concurrency failure: the caller's expected version is not current.
-    #[error("version conflict on {resource_type}/{id}: expected version {expected}, current is {current}; re-read and retry")]
+    #[error(
+        "version conflict on {resource_type}/{id}: expected version {expected}, current is {current}; re-read and retry"
+    )]
     Conflict {
         /// FHIR resource type.
         resource_type: String,
@@ -64,7 +66,9 @@ pub enum StoreError {
     #[error("unsupported search: {0}")]
     UnsupportedSearch(String),
     /// The data directory holds a newer on-disk format than this build understands.
-    #[error("store format version {found} is newer than supported version {supported}; upgrade hexa before opening this data directory")]
+    #[error(
+        "store format version {found} is newer than supported version {supported}; upgrade hexa before opening this data directory"
+    )]
     UnsupportedFormat {
         /// Format version found on disk.
         found: u32,

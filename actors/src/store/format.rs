@@ -179,15 +179,19 @@ mod tests {
         };
         let bytes = env.to_bytes().unwrap();
         let expected: Vec<u8> = [
-            &[0x01][..],                                     // format varint
-            &[0x07], b"Patient",                             // resource_type
-            &[0x02], b"p1",                                  // id
-            &[0x02],                                         // version_id varint
-            &[0xfb, 0xd0, 0x95, 0xff, 0xbc, 0x31],           // last_updated varint
-            &[0x00],                                         // deleted
-            &[0x0b], br#"{"id":"p1"}"#,                      // canonical
-            &[0x04], b"h..s",                                // jws
-            &[0x00],                                         // author_jws None
+            &[0x01][..], // format varint
+            &[0x07],
+            b"Patient", // resource_type
+            &[0x02],
+            b"p1",                                 // id
+            &[0x02],                               // version_id varint
+            &[0xfb, 0xd0, 0x95, 0xff, 0xbc, 0x31], // last_updated varint
+            &[0x00],                               // deleted
+            &[0x0b],
+            br#"{"id":"p1"}"#, // canonical
+            &[0x04],
+            b"h..s", // jws
+            &[0x00], // author_jws None
         ]
         .concat();
         assert_eq!(bytes, expected);
@@ -217,8 +221,15 @@ mod tests {
         let k = version_key("Observation", "o-1", 300);
         assert_eq!(parse_version_key(&k), Some(("Observation", "o-1", 300)));
         assert!(k.starts_with(&history_prefix("Observation", "o-1")));
-        assert!(!version_key("Observation", "o-10", 1).starts_with(&history_prefix("Observation", "o-1")));
-        let c = Current { version: 7, last_updated: 99, deleted: true };
+        assert!(
+            !version_key("Observation", "o-10", 1)
+                .starts_with(&history_prefix("Observation", "o-1"))
+        );
+        let c = Current {
+            version: 7,
+            last_updated: 99,
+            deleted: true,
+        };
         assert_eq!(Current::from_bytes(&c.to_bytes()), Some(c));
         assert_eq!(Current::from_bytes(&[1, 2]), None);
     }

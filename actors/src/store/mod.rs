@@ -8,8 +8,8 @@
 //! transaction per batch.
 
 pub mod audit;
-pub mod error;
 pub mod engine;
+pub mod error;
 pub mod format;
 pub mod params;
 pub mod pmatch;
@@ -128,7 +128,10 @@ impl Record {
 
     /// `Type/id/_history/version`.
     pub fn versioned_reference(&self) -> String {
-        format!("{}/{}/_history/{}", self.resource_type, self.id, self.version)
+        format!(
+            "{}/{}/_history/{}",
+            self.resource_type, self.id, self.version
+        )
     }
 }
 
@@ -230,7 +233,14 @@ impl Store {
             names.push(format!("{}.current", c.name()));
             names.push(format!("{}.index", c.name()));
         }
-        for n in ["audit.log", "audit.tree", "audit.checkpoints", "audit.provenance", "audit.provids", "meta"] {
+        for n in [
+            "audit.log",
+            "audit.tree",
+            "audit.checkpoints",
+            "audit.provenance",
+            "audit.provids",
+            "meta",
+        ] {
             names.push(n.to_string());
         }
         let wtxn = env.write_txn()?;
@@ -253,13 +263,23 @@ impl Store {
             current: dbs[3 * i + 1],
             index: dbs[3 * i + 2],
         });
-        let [audit_log, audit_tree, audit_checkpoints, audit_provenance, audit_provids, meta] =
-            [dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29]];
+        let [
+            audit_log,
+            audit_tree,
+            audit_checkpoints,
+            audit_provenance,
+            audit_provids,
+            meta,
+        ] = [dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29]];
         let mut wtxn = env.write_txn()?;
 
         let master = &secrets.master_key;
         let seal_meta = master.sealing_key("meta");
-        let keycheck_aad = Aad { database: "meta", key: META_KEYCHECK, version: 0 };
+        let keycheck_aad = Aad {
+            database: "meta",
+            key: META_KEYCHECK,
+            version: 0,
+        };
         match meta.get(&wtxn, META_FORMAT)? {
             None => {
                 meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
@@ -270,17 +290,22 @@ impl Store {
             }
             Some(v) => {
                 let found = u32::from_be_bytes(
-                    v.try_into().map_err(|_| StoreError::Storage("meta.format is malformed".into()))?,
+                    v.try_into()
+                        .map_err(|_| StoreError::Storage("meta.format is malformed".into()))?,
                 );
                 if found > FORMAT_VERSION {
-                    return Err(StoreError::UnsupportedFormat { found, supported: FORMAT_VERSION });
+                    return Err(StoreError::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
                 }
                 let check = meta
                     .get(&wtxn, META_KEYCHECK)?
                     .ok_or_else(|| StoreError::Storage("meta.keycheck missing".into()))?;
                 seal_meta.open(check, &keycheck_aad).map_err(|_| {
                     StoreError::Crypto(
-                        "the master key does not match this data directory (wrong key file?)".into(),
+                        "the master key does not match this data directory (wrong key file?)"
+                            .into(),
                     )
                 })?;
             }
@@ -397,10 +422,23 @@ impl Store {
         &self.comps[c.index()]
     }
 
-    fn open_envelope(&self, c: Component, key: &[u8], version: u64, sealed: &[u8]) -> StoreResult<Envelope> {
+    fn open_envelope(
+        &self,
+        c: Component,
+        key: &[u8],
+        version: u64,
+        sealed: &[u8],
+    ) -> StoreResult<Envelope> {
         let database = versions_db_name(c);
         let plain = self.seal_versions[c.index()]
-            .open(sealed, &Aad { database: &database, key, version })
+            .open(
+                sealed,
+                &Aad {
+                    database: &database,
+                    key,
+                    version,
+                },
+            )
             .map_err(|e| StoreError::Corrupt {
                 database: database.clone(),
                 key: format::printable_key(key),
@@ -413,20 +451,33 @@ impl Store {
         })
     }
 
-    pub(crate) fn current_in(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Option<Current>> {
+    pub(crate) fn current_in(
+        &self,
+        txn: &RoTxn,
+        ty: &str,
+        id: &str,
+    ) -> StoreResult<Option<Current>> {
         let c = component_for(ty)?;
         let v = self.dbs(c).current.get(txn, &format::current_key(ty, id))?;
         match v {
             None => Ok(None),
-            Some(b) => Current::from_bytes(b).map(Some).ok_or_else(|| StoreError::Corrupt {
-                database: format!("{}.current", c.name()),
-                key: format!("{ty}/{id}"),
-                reason: "bad current pointer".into(),
-            }),
+            Some(b) => Current::from_bytes(b)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    database: format!("{}.current", c.name()),
+                    key: format!("{ty}/{id}"),
+                    reason: "bad current pointer".into(),
+                }),
         }
     }
 
-    pub(crate) fn version_in(&self, txn: &RoTxn, ty: &str, id: &str, version: u64) -> StoreResult<Option<Record>> {
+    pub(crate) fn version_in(
+        &self,
+        txn: &RoTxn,
+        ty: &str,
+        id: &str,
+        version: u64,
+    ) -> StoreResult<Option<Record>> {
         let c = component_for(ty)?;
         let key = format::version_key(ty, id, version);
         match self.dbs(c).versions.get(txn, &key)? {
@@ -450,12 +501,20 @@ impl Store {
         if component_for(ty)? == Component::Audit {
             return self.read_audit_resource(txn, ty, id);
         }
-        let not_found = || StoreError::NotFound { resource_type: ty.into(), id: id.into() };
+        let not_found = || StoreError::NotFound {
+            resource_type: ty.into(),
+            id: id.into(),
+        };
         let cur = self.current_in(txn, ty, id)?.ok_or_else(not_found)?;
         if cur.deleted {
-            return Err(StoreError::Gone { resource_type: ty.into(), id: id.into(), version: cur.version });
+            return Err(StoreError::Gone {
+                resource_type: ty.into(),
+                id: id.into(),
+                version: cur.version,
+            });
         }
-        self.version_in(txn, ty, id, cur.version)?.ok_or_else(not_found)
+        self.version_in(txn, ty, id, cur.version)?
+            .ok_or_else(not_found)
     }
 
     /// Reads the current version of `ty/id`.
@@ -471,14 +530,19 @@ impl Store {
                 return if version == r.version {
                     Ok(r)
                 } else {
-                    Err(StoreError::VersionNotFound { resource_type: ty.into(), id: id.into(), version })
+                    Err(StoreError::VersionNotFound {
+                        resource_type: ty.into(),
+                        id: id.into(),
+                        version,
+                    })
                 };
             }
-            self.version_in(txn, ty, id, version)?.ok_or_else(|| StoreError::VersionNotFound {
-                resource_type: ty.into(),
-                id: id.into(),
-                version,
-            })
+            self.version_in(txn, ty, id, version)?
+                .ok_or_else(|| StoreError::VersionNotFound {
+                    resource_type: ty.into(),
+                    id: id.into(),
+                    version,
+                })
         })
     }
 
@@ -490,15 +554,21 @@ impl Store {
             let mut out = Vec::new();
             for item in self.dbs(c).versions.rev_prefix_iter(txn, &prefix)? {
                 let (k, sealed) = item?;
-                let (_, _, version) = format::parse_version_key(k).ok_or_else(|| StoreError::Corrupt {
-                    database: versions_db_name(c),
-                    key: format::printable_key(k),
-                    reason: "bad version key".into(),
-                })?;
-                out.push(Record::from_envelope(self.open_envelope(c, k, version, sealed)?)?);
+                let (_, _, version) =
+                    format::parse_version_key(k).ok_or_else(|| StoreError::Corrupt {
+                        database: versions_db_name(c),
+                        key: format::printable_key(k),
+                        reason: "bad version key".into(),
+                    })?;
+                out.push(Record::from_envelope(
+                    self.open_envelope(c, k, version, sealed)?,
+                )?);
             }
             if out.is_empty() {
-                return Err(StoreError::NotFound { resource_type: ty.into(), id: id.into() });
+                return Err(StoreError::NotFound {
+                    resource_type: ty.into(),
+                    id: id.into(),
+                });
             }
             Ok(out)
         })
@@ -514,12 +584,21 @@ impl Store {
             for item in self.dbs(c).versions.prefix_iter(txn, &prefix)? {
                 let (k, sealed) = item?;
                 if let Some((_, _, version)) = format::parse_version_key(k) {
-                    all.push(Record::from_envelope(self.open_envelope(c, k, version, sealed)?)?);
+                    all.push(Record::from_envelope(
+                        self.open_envelope(c, k, version, sealed)?,
+                    )?);
                 }
             }
-            all.sort_by(|a, b| b.last_updated.cmp(&a.last_updated).then(b.version.cmp(&a.version)));
+            all.sort_by(|a, b| {
+                b.last_updated
+                    .cmp(&a.last_updated)
+                    .then(b.version.cmp(&a.version))
+            });
             let total = all.len();
-            Ok(SearchPage { total, items: all.into_iter().skip(offset).take(count).collect() })
+            Ok(SearchPage {
+                total,
+                items: all.into_iter().skip(offset).take(count).collect(),
+            })
         })
     }
 
@@ -553,7 +632,8 @@ impl Store {
             meta.insert("versionId".into(), json!(version.to_string()));
             meta.insert("lastUpdated".into(), json!(time::instant(spec.now)));
         }
-        let canonical = jcs::canonicalize(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let canonical =
+            jcs::canonicalize(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let signature = jws::sign_detached(&self.node_key, &canonical);
         let env = Envelope {
             format: FORMAT_VERSION,
@@ -569,7 +649,14 @@ impl Store {
         let key = format::version_key(ty, &spec.id, version);
         let database = versions_db_name(c);
         let sealed = self.seal_versions[c.index()]
-            .seal(&env.to_bytes()?, &Aad { database: &database, key: &key, version })
+            .seal(
+                &env.to_bytes()?,
+                &Aad {
+                    database: &database,
+                    key: &key,
+                    version,
+                },
+            )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
 
         // Index keys: new terms minus old terms, old minus new.
@@ -591,16 +678,28 @@ impl Store {
 
         let record = Record::from_envelope(env)?;
         let provenance = audit::provenance_json(self, &record, spec.author.as_deref());
-        let prov_plain = jcs::canonicalize(&provenance).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let prov_plain =
+            jcs::canonicalize(&provenance).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let prov_sealed = self
             .seal_provenance
-            .seal(&prov_plain, &Aad { database: "audit.provenance", key: &key, version })
+            .seal(
+                &prov_plain,
+                &Aad {
+                    database: "audit.provenance",
+                    key: &key,
+                    version,
+                },
+            )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
         let prov_id = audit::provenance_id(&record);
         Ok(Prepared {
             component: c,
             base: spec.base,
-            current: Current { version, last_updated: spec.now, deleted: spec.deleted },
+            current: Current {
+                version,
+                last_updated: spec.now,
+                deleted: spec.deleted,
+            },
             key,
             sealed,
             add_index,
@@ -612,7 +711,13 @@ impl Store {
     }
 
     /// Blind index keys of a resource.
-    pub(crate) fn index_keys(&self, c: Component, ty: &str, id: &str, resource: &Value) -> BTreeSet<Vec<u8>> {
+    pub(crate) fn index_keys(
+        &self,
+        c: Component,
+        ty: &str,
+        id: &str,
+        resource: &Value,
+    ) -> BTreeSet<Vec<u8>> {
         let mut terms = params::all_terms(ty, resource);
         if ty == "Patient" {
             terms.extend(pmatch::match_terms(resource));
@@ -675,7 +780,9 @@ pub(crate) fn put_prepared(store: &Store, wtxn: &mut RwTxn, p: &Prepared) -> Sto
         dbs.index.put(wtxn, k, &[])?;
     }
     store.audit_provenance.put(wtxn, &p.key, &p.prov_sealed)?;
-    store.audit_provids.put(wtxn, p.prov_id.as_bytes(), &p.key)?;
+    store
+        .audit_provids
+        .put(wtxn, p.prov_id.as_bytes(), &p.key)?;
     Ok(())
 }
 
@@ -686,5 +793,12 @@ pub fn new_id() -> StoreResult<String> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }

@@ -56,7 +56,11 @@ const PATIENT: &[ParamDef] = &[
     p("address-state", Str, &["address.state"]),
     p("active", Token, &["active"]),
     p("link", Ref(None), &["link.other"]),
-    p("organization", Ref(Some("Organization")), &["managingOrganization"]),
+    p(
+        "organization",
+        Ref(Some("Organization")),
+        &["managingOrganization"],
+    ),
     p("general-practitioner", Ref(None), &["generalPractitioner"]),
 ];
 const RELATED_PERSON: &[ParamDef] = &[
@@ -107,7 +111,11 @@ const LOCATION: &[ParamDef] = &[
     p("name", Str, &["name", "alias"]),
     p("partof", Ref(Some("Location")), &["partOf"]),
     p("type", Token, &["type"]),
-    p("organization", Ref(Some("Organization")), &["managingOrganization"]),
+    p(
+        "organization",
+        Ref(Some("Organization")),
+        &["managingOrganization"],
+    ),
     p("status", Token, &["status"]),
     p("address-city", Str, &["address.city"]),
     p("address-district", Str, &["address.district"]),
@@ -123,7 +131,11 @@ const HEALTHCARE_SERVICE: &[ParamDef] = &[
 const ENDPOINT: &[ParamDef] = &[
     p("identifier", Token, &["identifier"]),
     p("name", Str, &["name"]),
-    p("organization", Ref(Some("Organization")), &["managingOrganization"]),
+    p(
+        "organization",
+        Ref(Some("Organization")),
+        &["managingOrganization"],
+    ),
     p("status", Token, &["status"]),
     p("connection-type", Token, &["connectionType"]),
 ];
@@ -135,7 +147,11 @@ const PRODUCT: &[ParamDef] = &[
     p("form", Token, &["form"]),
     p("category", Token, &["category"]),
     p("patient", Ref(Some("Patient")), &["patient"]),
-    p("organization", Ref(Some("Organization")), &["owner", "manufacturer"]),
+    p(
+        "organization",
+        Ref(Some("Organization")),
+        &["owner", "manufacturer"],
+    ),
 ];
 const TERMINOLOGY: &[ParamDef] = &[
     p("identifier", Token, &["identifier"]),
@@ -158,7 +174,11 @@ const CONSENT: &[ParamDef] = &[
     p("period", Date, &["provision.period"]),
 ];
 const AUDIT_EVENT: &[ParamDef] = &[
-    p("patient", Ref(Some("Patient")), &["agent.who", "entity.what"]),
+    p(
+        "patient",
+        Ref(Some("Patient")),
+        &["agent.who", "entity.what"],
+    ),
     p("date", Date, &["recorded"]),
     p("agent", Ref(None), &["agent.who"]),
     p("entity", Ref(None), &["entity.what"]),
@@ -178,13 +198,26 @@ const PROVENANCE: &[ParamDef] = &[
 /// type simply yield nothing).
 const CLINICAL: &[ParamDef] = &[
     p("identifier", Token, &["identifier"]),
-    p("patient", Ref(Some("Patient")), &["subject", "patient", "beneficiary", "for"]),
+    p(
+        "patient",
+        Ref(Some("Patient")),
+        &["subject", "patient", "beneficiary", "for"],
+    ),
     p("subject", Ref(None), &["subject", "for"]),
-    p("encounter", Ref(Some("Encounter")), &["encounter", "context", "item.encounter"]),
+    p(
+        "encounter",
+        Ref(Some("Encounter")),
+        &["encounter", "context", "item.encounter"],
+    ),
     p(
         "code",
         Token,
-        &["code", "vaccineCode", "medicationCodeableConcept", "itemCodeableConcept"],
+        &[
+            "code",
+            "vaccineCode",
+            "medicationCodeableConcept",
+            "itemCodeableConcept",
+        ],
     ),
     p(
         "date",
@@ -212,7 +245,11 @@ const CLINICAL: &[ParamDef] = &[
     p("clinical-status", Token, &["clinicalStatus"]),
     p("category", Token, &["category"]),
     p("type", Token, &["type"]),
-    p("performer", Ref(None), &["performer", "performer.actor", "participant.individual"]),
+    p(
+        "performer",
+        Ref(None),
+        &["performer", "performer.actor", "participant.individual"],
+    ),
     p("requester", Ref(None), &["requester"]),
 ];
 
@@ -233,7 +270,11 @@ pub fn params_for(resource_type: &str) -> &'static [ParamDef] {
         "AuditEvent" => AUDIT_EVENT,
         "Provenance" => PROVENANCE,
         t if super::route::SHR_TYPES.contains(&t) => CLINICAL,
-        t if matches!(super::route::component_for(t), Ok(super::route::Component::Product)) => {
+        t if matches!(
+            super::route::component_for(t),
+            Ok(super::route::Component::Product)
+        ) =>
+        {
             PRODUCT
         }
         _ => &[],
@@ -311,7 +352,9 @@ pub fn normalize_telecom(s: &str) -> String {
     if s.contains('@') {
         s.trim().to_lowercase()
     } else {
-        s.chars().filter(|c| c.is_ascii_digit() || *c == '+').collect()
+        s.chars()
+            .filter(|c| c.is_ascii_digit() || *c == '+')
+            .collect()
     }
 }
 
@@ -322,8 +365,17 @@ pub fn string_parts(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| string_parts(x, out)),
         Value::Object(m) => {
             for key in [
-                "text", "family", "given", "prefix", "suffix", "line", "city", "district",
-                "state", "postalCode", "country",
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
             ] {
                 if let Some(x) = m.get(key) {
                     string_parts(x, out);
@@ -412,7 +464,8 @@ pub fn date_range(v: &Value) -> Option<(String, String)> {
 /// Range of a FHIR date string at day precision: `YYYY`, `YYYY-MM`, `YYYY-MM-DD[Thh:mm...]`.
 pub fn date_str_range(s: &str) -> Option<(String, String)> {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     if !digits(0..4) {
         return None;
     }
@@ -457,7 +510,11 @@ pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
                 let mut pairs = Vec::new();
                 token_pairs(v, &mut pairs);
                 for (sys, code) in pairs {
-                    let code = if def.kind == Telecom { normalize_telecom(&code) } else { code };
+                    let code = if def.kind == Telecom {
+                        normalize_telecom(&code)
+                    } else {
+                        code
+                    };
                     if code.is_empty() {
                         continue;
                     }
@@ -553,7 +610,14 @@ mod tests {
     #[test]
     fn names_are_prefix_indexed_without_accents() {
         let t = terms("Patient", "given", &patient());
-        for want in ["p:m", "p:marie", "p:marie claire", "p:claire", "p:aimee", "p:aim"] {
+        for want in [
+            "p:m",
+            "p:marie",
+            "p:marie claire",
+            "p:claire",
+            "p:aimee",
+            "p:aim",
+        ] {
             assert!(t.contains(&want.to_string()), "{want} missing from {t:?}");
         }
         assert!(!t.iter().any(|x| x.contains('é')));
@@ -569,7 +633,14 @@ mod tests {
         let v = json!({"name": [{"family": "Nyirabahizi-Mukamurenzi"}]});
         let t = terms("Patient", "family", &v);
         assert!(t.iter().all(|x| x.chars().count() <= 2 + MAX_PREFIX));
-        assert!(t.contains(&"p:mukamurenzi".chars().take(2 + MAX_PREFIX).collect::<String>()));
+        assert!(
+            t.contains(
+                &"p:mukamurenzi"
+                    .chars()
+                    .take(2 + MAX_PREFIX)
+                    .collect::<String>()
+            )
+        );
     }
 
     #[test]
@@ -595,7 +666,10 @@ mod tests {
         });
         assert!(terms("Observation", "patient", &obs).contains(&"r:Patient/p1".into()));
         assert!(terms("Observation", "subject", &obs).contains(&"i:p1".into()));
-        assert_eq!(terms("Observation", "encounter", &obs), vec!["i:e1", "r:Encounter/e1"]);
+        assert_eq!(
+            terms("Observation", "encounter", &obs),
+            vec!["i:e1", "r:Encounter/e1"]
+        );
         assert!(terms("Observation", "code", &obs).contains(&"sc:http://loinc.org|8867-4".into()));
         assert_eq!(terms("Observation", "status", &obs), vec!["c:final"]);
         let d = terms("Observation", "date", &obs);
@@ -626,13 +700,25 @@ mod tests {
 
     #[test]
     fn normalisation() {
-        assert_eq!(normalize_str("  Ngoga  Jean-Baptiste "), "ngoga jean baptiste");
+        assert_eq!(
+            normalize_str("  Ngoga  Jean-Baptiste "),
+            "ngoga jean baptiste"
+        );
         assert_eq!(normalize_str("Hélène D'Arc"), "helene d arc");
         assert_eq!(normalize_telecom("+250 (788) 12-34"), "+2507881234");
-        assert_eq!(normalize_reference("https://h/fhir/Patient/1/_history/4").as_deref(), Some("Patient/1"));
+        assert_eq!(
+            normalize_reference("https://h/fhir/Patient/1/_history/4").as_deref(),
+            Some("Patient/1")
+        );
         assert_eq!(normalize_reference("1"), None);
-        assert_eq!(date_str_range("2020").unwrap(), ("2020-01-01".into(), "2020-12-31".into()));
-        assert_eq!(date_str_range("2020-02-03T04:05:06Z").unwrap().0, "2020-02-03");
+        assert_eq!(
+            date_str_range("2020").unwrap(),
+            ("2020-01-01".into(), "2020-12-31".into())
+        );
+        assert_eq!(
+            date_str_range("2020-02-03T04:05:06Z").unwrap().0,
+            "2020-02-03"
+        );
         assert!(date_str_range("20x0").is_none());
         assert!(date_str_range("2020-02-03X").is_none());
     }

@@ -41,11 +41,22 @@ pub struct PatientMatch {
 impl Store {
     /// Candidates for `patient` scoring at least `min_score` (or sharing an identifier),
     /// best first, at most `count`.
-    pub fn match_patients(&self, patient: &Value, min_score: f64, count: usize) -> StoreResult<Vec<PatientMatch>> {
+    pub fn match_patients(
+        &self,
+        patient: &Value,
+        min_score: f64,
+        count: usize,
+    ) -> StoreResult<Vec<PatientMatch>> {
         self.with_read(|txn| self.match_patients_in(txn, patient, min_score, count))
     }
 
-    pub(crate) fn match_patients_in(&self, txn: &RoTxn, patient: &Value, min_score: f64, count: usize) -> StoreResult<Vec<PatientMatch>> {
+    pub(crate) fn match_patients_in(
+        &self,
+        txn: &RoTxn,
+        patient: &Value,
+        min_score: f64,
+        count: usize,
+    ) -> StoreResult<Vec<PatientMatch>> {
         let q = Demographics::from_patient(patient);
         let dbs = self.dbs(Component::Patient);
         let mut ids = BTreeSet::new();
@@ -66,13 +77,20 @@ impl Store {
         }
         let mut out = Vec::new();
         for id in ids {
-            let Ok(record) = self.read_in(txn, "Patient", &id) else { continue };
+            let Ok(record) = self.read_in(txn, "Patient", &id) else {
+                continue;
+            };
             let s = score(&q, &Demographics::from_patient(&record.resource));
             if s.identifier_match || s.score >= min_score {
                 out.push(PatientMatch { record, score: s });
             }
         }
-        out.sort_by(|a, b| b.score.score.total_cmp(&a.score.score).then_with(|| a.record.id.cmp(&b.record.id)));
+        out.sort_by(|a, b| {
+            b.score
+                .score
+                .total_cmp(&a.score.score)
+                .then_with(|| a.record.id.cmp(&b.record.id))
+        });
         out.truncate(count);
         Ok(out)
     }

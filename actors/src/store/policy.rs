@@ -5,9 +5,9 @@
 //! enforcement (issue: consent) plugs in here: today it permits everything, so the only
 //! effect is that the call sites exist and are tested.
 
+use super::Record;
 use super::audit::AccessContext;
 use super::error::StoreResult;
-use super::Record;
 
 /// Decides whether `ctx` may see `record`. Returns `StoreError::Forbidden` to refuse.
 pub fn authorize_read(ctx: &AccessContext, record: &Record) -> StoreResult<()> {

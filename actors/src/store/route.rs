@@ -128,12 +128,20 @@ pub const SHR_TYPES: &[&str] = &[
 pub fn component_for(resource_type: &str) -> StoreResult<Component> {
     let c = match resource_type {
         "Patient" | "RelatedPerson" | "Person" => Component::Patient,
-        "Organization" | "Location" | "HealthcareService" | "Endpoint" | "OrganizationAffiliation" => {
-            Component::Facility
-        }
+        "Organization"
+        | "Location"
+        | "HealthcareService"
+        | "Endpoint"
+        | "OrganizationAffiliation" => Component::Facility,
         "Practitioner" | "PractitionerRole" => Component::Worker,
-        "Medication" | "MedicationKnowledge" | "Device" | "DeviceDefinition" | "Substance"
-        | "BiologicallyDerivedProduct" | "NutritionProduct" | "InventoryItem" => Component::Product,
+        "Medication"
+        | "MedicationKnowledge"
+        | "Device"
+        | "DeviceDefinition"
+        | "Substance"
+        | "BiologicallyDerivedProduct"
+        | "NutritionProduct"
+        | "InventoryItem" => Component::Product,
         "CodeSystem" | "ValueSet" | "ConceptMap" | "NamingSystem" => Component::Term,
         "Consent" => Component::Consent,
         "AuditEvent" | "Provenance" => Component::Audit,
@@ -153,7 +161,9 @@ pub fn client_writable(resource_type: &str) -> bool {
 pub fn validate_id(id: &str) -> StoreResult<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
@@ -171,7 +181,10 @@ mod tests {
     fn routes_known_types() {
         assert_eq!(component_for("Patient").unwrap(), Component::Patient);
         assert_eq!(component_for("Location").unwrap(), Component::Facility);
-        assert_eq!(component_for("PractitionerRole").unwrap(), Component::Worker);
+        assert_eq!(
+            component_for("PractitionerRole").unwrap(),
+            Component::Worker
+        );
         assert_eq!(component_for("Medication").unwrap(), Component::Product);
         assert_eq!(component_for("ValueSet").unwrap(), Component::Term);
         assert_eq!(component_for("Observation").unwrap(), Component::Shr);

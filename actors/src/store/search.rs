@@ -134,9 +134,17 @@ impl SearchQuery {
         for (name, value) in pairs {
             let bad_num = || StoreError::Invalid(format!("{name}={value} is not a number"));
             match name.as_str() {
-                "_count" => q.count = value.parse::<usize>().map_err(|_| bad_num())?.min(MAX_COUNT),
+                "_count" => {
+                    q.count = value
+                        .parse::<usize>()
+                        .map_err(|_| bad_num())?
+                        .min(MAX_COUNT)
+                }
                 "_offset" => q.offset = value.parse().map_err(|_| bad_num())?,
-                "_id" => q.ids.get_or_insert_with(Vec::new).extend(value.split(',').map(str::to_string)),
+                "_id" => q
+                    .ids
+                    .get_or_insert_with(Vec::new)
+                    .extend(value.split(',').map(str::to_string)),
                 "_lastUpdated" => q.last_updated.push(parse_date(value)?),
                 "_sort" => {
                     for s in value.split(',').filter(|s| !s.is_empty()) {
@@ -147,34 +155,48 @@ impl SearchQuery {
                         let key = match key {
                             "_id" => SortKey::Id,
                             "_lastUpdated" => SortKey::LastUpdated,
-                            k => SortKey::Param(params::param(resource_type, k).ok_or_else(|| {
-                                StoreError::UnsupportedSearch(format!("_sort={k} on {resource_type}"))
-                            })?),
+                            k => SortKey::Param(params::param(resource_type, k).ok_or_else(
+                                || {
+                                    StoreError::UnsupportedSearch(format!(
+                                        "_sort={k} on {resource_type}"
+                                    ))
+                                },
+                            )?),
                         };
                         q.sort.push((key, desc));
                     }
                 }
-                "_include" | "_revinclude" | "_total" | "_format" | "_summary" | "_elements" | "_pretty" => {}
+                "_include" | "_revinclude" | "_total" | "_format" | "_summary" | "_elements"
+                | "_pretty" => {}
                 n => {
                     let (pname, modifier) = match n.split_once(':') {
                         Some((p, m)) => (p, Some(m.to_string())),
                         None => (n, None),
                     };
                     let def = params::param(resource_type, pname).ok_or_else(|| {
-                        StoreError::UnsupportedSearch(format!("parameter `{pname}` on {resource_type}"))
+                        StoreError::UnsupportedSearch(format!(
+                            "parameter `{pname}` on {resource_type}"
+                        ))
                     })?;
                     if let Some(m) = &modifier {
                         let ok = match def.kind {
                             ParamKind::Str => m == "exact" || m == "contains",
-                            ParamKind::Reference(_) => m.starts_with(|c: char| c.is_ascii_uppercase()),
+                            ParamKind::Reference(_) => {
+                                m.starts_with(|c: char| c.is_ascii_uppercase())
+                            }
                             _ => false,
                         };
                         if !ok {
-                            return Err(StoreError::UnsupportedSearch(format!("modifier `:{m}` on `{pname}`")));
+                            return Err(StoreError::UnsupportedSearch(format!(
+                                "modifier `:{m}` on `{pname}`"
+                            )));
                         }
                     }
-                    let values: Vec<String> =
-                        value.split(',').filter(|v| !v.is_empty()).map(str::to_string).collect();
+                    let values: Vec<String> = value
+                        .split(',')
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
+                        .collect();
                     if values.is_empty() {
                         return Err(StoreError::Invalid(format!("empty value for `{n}`")));
                     }
@@ -183,7 +205,11 @@ impl SearchQuery {
                             parse_date(v)?;
                         }
                     }
-                    q.clauses.push(Clause { def, modifier, values });
+                    q.clauses.push(Clause {
+                        def,
+                        modifier,
+                        values,
+                    });
                 }
             }
         }
@@ -192,7 +218,10 @@ impl SearchQuery {
 
     /// Convenience: parse from `&str` pairs.
     pub fn from_pairs(resource_type: &str, pairs: &[(&str, &str)]) -> StoreResult<Self> {
-        let owned: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         Self::parse(resource_type, &owned)
     }
 
@@ -219,7 +248,13 @@ fn value_term(clause: &Clause, value: &str) -> (Option<String>, bool) {
     let def = clause.def;
     match def.kind {
         ParamKind::Token | ParamKind::Telecom => {
-            let norm = |c: &str| if def.kind == ParamKind::Telecom { params::normalize_telecom(c) } else { c.to_string() };
+            let norm = |c: &str| {
+                if def.kind == ParamKind::Telecom {
+                    params::normalize_telecom(c)
+                } else {
+                    c.to_string()
+                }
+            };
             match value.split_once('|') {
                 None => (Some(format!("c:{}", norm(value))), false),
                 Some(("", code)) => (Some(format!("c:{}", norm(code))), true),
@@ -232,10 +267,22 @@ fn value_term(clause: &Clause, value: &str) -> (Option<String>, bool) {
             match clause.modifier.as_deref() {
                 Some("contains") => (None, true),
                 _ if norm.is_empty() => (None, true),
-                Some(_) => (Some(format!("p:{}", params::char_prefix(&norm, params::MAX_PREFIX))), true),
+                Some(_) => (
+                    Some(format!(
+                        "p:{}",
+                        params::char_prefix(&norm, params::MAX_PREFIX)
+                    )),
+                    true,
+                ),
                 None => {
                     let long = norm.chars().count() > params::MAX_PREFIX;
-                    (Some(format!("p:{}", params::char_prefix(&norm, params::MAX_PREFIX))), long)
+                    (
+                        Some(format!(
+                            "p:{}",
+                            params::char_prefix(&norm, params::MAX_PREFIX)
+                        )),
+                        long,
+                    )
                 }
             }
         }
@@ -285,7 +332,13 @@ pub fn clause_matches(clause: &Clause, resource: &Value) -> bool {
             for v in &vals {
                 params::token_pairs(v, &mut pairs);
             }
-            let norm = |c: &str| if def.kind == ParamKind::Telecom { params::normalize_telecom(c) } else { c.to_string() };
+            let norm = |c: &str| {
+                if def.kind == ParamKind::Telecom {
+                    params::normalize_telecom(c)
+                } else {
+                    c.to_string()
+                }
+            };
             pairs.iter().any(|(sys, code)| {
                 let code = norm(code);
                 match q.split_once('|') {
@@ -307,15 +360,23 @@ pub fn clause_matches(clause: &Clause, resource: &Value) -> bool {
                 Some("contains") => params::normalize_str(p).contains(&nq),
                 _ => {
                     let np = params::normalize_str(p);
-                    np.starts_with(&nq) || np.match_indices(' ').any(|(i, _)| np[i + 1..].starts_with(&nq))
+                    np.starts_with(&nq)
+                        || np
+                            .match_indices(' ')
+                            .any(|(i, _)| np[i + 1..].starts_with(&nq))
                 }
             })
         }
         ParamKind::Reference(restrict) => {
-            let refs: Vec<String> = vals.iter().flat_map(|v| params::references(v, restrict)).collect();
+            let refs: Vec<String> = vals
+                .iter()
+                .flat_map(|v| params::references(v, restrict))
+                .collect();
             match reference_query(clause, q, restrict) {
                 RefQuery::Full(r) => refs.contains(&r),
-                RefQuery::Id(id) => refs.iter().any(|r| r.split_once('/').map(|x| x.1) == Some(id.as_str())),
+                RefQuery::Id(id) => refs
+                    .iter()
+                    .any(|r| r.split_once('/').map(|x| x.1) == Some(id.as_str())),
             }
         }
         ParamKind::Date => match parse_date(q) {
@@ -352,7 +413,8 @@ impl Store {
         let c = component_for(ty)?;
         let dbs = self.dbs(c);
         // 1. Candidates.
-        let mut candidates: Option<BTreeSet<String>> = q.ids.as_ref().map(|ids| ids.iter().cloned().collect());
+        let mut candidates: Option<BTreeSet<String>> =
+            q.ids.as_ref().map(|ids| ids.iter().cloned().collect());
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
             let mut set = BTreeSet::new();
@@ -384,7 +446,11 @@ impl Store {
                     if let Some(cur) = self.current_in(txn, ty, &id)?
                         && !cur.deleted
                     {
-                        hits.push(Hit { id, last_updated: cur.last_updated, record: None });
+                        hits.push(Hit {
+                            id,
+                            last_updated: cur.last_updated,
+                            record: None,
+                        });
                     }
                 }
             }
@@ -397,7 +463,11 @@ impl Store {
                         && !cur.deleted
                     {
                         let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                        hits.push(Hit { id, last_updated: cur.last_updated, record: None });
+                        hits.push(Hit {
+                            id,
+                            last_updated: cur.last_updated,
+                            record: None,
+                        });
                     }
                 }
             }
@@ -406,10 +476,13 @@ impl Store {
         if !q.last_updated.is_empty() {
             hits.retain(|h| {
                 let d = time::day(h.last_updated);
-                q.last_updated.iter().all(|(p, lo, hi)| date_cmp(*p, &d, &d, lo, hi))
+                q.last_updated
+                    .iter()
+                    .all(|(p, lo, hi)| date_cmp(*p, &d, &d, lo, hi))
             });
         }
-        let needs_records = !post.is_empty() || q.sort.iter().any(|(k, _)| matches!(k, SortKey::Param(_)));
+        let needs_records =
+            !post.is_empty() || q.sort.iter().any(|(k, _)| matches!(k, SortKey::Param(_)));
         if needs_records {
             let mut kept = Vec::with_capacity(hits.len());
             for mut h in hits {
@@ -435,7 +508,15 @@ impl Store {
     }
 
     /// Adds the ids posted under one term.
-    fn postings(&self, txn: &RoTxn, c: Component, ty: &str, param: &str, term: &str, out: &mut BTreeSet<String>) -> StoreResult<()> {
+    fn postings(
+        &self,
+        txn: &RoTxn,
+        c: Component,
+        ty: &str,
+        param: &str,
+        term: &str,
+        out: &mut BTreeSet<String>,
+    ) -> StoreResult<()> {
         let blind = self.blind(c, &format!("{ty}.{param}"), term);
         let prefix = format::index_prefix(ty, &blind);
         for item in self.dbs(c).index.prefix_iter(txn, &prefix)? {
@@ -447,8 +528,10 @@ impl Store {
 
     fn search_audit(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
         let c = Component::Audit;
-        let mut candidates: Option<BTreeSet<u64>> =
-            q.ids.as_ref().map(|ids| ids.iter().filter_map(|i| i.parse().ok()).collect());
+        let mut candidates: Option<BTreeSet<u64>> = q
+            .ids
+            .as_ref()
+            .map(|ids| ids.iter().filter_map(|i| i.parse().ok()).collect());
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
             let mut set = BTreeSet::new();
@@ -458,7 +541,9 @@ impl Store {
                 let (term, p) = value_term(clause, v);
                 needs_post |= p;
                 match term {
-                    Some(t) => self.postings(txn, c, "AuditEvent", clause.def.name, &t, &mut set)?,
+                    Some(t) => {
+                        self.postings(txn, c, "AuditEvent", clause.def.name, &t, &mut set)?
+                    }
                     None => usable = false,
                 }
             }
@@ -503,7 +588,10 @@ impl Store {
             total = all.len();
             records = all.into_iter().skip(q.offset).take(q.count).collect();
         }
-        Ok(SearchPage { total, items: records })
+        Ok(SearchPage {
+            total,
+            items: records,
+        })
     }
 
     fn search_provenance(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
@@ -528,22 +616,32 @@ impl Store {
             }
         }
         if !any {
-            return Err(StoreError::UnsupportedSearch("Provenance search needs `target`".into()));
+            return Err(StoreError::UnsupportedSearch(
+                "Provenance search needs `target`".into(),
+            ));
         }
         let total = all.len();
-        Ok(SearchPage { total, items: all.into_iter().skip(q.offset).take(q.count).collect() })
+        Ok(SearchPage {
+            total,
+            items: all.into_iter().skip(q.offset).take(q.count).collect(),
+        })
     }
 }
 
 fn sort_value(def: &ParamDef, r: &Record) -> String {
     let vals = params::values(def, &r.resource);
-    let Some(v) = vals.first() else { return String::new() };
+    let Some(v) = vals.first() else {
+        return String::new();
+    };
     match def.kind {
         ParamKind::Date => params::date_range(v).map(|x| x.0).unwrap_or_default(),
         ParamKind::Str => {
             let mut parts = Vec::new();
             params::string_parts(v, &mut parts);
-            parts.first().map(|p| params::normalize_str(p)).unwrap_or_default()
+            parts
+                .first()
+                .map(|p| params::normalize_str(p))
+                .unwrap_or_default()
         }
         _ => {
             let mut pairs = Vec::new();
@@ -560,8 +658,16 @@ fn sort_hits(hits: &mut [Hit], sort: &[(SortKey, bool)]) {
                 SortKey::Id => a.id.cmp(&b.id),
                 SortKey::LastUpdated => a.last_updated.cmp(&b.last_updated),
                 SortKey::Param(def) => {
-                    let av = a.record.as_ref().map(|r| sort_value(def, r)).unwrap_or_default();
-                    let bv = b.record.as_ref().map(|r| sort_value(def, r)).unwrap_or_default();
+                    let av = a
+                        .record
+                        .as_ref()
+                        .map(|r| sort_value(def, r))
+                        .unwrap_or_default();
+                    let bv = b
+                        .record
+                        .as_ref()
+                        .map(|r| sort_value(def, r))
+                        .unwrap_or_default();
                     av.cmp(&bv)
                 }
             };
@@ -580,13 +686,46 @@ mod tests {
 
     #[test]
     fn date_prefixes() {
-        assert_eq!(parse_date("ge2020-01").unwrap(), (Prefix::Ge, "2020-01-01".into(), "2020-01-31".into()));
+        assert_eq!(
+            parse_date("ge2020-01").unwrap(),
+            (Prefix::Ge, "2020-01-01".into(), "2020-01-31".into())
+        );
         assert!(parse_date("gt20x").is_err());
-        assert!(date_cmp(Prefix::Eq, "2020-05-01", "2020-05-01", "2020-01-01", "2020-12-31"));
-        assert!(!date_cmp(Prefix::Eq, "2019-12-31", "2020-01-02", "2020-01-01", "2020-12-31"));
-        assert!(date_cmp(Prefix::Ge, "2020-05-01", "2020-05-01", "2020-05-01", "2020-05-01"));
-        assert!(!date_cmp(Prefix::Gt, "2020-05-01", "2020-05-01", "2020-05-01", "2020-05-01"));
-        assert!(date_cmp(Prefix::Lt, "2020-04-30", "2020-04-30", "2020-05-01", "2020-05-01"));
+        assert!(date_cmp(
+            Prefix::Eq,
+            "2020-05-01",
+            "2020-05-01",
+            "2020-01-01",
+            "2020-12-31"
+        ));
+        assert!(!date_cmp(
+            Prefix::Eq,
+            "2019-12-31",
+            "2020-01-02",
+            "2020-01-01",
+            "2020-12-31"
+        ));
+        assert!(date_cmp(
+            Prefix::Ge,
+            "2020-05-01",
+            "2020-05-01",
+            "2020-05-01",
+            "2020-05-01"
+        ));
+        assert!(!date_cmp(
+            Prefix::Gt,
+            "2020-05-01",
+            "2020-05-01",
+            "2020-05-01",
+            "2020-05-01"
+        ));
+        assert!(date_cmp(
+            Prefix::Lt,
+            "2020-04-30",
+            "2020-04-30",
+            "2020-05-01",
+            "2020-05-01"
+        ));
     }
 
     #[test]
@@ -600,7 +739,15 @@ mod tests {
             Err(StoreError::UnsupportedSearch(_))
         ));
         assert!(SearchQuery::from_pairs("Patient", &[("birthdate", "19x")]).is_err());
-        let q = SearchQuery::from_pairs("Patient", &[("family", "uwi"), ("_count", "5000"), ("_sort", "-birthdate")]).unwrap();
+        let q = SearchQuery::from_pairs(
+            "Patient",
+            &[
+                ("family", "uwi"),
+                ("_count", "5000"),
+                ("_sort", "-birthdate"),
+            ],
+        )
+        .unwrap();
         assert_eq!(q.count, MAX_COUNT);
         assert_eq!(q.clauses.len(), 1);
     }
@@ -610,11 +757,28 @@ mod tests {
         let p = serde_json::json!({"name": [{"family": "Mukamana", "given": ["Aline Grâce"]}],
             "identifier": [{"system": "urn:nid", "value": "42"}], "birthDate": "1988-03-04",
             "generalPractitioner": [{"reference": "Practitioner/d1"}]});
-        let q = SearchQuery::from_pairs("Patient", &[("name", "grace"), ("identifier", "urn:nid|42"), ("birthdate", "le1988-03-04"), ("general-practitioner", "d1")]).unwrap();
+        let q = SearchQuery::from_pairs(
+            "Patient",
+            &[
+                ("name", "grace"),
+                ("identifier", "urn:nid|42"),
+                ("birthdate", "le1988-03-04"),
+                ("general-practitioner", "d1"),
+            ],
+        )
+        .unwrap();
         for c in &q.clauses {
             assert!(clause_matches(c, &p), "{c:?}");
         }
-        let q = SearchQuery::from_pairs("Patient", &[("name:exact", "mukamana"), ("identifier", "other|42"), ("birthdate", "gt1988-03-04")]).unwrap();
+        let q = SearchQuery::from_pairs(
+            "Patient",
+            &[
+                ("name:exact", "mukamana"),
+                ("identifier", "other|42"),
+                ("birthdate", "gt1988-03-04"),
+            ],
+        )
+        .unwrap();
         for c in &q.clauses {
             assert!(!clause_matches(c, &p), "{c:?}");
         }

@@ -12,7 +12,10 @@ use super::engine::Engine;
 use super::{AccessContext, Component, Store, StoreConfig, StoreError, format, versions_db_name};
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let secrets = ApplianceSecrets { node_key: SigningKey::from_seed(&[3; 32]), master_key: MasterKey::from_bytes([4; 32]) };
+    let secrets = ApplianceSecrets {
+        node_key: SigningKey::from_seed(&[3; 32]),
+        master_key: MasterKey::from_bytes([4; 32]),
+    };
     let store = Store::open(StoreConfig::new(dir, "node", "fac"), secrets).unwrap();
     Engine::start(Arc::new(store)).unwrap()
 }
@@ -22,8 +25,26 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let ctx = AccessContext::system("fac");
-    let a = e.create(&ctx, json!({"resourceType": "Patient", "gender": "male"}), None, None).unwrap().wait_blocking().unwrap();
-    let b = e.create(&ctx, json!({"resourceType": "Patient", "gender": "female"}), None, None).unwrap().wait_blocking().unwrap();
+    let a = e
+        .create(
+            &ctx,
+            json!({"resourceType": "Patient", "gender": "male"}),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    let b = e
+        .create(
+            &ctx,
+            json!({"resourceType": "Patient", "gender": "female"}),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
     let s = &e.store;
     let dbs = s.dbs(Component::Patient);
     let ka = format::version_key("Patient", &a.record.id, 1);
@@ -39,19 +60,45 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
         dbs.versions.put(&mut wtxn, &k2, &va).unwrap();
         wtxn.commit().unwrap();
     }
-    assert!(matches!(s.read("Patient", &b.record.id), Err(StoreError::Corrupt { .. })));
-    assert!(matches!(s.vread("Patient", &a.record.id, 2), Err(StoreError::Corrupt { .. })));
-    assert_eq!(s.read("Patient", &a.record.id).unwrap().resource["gender"], "male");
+    assert!(matches!(
+        s.read("Patient", &b.record.id),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        s.vread("Patient", &a.record.id, 2),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(
+        s.read("Patient", &a.record.id).unwrap().resource["gender"],
+        "male"
+    );
 
     // Without the master key, a stored value does not open (another key) and is not plaintext.
     let rtxn = s.env.read_txn().unwrap();
     let sealed = dbs.versions.get(&rtxn, &ka).unwrap().unwrap().to_vec();
     drop(rtxn);
     let db = versions_db_name(Component::Patient);
-    let aad = Aad { database: &db, key: &ka, version: 1 };
-    assert!(MasterKey::from_bytes([5; 32]).sealing_key(&db).open(&sealed, &aad).is_err());
-    assert!(MasterKey::from_bytes([4; 32]).sealing_key("shr.versions").open(&sealed, &aad).is_err());
-    let plain = MasterKey::from_bytes([4; 32]).sealing_key(&db).open(&sealed, &aad).unwrap();
+    let aad = Aad {
+        database: &db,
+        key: &ka,
+        version: 1,
+    };
+    assert!(
+        MasterKey::from_bytes([5; 32])
+            .sealing_key(&db)
+            .open(&sealed, &aad)
+            .is_err()
+    );
+    assert!(
+        MasterKey::from_bytes([4; 32])
+            .sealing_key("shr.versions")
+            .open(&sealed, &aad)
+            .is_err()
+    );
+    let plain = MasterKey::from_bytes([4; 32])
+        .sealing_key(&db)
+        .open(&sealed, &aad)
+        .unwrap();
     assert!(String::from_utf8_lossy(&sealed).find("male").is_none());
     let env = format::Envelope::from_bytes(&plain).unwrap();
     assert_eq!(env.id, a.record.id);
@@ -60,7 +107,12 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     {
         let _g = s.gate.read().unwrap();
         let mut wtxn = s.env.write_txn().unwrap();
-        let mut v = s.audit_log.get(&wtxn, &0u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let mut v = s
+            .audit_log
+            .get(&wtxn, &0u64.to_be_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
         let last = v.len() - 1;
         v[last] ^= 1;
         s.audit_log.put(&mut wtxn, &0u64.to_be_bytes(), &v).unwrap();

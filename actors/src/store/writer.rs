@@ -57,7 +57,9 @@ impl Outcome {
     /// Audit log indexes written for this member.
     pub fn audit_indexes(&self) -> &[u64] {
         match self {
-            Outcome::Written { audit_indexes } | Outcome::Existing { audit_indexes, .. } => audit_indexes,
+            Outcome::Written { audit_indexes } | Outcome::Existing { audit_indexes, .. } => {
+                audit_indexes
+            }
         }
     }
 }
@@ -109,7 +111,11 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("hexa-store-writer".into())
             .spawn(move || run(store, rx, appender, st))?;
-        Ok(Writer { tx, stats, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
+        Ok(Writer {
+            tx,
+            stats,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
     }
 
     /// Writer statistics.
@@ -120,7 +126,9 @@ impl Writer {
     fn send(&self, job: Job) -> StoreResult<()> {
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) => self.tx.send(job).map_err(|_| StoreError::WriterStopped),
+            Err(TrySendError::Full(job)) => {
+                self.tx.send(job).map_err(|_| StoreError::WriterStopped)
+            }
             Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterStopped),
         }
     }
@@ -183,9 +191,10 @@ fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &
     let bytes: usize = jobs
         .iter()
         .map(|j| match j {
-            Job::Member(Member::Versions { versions, .. }, _) => {
-                versions.iter().map(|p| p.sealed.len() * 2 + p.prov_sealed.len() + p.add_index.len() * 96 + 2048).sum()
-            }
+            Job::Member(Member::Versions { versions, .. }, _) => versions
+                .iter()
+                .map(|p| p.sealed.len() * 2 + p.prov_sealed.len() + p.add_index.len() * 96 + 2048)
+                .sum(),
             _ => 2048,
         })
         .sum();
@@ -267,7 +276,9 @@ fn apply(
     let mut force_ckpt = false;
     for job in jobs {
         match job {
-            Job::Member(m, _) => results.push(Res::Member(apply_member(store, &mut wtxn, appender, m)?)),
+            Job::Member(m, _) => {
+                results.push(Res::Member(apply_member(store, &mut wtxn, appender, m)?))
+            }
             Job::Checkpoint(_) => {
                 force_ckpt = true;
                 results.push(Res::Checkpoint);
@@ -279,8 +290,12 @@ fn apply(
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
     let t1 = std::time::Instant::now();
     wtxn.commit()?;
-    stats.apply_nanos.fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
-    stats.commit_nanos.fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
+    stats
+        .apply_nanos
+        .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
+    stats
+        .commit_nanos
+        .fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
     Ok(results)
 }
 
@@ -299,36 +314,41 @@ fn apply_member(
             }
             Ok(Ok(Outcome::Written { audit_indexes: idx }))
         }
-        Member::Versions { versions, audits, conditional } => {
-            match check(store, wtxn, versions, conditional.as_ref())? {
-                Check::Fail(e) => {
-                    let msg = e.to_string();
-                    for d in audits {
-                        appender.append(store, wtxn, audit_event_json(store, d, Some(&msg)))?;
-                    }
-                    Ok(Err(e))
+        Member::Versions {
+            versions,
+            audits,
+            conditional,
+        } => match check(store, wtxn, versions, conditional.as_ref())? {
+            Check::Fail(e) => {
+                let msg = e.to_string();
+                for d in audits {
+                    appender.append(store, wtxn, audit_event_json(store, d, Some(&msg)))?;
                 }
-                Check::Existing(record) => {
-                    let mut idx = Vec::new();
-                    for d in audits {
-                        let mut d = d.clone();
-                        d.entities = vec![record.versioned_reference()];
-                        idx.push(appender.append(store, wtxn, audit_event_json(store, &d, None))?);
-                    }
-                    Ok(Ok(Outcome::Existing { record, audit_indexes: idx }))
-                }
-                Check::Ok => {
-                    for p in versions {
-                        put_prepared(store, wtxn, p)?;
-                    }
-                    let mut idx = Vec::new();
-                    for d in audits {
-                        idx.push(appender.append(store, wtxn, audit_event_json(store, d, None))?);
-                    }
-                    Ok(Ok(Outcome::Written { audit_indexes: idx }))
-                }
+                Ok(Err(e))
             }
-        }
+            Check::Existing(record) => {
+                let mut idx = Vec::new();
+                for d in audits {
+                    let mut d = d.clone();
+                    d.entities = vec![record.versioned_reference()];
+                    idx.push(appender.append(store, wtxn, audit_event_json(store, &d, None))?);
+                }
+                Ok(Ok(Outcome::Existing {
+                    record,
+                    audit_indexes: idx,
+                }))
+            }
+            Check::Ok => {
+                for p in versions {
+                    put_prepared(store, wtxn, p)?;
+                }
+                let mut idx = Vec::new();
+                for d in audits {
+                    idx.push(appender.append(store, wtxn, audit_event_json(store, d, None))?);
+                }
+                Ok(Ok(Outcome::Written { audit_indexes: idx }))
+            }
+        },
     }
 }
 
@@ -338,7 +358,12 @@ enum Check {
     Fail(StoreError),
 }
 
-fn check(store: &Store, wtxn: &RwTxn, versions: &[Prepared], conditional: Option<&SearchQuery>) -> StoreResult<Check> {
+fn check(
+    store: &Store,
+    wtxn: &RwTxn,
+    versions: &[Prepared],
+    conditional: Option<&SearchQuery>,
+) -> StoreResult<Check> {
     let mut seen = HashSet::new();
     for p in versions {
         let r = &p.record;
@@ -348,7 +373,10 @@ fn check(store: &Store, wtxn: &RwTxn, versions: &[Prepared], conditional: Option
                 r.resource_type, r.id
             ))));
         }
-        let current = store.current_in(wtxn, &r.resource_type, &r.id)?.map(|c| c.version).unwrap_or(0);
+        let current = store
+            .current_in(wtxn, &r.resource_type, &r.id)?
+            .map(|c| c.version)
+            .unwrap_or(0);
         if current != p.base {
             return Ok(Check::Fail(StoreError::Conflict {
                 resource_type: r.resource_type.clone(),

@@ -12,7 +12,10 @@ use hexa_crypto::seal::MasterKey;
 use serde_json::{Value, json};
 
 pub fn secrets(seed: u8) -> ApplianceSecrets {
-    ApplianceSecrets { node_key: SigningKey::from_seed(&[seed; 32]), master_key: MasterKey::from_bytes([seed.wrapping_add(100); 32]) }
+    ApplianceSecrets {
+        node_key: SigningKey::from_seed(&[seed; 32]),
+        master_key: MasterKey::from_bytes([seed.wrapping_add(100); 32]),
+    }
 }
 
 pub fn config(dir: &Path) -> StoreConfig {
@@ -31,7 +34,8 @@ pub fn open_with(cfg: StoreConfig, seed: u8) -> Engine {
 }
 
 pub fn close(e: Engine) {
-    e.close(std::time::Duration::from_secs(20)).expect("close store");
+    e.close(std::time::Duration::from_secs(20))
+        .expect("close store");
 }
 
 pub fn ctx() -> AccessContext {
