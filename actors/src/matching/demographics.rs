@@ -116,9 +116,7 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
     } else {
         (false, digits.as_str())
     };
-    let e164 = if international {
-        digits.to_string()
-    } else if digits.len() == 12 && digits.starts_with("250") {
+    let e164 = if international || (digits.len() == 12 && digits.starts_with("250")) {
         digits.to_string()
     } else if digits.len() == 10 && digits.starts_with('0') {
         format!("250{}", &digits[1..])

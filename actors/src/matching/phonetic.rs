@@ -217,9 +217,7 @@ pub fn phonetic_key(name: &str) -> String {
         i += consumed;
         if palatal {
             // Palatal glide: drop `y`, or `i` before a vowel.
-            if at(i) == b'y' {
-                i += 1;
-            } else if at(i) == b'i' && is_vowel(at(i + 1)) {
+            if at(i) == b'y' || (at(i) == b'i' && is_vowel(at(i + 1))) {
                 i += 1;
             }
         }

@@ -11,22 +11,28 @@
 //!
 //! | field | level | bits |
 //! |---|---|---|
-//! | family name (best word pair) | same folded text / same phonetic key or JW ≥ 0.94 / JW ≥ 0.88 / otherwise | +7 / +5 / +2 / −5 |
-//! | given name (best word pair) | same / phonetic or JW ≥ 0.94 / JW ≥ 0.88 / otherwise | +6 / +4.5 / +1.5 / −5 |
-//! | names swapped | given↔family compared crosswise, best of straight and swapped | −0.5 when swapped wins |
+//! | family name (best word pair) | same folded text / same phonetic key or JW ≥ 0.94 / JW ≥ 0.88 / otherwise | +7 / +5.5 / +2 / −5 |
+//! | given name (best word pair) | same / phonetic or JW ≥ 0.94 / JW ≥ 0.88 / otherwise | +6 / +4.5 / +1 / −5 |
+//! | names swapped | given↔family compared crosswise (mean of the two roles), best of straight and swapped | −0.5 when swapped wins |
 //! | birth date | full date equal | +8 |
 //! | | day and month swapped, same year | +5 |
-//! | | same year, one side year-only or year-month and consistent | +3 (+4 with the month) |
 //! | | same month and day, year ±1 | +4.5 |
-//! | | same year and month, day differs | +2 |
-//! | | same year, otherwise different | −2 |
-//! | | year ±1, not otherwise consistent | −1 |
+//! | | same year and month, one side without day | +4 |
+//! | | same year, one side year-only (or a year-month consistent with a swap) | +2 |
+//! | | same year and month, day differs | +1 |
+//! | | same year, otherwise different; or full dates a year apart, otherwise different | −5 |
+//! | | year ±1, partial dates | −1 |
 //! | | otherwise | −6 |
 //! | gender | agree / disagree | +1 / −5 |
 //! | phone (E.164) | any shared / both present, none shared | +7 / −1 |
 //! | address | district agrees / differs; sector agrees (within the district) | +1.5 / −1.5; +1.5 |
 //! | | province only: agrees / differs | +0.5 / −1 |
 //! | identifier | same system, different value | −8 |
+//!
+//! Name weights above are the fixed ones ([`score`]). With name frequencies
+//! ([`score_with`] and a [`NameFrequencies`] source such as
+//! [`NameCounts`](super::NameCounts)) an exact agreement weighs `log2(m / f)` instead,
+//! so `Habimana` counts for less than a rare name; see [`score_with`].
 //!
 //! A shared identifier (same system, same normalised value) short-cuts everything: the
 //! candidate is [`MatchGrade::Certain`] with score 1.0.
