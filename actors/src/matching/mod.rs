@@ -39,7 +39,7 @@
 //!   word + birth year, name pair); a true duplicate shares at least one even with
 //!   typos, swapped names or date errors. [`search_keys`]: what a query looks up (the
 //!   same, plus name word + neighbouring years).
-//! - [`score`]: Fellegi-Sunter weights in bits, turned into a posterior `0..1`
+//! - [`score()`](fn@score): Fellegi-Sunter weights in bits, turned into a posterior `0..1`
 //!   ([`MatchScore::score`]) and a FHIR [`MatchGrade`] (`certain`, `probable`,
 //!   `possible`, `certainly-not`). A shared identifier is certain. The weight table is
 //!   in the [`score`](mod@score) module docs. [`score_with`] weighs names by their
