@@ -401,7 +401,9 @@ fn assert_included(e: &Engine, index: u64, expect_action: &str) -> Value {
     assert_eq!(e.store.audit_root(cp.size).unwrap(), cp.root);
     let ev: Value = serde_json::from_slice(&entry.bytes).unwrap();
     assert_eq!(ev["resourceType"], "AuditEvent");
-    assert_eq!(ev["id"], index.to_string());
+    // The AuditEvent is readable as a FHIR resource by its id, with the exact logged bytes.
+    let id = ev["id"].as_str().unwrap();
+    assert_eq!(e.store.read("AuditEvent", id).unwrap().canonical, entry.bytes);
     assert_eq!(ev["action"], expect_action);
     assert_eq!(hexa_crypto::jcs::canonicalize(&ev).unwrap(), entry.bytes);
     ev
@@ -543,12 +545,13 @@ fn every_write_read_and_search_is_audited_with_proofs() {
         Some(latest.as_str())
     );
     // AuditEvent is readable as a FHIR resource, and tampering with an entry breaks its proof.
+    let id3: Value = serde_json::from_slice(&e.store.audit_entry(3).unwrap().bytes).unwrap();
     let r = e
-        .read(&c, "AuditEvent", "3")
+        .read(&c, "AuditEvent", id3["id"].as_str().unwrap())
         .unwrap()
         .wait_blocking()
         .unwrap();
-    assert_eq!(r.resource["id"], "3");
+    assert_eq!(r.resource, id3);
     let mut forged = r.canonical.clone();
     let pos = forged.iter().position(|b| *b == b'R').unwrap();
     forged[pos] = b'X';

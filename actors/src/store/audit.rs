@@ -284,6 +284,28 @@ pub(crate) fn provenance_json(store: &Store, r: &Record, author: Option<&str>) -
     })
 }
 
+/// An AuditEvent ready for the log: id, exact JCS bytes and blind index keys. Built on the
+/// registry threads so the single writer only hashes, seals and puts.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedAudit {
+    pub id: String,
+    pub bytes: Vec<u8>,
+    pub index_keys: Vec<Vec<u8>>,
+}
+
+/// Builds the AuditEvent of `d` (with a fresh UUID id), canonicalises it and computes its
+/// index keys.
+pub(crate) fn prepare_audit(store: &Store, d: &AuditDraft, failure: Option<&str>) -> StoreResult<PreparedAudit> {
+    let mut event = audit_event_json(store, d, failure);
+    let id = super::new_id()?;
+    if let Some(obj) = event.as_object_mut() {
+        obj.insert("id".into(), json!(id));
+    }
+    let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let index_keys = store.index_keys(super::Component::Audit, "AuditEvent", &id, &event).into_iter().collect();
+    Ok(PreparedAudit { id, bytes, index_keys })
+}
+
 /// Key of a perfect subtree in `audit.tree`.
 pub(crate) fn tree_key(level: u32, index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -330,39 +352,23 @@ impl AuditAppender {
         })
     }
 
-    /// Appends one AuditEvent; returns its log index.
-    pub fn append(
-        &mut self,
-        store: &Store,
-        wtxn: &mut RwTxn,
-        mut event: Value,
-    ) -> StoreResult<u64> {
+    /// Appends one prepared AuditEvent; returns its log index.
+    pub fn append(&mut self, store: &Store, wtxn: &mut RwTxn, ev: &PreparedAudit) -> StoreResult<u64> {
         let index = self.frontier.size();
-        if let Some(obj) = event.as_object_mut() {
-            obj.insert("id".into(), json!(index.to_string()));
-        }
-        let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let leaf = merkle::leaf_hash(&bytes);
+        let leaf = merkle::leaf_hash(&ev.bytes);
         for (level, i, h) in self.frontier.append(leaf) {
             store.audit_tree.put(wtxn, &tree_key(level, i), &h)?;
         }
         let key = log_key(index);
         let sealed = store
             .seal_log
-            .seal(
-                &bytes,
-                &Aad {
-                    database: "audit.log",
-                    key: &key,
-                    version: index,
-                },
-            )
+            .seal(&ev.bytes, &Aad { database: "audit.log", key: &key, version: index })
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
         store.audit_log.put(wtxn, &key, &sealed)?;
-        let id = index.to_string();
+        store.audit_ids.put(wtxn, ev.id.as_bytes(), &key)?;
         let dbs = store.dbs(super::Component::Audit);
-        for k in store.index_keys(super::Component::Audit, "AuditEvent", &id, &event) {
-            dbs.index.put(wtxn, &k, &[])?;
+        for k in &ev.index_keys {
+            dbs.index.put(wtxn, k, &[])?;
         }
         Ok(index)
     }
@@ -567,9 +573,8 @@ impl Store {
         };
         match ty {
             "AuditEvent" => {
-                let index: u64 = id.parse().map_err(|_| not_found())?;
-                let e = self.audit_entry_in(txn, index).map_err(|_| not_found())?;
-                audit_record(e)
+                let index = self.audit_index_of(txn, id)?.ok_or_else(not_found)?;
+                audit_record(self.audit_entry_in(txn, index)?)
             }
             "Provenance" => {
                 let key = self
@@ -581,6 +586,15 @@ impl Store {
             }
             _ => Err(not_found()),
         }
+    }
+
+    /// Log index of the AuditEvent with id `id`.
+    pub(crate) fn audit_index_of(&self, txn: &RoTxn, id: &str) -> StoreResult<Option<u64>> {
+        Ok(self
+            .audit_ids
+            .get(txn, id.as_bytes())?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes))
     }
 
     /// Provenance stored under a version key.
@@ -674,9 +688,10 @@ pub(crate) fn audit_record(e: AuditEntry) -> StoreResult<Record> {
         key: e.index.to_string(),
         reason: err.to_string(),
     })?;
+    let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     Ok(Record {
         resource_type: "AuditEvent".into(),
-        id: e.index.to_string(),
+        id,
         version: 1,
         last_updated: 0,
         deleted: false,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::audit::{AccessContext, AuditDraft, Interaction};
+use super::audit::{AccessContext, AuditDraft, Interaction, prepare_audit};
 use super::error::{StoreError, StoreResult};
 use super::route::{client_writable, component_for, validate_id};
 use super::search::SearchQuery;
@@ -169,7 +169,8 @@ impl Engine {
     /// entry is durable.
     fn fail<T: 'static>(&self, mut draft: AuditDraft, e: StoreError) -> StoreResult<Pending<T>> {
         draft.failure = Some(e.to_string());
-        let rx = self.writer.submit(Member::Audit(vec![draft]))?;
+        let ev = prepare_audit(&self.store, &draft, None)?;
+        let rx = self.writer.submit(Member::Audit(vec![ev]))?;
         Ok(Pending::new(rx, move |_| Err(e)))
     }
 
@@ -207,9 +208,12 @@ impl Engine {
         created: Vec<bool>,
     ) -> StoreResult<Pending<Vec<WriteResult>>> {
         let records: Vec<Record> = prepared.iter().map(|p| p.record.clone()).collect();
+        let prepared_audits =
+            audits.iter().map(|d| prepare_audit(&self.store, d, None)).collect::<StoreResult<Vec<_>>>()?;
         let rx = self.writer.submit(Member::Versions {
             versions: prepared,
             audits,
+            prepared_audits,
             conditional,
         })?;
         Ok(Pending::new(rx, move |o| match o {
@@ -392,7 +396,8 @@ impl Engine {
             Err(e) => self.fail(draft, e),
             Ok(Err(existing)) => {
                 draft.touch(&existing);
-                let rx = self.writer.submit(Member::Audit(vec![draft]))?;
+                let ev = prepare_audit(&self.store, &draft, None)?;
+                let rx = self.writer.submit(Member::Audit(vec![ev]))?;
                 Ok(Pending::new(rx, move |o| {
                     Ok(WriteResult {
                         record: existing,
@@ -563,7 +568,8 @@ impl Engine {
                 for r in &records {
                     draft.touch(r);
                 }
-                let rx = self.writer.submit(Member::Audit(vec![draft]))?;
+                let ev = prepare_audit(&self.store, &draft, None)?;
+                let rx = self.writer.submit(Member::Audit(vec![ev]))?;
                 Ok(Pending::new(rx, move |_| Ok(v)))
             }
         }

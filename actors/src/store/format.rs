@@ -8,8 +8,9 @@
 //!
 //! The audit component adds `audit.log` (entry index BE -> sealed AuditEvent JCS bytes),
 //! `audit.tree` (level u8 + index u64 BE -> subtree hash), `audit.checkpoints`
-//! (size BE -> signed note) and `audit.provenance` (`{type}/{id}/{version BE}` -> sealed
-//! Provenance JSON).
+//! (size BE -> signed note), `audit.ids` (AuditEvent id -> entry index BE),
+//! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed Provenance JSON) and
+//! `audit.provids` (Provenance id -> its `audit.provenance` key).
 
 use serde::{Deserialize, Serialize};
 

@@ -154,6 +154,8 @@ pub struct Store {
     pub(crate) audit_checkpoints: Db,
     pub(crate) audit_provenance: Db,
     pub(crate) audit_provids: Db,
+    /// AuditEvent id (UUID) -> log index.
+    pub(crate) audit_ids: Db,
     pub(crate) meta: Db,
     /// Held shared by every transaction, exclusively by map resizing (no txn may be open
     /// while the map is resized).
@@ -240,6 +242,7 @@ impl Store {
             "audit.provenance",
             "audit.provids",
             "meta",
+            "audit.ids",
         ] {
             names.push(n.to_string());
         }
@@ -250,7 +253,7 @@ impl Store {
                 for n in &names {
                     v.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(n))?);
                 }
-                let arr: [Database<'_, Bytes, Bytes>; 30] = v
+                let arr: [Database<'_, Bytes, Bytes>; 31] = v
                     .try_into()
                     .map_err(|_| heed::Error::Io(std::io::Error::other("database table size")))?;
                 Ok(CommitOrAbort::<_, ()>::Commit(arr))
@@ -270,7 +273,8 @@ impl Store {
             audit_provenance,
             audit_provids,
             meta,
-        ] = [dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29]];
+            audit_ids,
+        ] = [dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29], dbs[30]];
         let mut wtxn = env.write_txn()?;
 
         let master = &secrets.master_key;
@@ -334,6 +338,7 @@ impl Store {
             audit_checkpoints,
             audit_provenance,
             audit_provids,
+            audit_ids,
             meta,
             gate: RwLock::new(()),
             config,
@@ -678,8 +683,7 @@ impl Store {
 
         let record = Record::from_envelope(env)?;
         let provenance = audit::provenance_json(self, &record, spec.author.as_deref());
-        let prov_plain =
-            jcs::canonicalize(&provenance).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let prov_plain = serde_json::to_vec(&provenance).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let prov_sealed = self
             .seal_provenance
             .seal(

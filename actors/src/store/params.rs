@@ -182,11 +182,8 @@ const AUDIT_EVENT: &[ParamDef] = &[
     p("date", Date, &["recorded"]),
     p("agent", Ref(None), &["agent.who"]),
     p("entity", Ref(None), &["entity.what"]),
-    p("type", Token, &["type"]),
-    p("subtype", Token, &["subtype"]),
     p("action", Token, &["action"]),
     p("outcome", Token, &["outcome"]),
-    p("purpose", Token, &["purposeOfEvent", "agent.purposeOfUse"]),
 ];
 const PROVENANCE: &[ParamDef] = &[
     p("target", Ref(None), &["target"]),
@@ -500,8 +497,9 @@ pub fn char_prefix(s: &str, n: usize) -> &str {
 }
 
 /// The index terms of one parameter in a resource (before blinding). Term syntax:
-/// tokens `c:<code>`, `sc:<system>|<code>`, `s:<system>|`; strings `p:<normalised prefix>`;
-/// references `r:<Type/id>` and `i:<id>`; dates `y:YYYY`, `m:YYYY-MM`, `d:YYYY-MM-DD`.
+/// tokens `c:<code>` and `sc:<system>|<code>` (system-only queries are post-filtered);
+/// strings `p:<normalised prefix>`; references `r:<Type/id>` (and `i:<id>` for parameters
+/// not restricted to one target type); dates `y:YYYY`, `m:YYYY-MM`, `d:YYYY-MM-DD`.
 pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
     let mut terms = Vec::new();
     for v in values(def, resource) {
@@ -521,7 +519,6 @@ pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
                     terms.push(format!("c:{code}"));
                     if let Some(sys) = sys {
                         terms.push(format!("sc:{sys}|{code}"));
-                        terms.push(format!("s:{sys}|"));
                     }
                 }
             }
@@ -541,7 +538,11 @@ pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
             }
             Ref(restrict) => {
                 for r in references(v, restrict) {
-                    if let Some((_, id)) = r.split_once('/') {
+                    // A bare-id query can only name a target type when the parameter is
+                    // restricted to one; otherwise index the id alone too.
+                    if restrict.is_none()
+                        && let Some((_, id)) = r.split_once('/')
+                    {
                         terms.push(format!("i:{id}"));
                     }
                     terms.push(format!("r:{r}"));
@@ -604,7 +605,7 @@ mod tests {
         let t = terms("Patient", "identifier", &patient());
         assert!(t.contains(&"c:1199780012345678".into()));
         assert!(t.contains(&"sc:urn:rw:nid|1199780012345678".into()));
-        assert!(t.contains(&"s:urn:rw:nid|".into()));
+        assert!(!t.iter().any(|x| x.starts_with("s:")));
     }
 
     #[test]
@@ -666,10 +667,8 @@ mod tests {
         });
         assert!(terms("Observation", "patient", &obs).contains(&"r:Patient/p1".into()));
         assert!(terms("Observation", "subject", &obs).contains(&"i:p1".into()));
-        assert_eq!(
-            terms("Observation", "encounter", &obs),
-            vec!["i:e1", "r:Encounter/e1"]
-        );
+        assert!(!terms("Observation", "patient", &obs).contains(&"i:p1".into()));
+        assert_eq!(terms("Observation", "encounter", &obs), vec!["r:Encounter/e1"]);
         assert!(terms("Observation", "code", &obs).contains(&"sc:http://loinc.org|8867-4".into()));
         assert_eq!(terms("Observation", "status", &obs), vec!["c:final"]);
         let d = terms("Observation", "date", &obs);

@@ -258,7 +258,7 @@ fn value_term(clause: &Clause, value: &str) -> (Option<String>, bool) {
             match value.split_once('|') {
                 None => (Some(format!("c:{}", norm(value))), false),
                 Some(("", code)) => (Some(format!("c:{}", norm(code))), true),
-                Some((sys, "")) => (Some(format!("s:{sys}|")), false),
+                Some((_, "")) => (None, true),
                 Some((sys, code)) => (Some(format!("sc:{sys}|{}", norm(code))), false),
             }
         }
@@ -528,10 +528,19 @@ impl Store {
 
     fn search_audit(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
         let c = Component::Audit;
-        let mut candidates: Option<BTreeSet<u64>> = q
-            .ids
-            .as_ref()
-            .map(|ids| ids.iter().filter_map(|i| i.parse().ok()).collect());
+        let to_indexes = |ids: &mut dyn Iterator<Item = &String>| -> StoreResult<BTreeSet<u64>> {
+            let mut out = BTreeSet::new();
+            for id in ids {
+                if let Some(i) = self.audit_index_of(txn, id)? {
+                    out.insert(i);
+                }
+            }
+            Ok(out)
+        };
+        let mut candidates: Option<BTreeSet<u64>> = match &q.ids {
+            Some(ids) => Some(to_indexes(&mut ids.iter())?),
+            None => None,
+        };
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
             let mut set = BTreeSet::new();
@@ -551,7 +560,7 @@ impl Store {
                 post.push(clause);
             }
             if usable {
-                let set: BTreeSet<u64> = set.iter().filter_map(|s| s.parse().ok()).collect();
+                let set: BTreeSet<u64> = to_indexes(&mut set.iter())?;
                 candidates = Some(match candidates {
                     Some(prev) => prev.intersection(&set).copied().collect(),
                     None => set,

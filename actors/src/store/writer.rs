@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use heed::RwTxn;
 use tokio::sync::oneshot;
 
-use super::audit::{AuditAppender, AuditDraft, audit_event_json};
+use super::audit::{AuditAppender, AuditDraft, PreparedAudit, prepare_audit};
 use super::error::{StoreError, StoreResult};
 use super::search::SearchQuery;
 use super::{Prepared, Record, Store, put_prepared, time};
@@ -25,14 +25,17 @@ use super::{Prepared, Record, Store, put_prepared, time};
 #[derive(Debug)]
 pub(crate) enum Member {
     /// Versions written all or nothing (one create/update/delete, or a FHIR transaction),
-    /// with their AuditEvents. `conditional`: if-none-exist criteria of a create.
+    /// with their AuditEvents (prepared for success; the drafts are re-rendered in the
+    /// writer only when the member fails or a conditional create finds a match).
+    /// `conditional`: if-none-exist criteria of a create.
     Versions {
         versions: Vec<Prepared>,
         audits: Vec<AuditDraft>,
+        prepared_audits: Vec<PreparedAudit>,
         conditional: Option<SearchQuery>,
     },
     /// AuditEvents alone (reads, searches).
-    Audit(Vec<AuditDraft>),
+    Audit(Vec<PreparedAudit>),
 }
 
 /// What a committed member produced.
@@ -307,48 +310,45 @@ fn apply_member(
     m: &Member,
 ) -> StoreResult<StoreResult<Outcome>> {
     match m {
-        Member::Audit(drafts) => {
+        Member::Audit(events) => {
             let mut idx = Vec::new();
-            for d in drafts {
-                idx.push(appender.append(store, wtxn, audit_event_json(store, d, None))?);
+            for ev in events {
+                idx.push(appender.append(store, wtxn, ev)?);
             }
             Ok(Ok(Outcome::Written { audit_indexes: idx }))
         }
-        Member::Versions {
-            versions,
-            audits,
-            conditional,
-        } => match check(store, wtxn, versions, conditional.as_ref())? {
-            Check::Fail(e) => {
-                let msg = e.to_string();
-                for d in audits {
-                    appender.append(store, wtxn, audit_event_json(store, d, Some(&msg)))?;
+        Member::Versions { versions, audits, prepared_audits, conditional } => {
+            match check(store, wtxn, versions, conditional.as_ref())? {
+                Check::Fail(e) => {
+                    let msg = e.to_string();
+                    for d in audits {
+                        appender.append(store, wtxn, &prepare_audit(store, d, Some(&msg))?)?;
+                    }
+                    Ok(Err(e))
                 }
-                Ok(Err(e))
+                Check::Existing(record) => {
+                    let mut idx = Vec::new();
+                    for d in audits {
+                        let mut d = d.clone();
+                        d.entities.clear();
+                        d.patients.clear();
+                        d.touch(&record);
+                        idx.push(appender.append(store, wtxn, &prepare_audit(store, &d, None)?)?);
+                    }
+                    Ok(Ok(Outcome::Existing { record, audit_indexes: idx }))
+                }
+                Check::Ok => {
+                    for p in versions {
+                        put_prepared(store, wtxn, p)?;
+                    }
+                    let mut idx = Vec::new();
+                    for ev in prepared_audits {
+                        idx.push(appender.append(store, wtxn, ev)?);
+                    }
+                    Ok(Ok(Outcome::Written { audit_indexes: idx }))
+                }
             }
-            Check::Existing(record) => {
-                let mut idx = Vec::new();
-                for d in audits {
-                    let mut d = d.clone();
-                    d.entities = vec![record.versioned_reference()];
-                    idx.push(appender.append(store, wtxn, audit_event_json(store, &d, None))?);
-                }
-                Ok(Ok(Outcome::Existing {
-                    record,
-                    audit_indexes: idx,
-                }))
-            }
-            Check::Ok => {
-                for p in versions {
-                    put_prepared(store, wtxn, p)?;
-                }
-                let mut idx = Vec::new();
-                for d in audits {
-                    idx.push(appender.append(store, wtxn, audit_event_json(store, d, None))?);
-                }
-                Ok(Ok(Outcome::Written { audit_indexes: idx }))
-            }
-        },
+        }
     }
 }
 

@@ -1,0 +1,225 @@
+//! Store benchmarks: durable, signed, sealed, audited writes per second through the
+//! registry actors (one writer, and many concurrent writers sharing group commits), audited
+//! reads per second, search and patient-match latency, and where a write's time goes.
+//!
+//! `HEXA_BENCH_PATIENTS` sets the population for the read/search/match benches (default
+//! 10 000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hexa_actors::handle::StoreHandle;
+use hexa_actors::matching::synth;
+use hexa_actors::store::{AccessContext, StoreConfig};
+use hexa_crypto::keyfile::ApplianceSecrets;
+use hexa_crypto::keys::SigningKey;
+use hexa_crypto::seal::{Aad, MasterKey};
+use serde_json::{Value, json};
+
+fn secrets() -> ApplianceSecrets {
+    ApplianceSecrets { node_key: SigningKey::from_seed(&[1; 32]), master_key: MasterKey::from_bytes([2; 32]) }
+}
+
+fn ctx() -> AccessContext {
+    AccessContext {
+        client_id: "bench".into(),
+        facility_id: "fac".into(),
+        practitioner: Some("dr".into()),
+        purpose_of_use: "TREAT".into(),
+        justification: None,
+    }
+}
+
+fn observation(i: u64) -> Value {
+    json!({
+        "resourceType": "Observation", "status": "final",
+        "subject": {"reference": format!("Patient/p{}", i % 1000)},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "effectiveDateTime": "2024-05-05T10:00:00Z",
+        "valueQuantity": {"value": 60 + (i % 40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+struct Fixture {
+    sys: actix_rt::SystemRunner,
+    handle: StoreHandle,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sys = actix_rt::System::new();
+    let mut cfg = StoreConfig::new(dir.path(), "bench-node", "fac");
+    cfg.initial_map_size = 1 << 30;
+    let handle = sys.block_on(async { StoreHandle::start(cfg, secrets(), 2) }).expect("start store");
+    Fixture { sys, handle, _dir: dir }
+}
+
+/// Runs `n` operations with at most `concurrency` in flight.
+fn run_concurrent<F, Fut>(f: &Fixture, n: u64, concurrency: u64, op: F) -> Duration
+where
+    F: Fn(StoreHandle, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    f.sys.block_on(async {
+        let start = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let batch = concurrency.min(n - i);
+            let tasks: Vec<_> = (0..batch).map(|k| actix_rt::spawn(op(f.handle.clone(), i + k))).collect();
+            for t in tasks {
+                t.await.expect("task");
+            }
+            i += batch;
+        }
+        start.elapsed()
+    })
+}
+
+fn writes(c: &mut Criterion) {
+    let f = fixture();
+    let mut g = c.benchmark_group("store_write");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.bench_function("observation_single_writer", |b| {
+        b.iter_custom(|n| {
+            run_concurrent(&f, n, 1, |h, i| async move {
+                h.create(&ctx(), observation(i), None).await.expect("create");
+            })
+        })
+    });
+    for conc in [64u64, 512] {
+        g.bench_function(format!("observation_{conc}_concurrent"), |b| {
+            b.iter_custom(|n| {
+                run_concurrent(&f, n, conc, |h, i| async move {
+                    h.create(&ctx(), observation(i), None).await.expect("create");
+                })
+            })
+        });
+    }
+    let people = Arc::new(synth::population(7, 20_000).into_iter().map(|p| p.to_fhir()).collect::<Vec<_>>());
+    let ppl = people.clone();
+    g.bench_function("patient_512_concurrent", |b| {
+        b.iter_custom(|n| {
+            let ppl = ppl.clone();
+            run_concurrent(&f, n, 512, move |h, i| {
+                let p = ppl[i as usize % ppl.len()].clone();
+                async move {
+                    h.create(&ctx(), p, None).await.expect("create");
+                }
+            })
+        })
+    });
+    g.finish();
+    let st = f.handle.engine().writer.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    let (commits, members) = (st.commits.load(Relaxed), st.members.load(Relaxed));
+    eprintln!(
+        "writer: {commits} group commits, {members} members, {:.1} members/commit, apply {:.1} µs/member, commit {:.2} ms/commit",
+        members as f64 / commits.max(1) as f64,
+        st.apply_nanos.load(Relaxed) as f64 / 1e3 / members.max(1) as f64,
+        st.commit_nanos.load(Relaxed) as f64 / 1e6 / commits.max(1) as f64
+    );
+}
+
+fn reads_search_match(c: &mut Criterion) {
+    let n: usize = std::env::var("HEXA_BENCH_PATIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let f = fixture();
+    let people: Vec<Value> = synth::population(11, n).into_iter().map(|p| p.to_fhir()).collect();
+    let t = Instant::now();
+    let ids: Vec<String> = f.sys.block_on(async {
+        let mut ids = Vec::with_capacity(n);
+        for chunk in people.chunks(1024) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .cloned()
+                .map(|p| {
+                    let h = f.handle.clone();
+                    actix_rt::spawn(async move { h.create(&ctx(), p, None).await.expect("create").record.id })
+                })
+                .collect();
+            for t in tasks {
+                ids.push(t.await.expect("task"));
+            }
+        }
+        ids
+    });
+    eprintln!("loaded {n} patients in {:.1} s", t.elapsed().as_secs_f64());
+    let ids = Arc::new(ids);
+
+    let mut g = c.benchmark_group(format!("store_read_{n}"));
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    for conc in [1u64, 256] {
+        let ids = ids.clone();
+        g.bench_function(format!("audited_read_{conc}_concurrent"), |b| {
+            b.iter_custom(|k| {
+                let ids = ids.clone();
+                run_concurrent(&f, k, conc, move |h, i| {
+                    let id = ids[(i as usize * 7919) % ids.len()].clone();
+                    async move {
+                        h.read(&ctx(), "Patient", &id).await.expect("read");
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group(format!("store_search_{n}"));
+    g.sample_size(20);
+    let family = people[n / 2]["name"][0]["family"].as_str().unwrap_or("a").to_lowercase();
+    let prefix: String = family.chars().take(4).collect();
+    let birth = people[n / 3]["birthDate"].as_str().unwrap_or("1990").to_string();
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    for (name, params) in [
+        ("family_prefix_count10", pairs(&[("family", &prefix), ("_count", "10")])),
+        ("family_exact_and_birthdate", pairs(&[("family", &family), ("birthdate", &birth)])),
+        ("identifier", {
+            let idf = &people[n / 4]["identifier"][0];
+            let v = format!("{}|{}", idf["system"].as_str().unwrap_or(""), idf["value"].as_str().unwrap_or(""));
+            pairs(&[("identifier", &v)])
+        }),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| f.sys.block_on(async { f.handle.search(&ctx(), "Patient", &params).await.expect("search").total }))
+        });
+    }
+    let mut rng = synth::SynthRng::new(5);
+    let queries: Vec<Value> = synth::population(11, n)
+        .iter()
+        .step_by((n / 200).max(1))
+        .map(|p| synth::duplicate(p, &mut rng).to_fhir())
+        .collect();
+    let mut qi = 0;
+    g.bench_function("match_typo_duplicate", |b| {
+        b.iter(|| {
+            qi = (qi + 1) % queries.len();
+            let q = queries[qi].clone();
+            f.sys.block_on(async { f.handle.match_patients(&ctx(), q, 0.5, 10).await.expect("match").len() })
+        })
+    });
+    g.finish();
+}
+
+fn breakdown(c: &mut Criterion) {
+    // Where a write's CPU time goes, on one synthetic Patient (~1 KiB canonical).
+    let p = synth::population(3, 1)[0].to_fhir();
+    let key = SigningKey::from_seed(&[1; 32]);
+    let mk = MasterKey::from_bytes([2; 32]);
+    let seal = mk.sealing_key("patient.versions");
+    let blind = mk.blind_index_key("patient.index");
+    let canonical = hexa_crypto::jcs::canonicalize(&p).expect("jcs");
+    let mut g = c.benchmark_group("store_write_breakdown");
+    g.bench_function("jcs", |b| b.iter(|| hexa_crypto::jcs::canonicalize(&p).expect("jcs")));
+    g.bench_function("sign_detached_jws", |b| b.iter(|| hexa_crypto::jws::sign_detached(&key, &canonical)));
+    g.bench_function("seal", |b| {
+        b.iter(|| seal.seal(&canonical, &Aad { database: "patient.versions", key: b"Patient/x/1", version: 1 }).expect("seal"))
+    });
+    g.bench_function("blind_index_one_term", |b| b.iter(|| blind.index("Patient.family", b"p:uwimana")));
+    g.finish();
+}
+
+criterion_group!(benches, breakdown, writes, reads_search_match);
+criterion_main!(benches);
