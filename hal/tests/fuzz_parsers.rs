@@ -42,6 +42,29 @@ impl embedded_io::ReadReady for Serving {
     }
 }
 
+/// An I2C bus that accepts every write and fills reads from a fixed byte string (then zeros,
+/// i.e. "not ready").
+struct ServingI2c(VecDeque<u8>);
+impl embedded_hal::i2c::ErrorType for ServingI2c {
+    type Error = embedded_hal::i2c::ErrorKind;
+}
+impl embedded_hal::i2c::I2c for ServingI2c {
+    fn transaction(
+        &mut self,
+        _address: u8,
+        ops: &mut [embedded_hal::i2c::Operation<'_>],
+    ) -> Result<(), Self::Error> {
+        for op in ops {
+            if let embedded_hal::i2c::Operation::Read(buf) = op {
+                for b in buf.iter_mut() {
+                    *b = self.0.pop_front().unwrap_or(0);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An APDU transport answering scripted arbitrary responses.
 struct Answers(VecDeque<Vec<u8>>);
 impl ApduTransport for Answers {
@@ -91,6 +114,16 @@ proptest! {
             .with_timeouts(Timeouts { ack_ms: 3, response_ms: 3, poll_interval_us: 1000 });
         let _ = p.in_data_exchange(1, &[0, 0xA4, 4, 0]);
         let _ = p.in_list_passive_target();
+    }
+
+    #[test]
+    fn pn532_over_i2c_survives_arbitrary_answers(b in framey()) {
+        let mut bytes = VecDeque::from(vec![0x01]);
+        bytes.extend(b);
+        let mut p = Pn532::new(hexa_hal::pn532::I2cTransport::new(ServingI2c(bytes)), NoDelay)
+            .with_timeouts(Timeouts { ack_ms: 3, response_ms: 3, poll_interval_us: 1000 });
+        let _ = p.in_data_exchange(1, &[0, 0xA4, 4, 0]);
+        let _ = p.firmware_version();
     }
 
     #[test]

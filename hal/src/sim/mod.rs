@@ -132,3 +132,28 @@ impl Faults {
         self.0.clear();
     }
 }
+
+/// A simulated card reader (PN532 on I2C, as wired on most boards) ready to hand to the
+/// device actor, with the control handle that places and lifts virtual cards.
+pub fn simulated_card_reader() -> (Box<dyn crate::reader::CardReader>, SimPn532Handle) {
+    let chip = SimPn532::new();
+    let handle = chip.handle();
+    let reader = crate::pn532::Pn532::new(crate::pn532::I2cTransport::new(chip), crate::NoDelay);
+    (Box::new(reader), handle)
+}
+
+/// A simulated fingerprint module ready to hand to the device actor, with its control
+/// handle. Waiting for a finger polls without sleeping between module polls; the actor's
+/// own poll interval paces it.
+pub fn simulated_fingerprint_reader() -> (
+    Box<dyn crate::reader::FingerprintReader>,
+    SimFingerprintHandle,
+) {
+    let module = SimFingerprint::new();
+    let handle = module.handle();
+    let driver = crate::fingerprint::Fingerprint::new(module, crate::NoDelay);
+    (
+        Box::new(crate::reader::FingerprintDevice::new(driver)),
+        handle,
+    )
+}
