@@ -1,2 +1,122 @@
-//! The `hexa` binary. Placeholder until the CLI lands.
-fn main() {}
+//! `hexa`: the appliance binary. Parses the command line and calls the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hexa_appliance::{config::Config, datadir::DataDir};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "hexa", version, about = "hexa, the health exchange appliance")]
+struct Cli {
+    /// Data directory (configuration, keys, store).
+    #[arg(
+        long,
+        global = true,
+        env = "HEXA_DATA_DIR",
+        default_value = "hexa-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Initialise a data directory: configuration, node key and master key.
+    /// The key file is wrapped under HEXA_KEY_PASSPHRASE when that variable is set.
+    Init {
+        /// Facility ID in the national roster.
+        #[arg(long)]
+        facility_id: Option<String>,
+        /// Facility name.
+        #[arg(long)]
+        facility_name: Option<String>,
+        /// Address the API listens on.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the appliance (initialising the data directory with defaults on first start).
+    Serve {
+        /// Listen on this address instead of the configured one.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the appliance's public signing key (JWK) and key ID.
+    Keys,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let dir = DataDir::new(&cli.data_dir);
+    let passphrase = hexa_appliance::datadir::passphrase_from_env();
+    match cli.command {
+        Command::Init {
+            facility_id,
+            facility_name,
+            listen,
+        } => {
+            let mut cfg = Config::defaults();
+            if let Some(id) = facility_id {
+                cfg.facility.id = id;
+            }
+            if let Some(name) = facility_name {
+                cfg.facility.name = name;
+            }
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            let secrets = dir.init(&cfg, passphrase.as_deref())?;
+            println!(
+                "initialised {} for facility {}\nnode key id: {}",
+                dir.root().display(),
+                cfg.facility.id,
+                secrets.node_key.kid()
+            );
+            Ok(())
+        }
+        Command::Keys => {
+            let (_, secrets) = dir.open(passphrase.as_deref())?;
+            let jwk = secrets.node_key.public().to_jwk();
+            println!("{}", serde_json::to_string_pretty(&jwk)?);
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            let app = hexa_appliance::start(&dir, &Config::defaults(), passphrase.as_deref())?;
+            let addr = listen.unwrap_or(app.config.server.listen);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                tracing::info!(
+                    addr = %listener.local_addr()?,
+                    facility = %app.config.facility.id,
+                    node_kid = %app.node_kid,
+                    "hexa serving"
+                );
+                hexa_appliance::http::run(listener, app.http.clone(), shutdown_signal()).await?;
+                tracing::info!("hexa stopped");
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

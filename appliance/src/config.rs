@@ -1,0 +1,160 @@
+//! Configuration: embedded defaults, overridden by `<data-dir>/hexa.toml`.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The defaults compiled into the binary, so `hexa serve` starts on a fresh machine.
+pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
+
+/// The appliance's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// The facility this appliance serves.
+    pub facility: FacilityConfig,
+}
+
+/// HTTP server settings; every one of them bounds what a client can make the server hold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket address the API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds a client has to send its request headers before it is cut off.
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+/// The facility identity this appliance speaks for (as listed in the national roster).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FacilityConfig {
+    /// Facility ID in the national roster.
+    pub id: String,
+    /// Human-readable facility name.
+    pub name: String,
+}
+
+/// A configuration error, naming the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for hexa.
+    #[error("invalid configuration {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, from the TOML parser.
+        message: String,
+    },
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn defaults() -> Config {
+        toml::from_str(DEFAULT_CONFIG).expect("embedded default configuration is valid")
+    }
+
+    /// Reads a configuration file; every field must be present and known.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks the limits are usable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 64 << 20 {
+            return Err("server.max_body_bytes must be between 1 and 67108864".into());
+        }
+        if self.server.header_read_timeout_secs == 0 || self.server.header_read_timeout_secs > 300 {
+            return Err("server.header_read_timeout_secs must be between 1 and 300".into());
+        }
+        if self.server.max_connections == 0 || self.server.max_connections > 65_536 {
+            return Err("server.max_connections must be between 1 and 65536".into());
+        }
+        if self.facility.id.is_empty()
+            || self.facility.id.len() > 64
+            || !self
+                .facility
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(
+                "facility.id must be 1-64 characters of letters, digits, '-' and '.'".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The TOML text written to `<data-dir>/hexa.toml`.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# hexa configuration, written by `hexa init`.\n{}",
+            toml::to_string_pretty(self).expect("config serializes")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::defaults();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::defaults();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_limits_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hexa.toml");
+        std::fs::write(
+            &p,
+            DEFAULT_CONFIG.replace("[facility]", "[facility]\ncolour = 1"),
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        std::fs::write(
+            &p,
+            DEFAULT_CONFIG.replace("max_body_bytes = 1048576", "max_body_bytes = 0"),
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("max_body_bytes"), "{e}");
+    }
+}

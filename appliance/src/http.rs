@@ -1,0 +1,277 @@
+//! The HTTP server (hyper 1.x): health, readiness, the appliance's public keys, metrics.
+//!
+//! [`run`] takes its listener and shutdown signal from the caller, so tests bind
+//! `127.0.0.1:0` and stop it when they are done. Every error a client sees is a FHIR
+//! OperationOutcome with a stable code.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Content type of FHIR JSON responses.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// What the server needs to answer requests.
+pub struct AppState {
+    /// The JWKS document served at `/.well-known/jwks.json`, serialised once.
+    jwks: Bytes,
+    /// Facility ID, reported by `/healthz`.
+    facility_id: String,
+    /// Largest request body accepted.
+    max_body_bytes: usize,
+    /// Seconds allowed for request headers.
+    header_read_timeout: Duration,
+    /// Connections served at once.
+    max_connections: usize,
+    /// Set once everything the API depends on is open.
+    ready: AtomicBool,
+    /// When the server started, for `/metrics`.
+    started: Instant,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Metrics {
+    requests: AtomicU64,
+    errors_4xx: AtomicU64,
+    errors_5xx: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl AppState {
+    /// State for a server publishing `jwks` for `facility_id`, with the limits of `server`.
+    pub fn new(
+        jwks: serde_json::Value,
+        facility_id: String,
+        server: &crate::config::ServerConfig,
+    ) -> Self {
+        AppState {
+            jwks: Bytes::from(serde_json::to_vec(&jwks).expect("JWKS serializes")),
+            facility_id,
+            max_body_bytes: server.max_body_bytes,
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            max_connections: server.max_connections,
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Marks the appliance ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then stops accepting, lets
+/// requests in flight finish (for at most 10 s) and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(state.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        // Bound concurrent connections: wait for a permit before accepting another.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let st = state.clone();
+        let svc = service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(req, &st).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.header_read_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {},
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("connections still open after 10 s; closing them");
+        }
+    }
+    Ok(())
+}
+
+async fn handle(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> {
+    st.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let resp = route(req, st).await;
+    let s = resp.status();
+    if s.is_client_error() {
+        st.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
+    } else if s.is_server_error() {
+        st.metrics.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+async fn route(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let allowed: &[Method] = match path.as_str() {
+        "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" => {
+            &[Method::GET, Method::HEAD]
+        }
+        _ => {
+            return outcome(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                &format!("nothing is served at {path}"),
+            );
+        }
+    };
+    if !allowed.contains(req.method()) {
+        let mut r = outcome(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            &format!("{} is not allowed on {path}", req.method()),
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    // Drain (bounded) whatever body came with the request so the connection stays usable.
+    let limit = st.max_body_bytes;
+    if Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .is_err()
+    {
+        return outcome(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            &format!("request body larger than {limit} bytes"),
+        );
+    }
+    match path.as_str() {
+        "/healthz" => json_response(
+            StatusCode::OK,
+            "application/json",
+            &json!({"status": "ok", "facility": st.facility_id}),
+        ),
+        "/readyz" => {
+            if st.ready.load(Ordering::SeqCst) {
+                json_response(
+                    StatusCode::OK,
+                    "application/json",
+                    &json!({"status": "ready"}),
+                )
+            } else {
+                outcome(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "the appliance is starting; retry shortly",
+                )
+            }
+        }
+        "/.well-known/jwks.json" => {
+            let mut r = Response::new(Full::new(st.jwks.clone()));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            r
+        }
+        _ => metrics(st),
+    }
+}
+
+fn metrics(st: &AppState) -> Response<Full<Bytes>> {
+    let m = &st.metrics;
+    let body = format!(
+        "# HELP hexa_http_requests_total HTTP requests received.\n\
+         # TYPE hexa_http_requests_total counter\n\
+         hexa_http_requests_total {}\n\
+         # HELP hexa_http_responses_errors_total Error responses by class.\n\
+         # TYPE hexa_http_responses_errors_total counter\n\
+         hexa_http_responses_errors_total{{class=\"4xx\"}} {}\n\
+         hexa_http_responses_errors_total{{class=\"5xx\"}} {}\n\
+         # HELP hexa_http_connections_total TCP connections accepted.\n\
+         # TYPE hexa_http_connections_total counter\n\
+         hexa_http_connections_total {}\n\
+         # HELP hexa_uptime_seconds Seconds since the server started.\n\
+         # TYPE hexa_uptime_seconds gauge\n\
+         hexa_uptime_seconds {}\n",
+        m.requests.load(Ordering::Relaxed),
+        m.errors_4xx.load(Ordering::Relaxed),
+        m.errors_5xx.load(Ordering::Relaxed),
+        m.connections.load(Ordering::Relaxed),
+        st.started.elapsed().as_secs(),
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    v: &serde_json::Value,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(v).expect("JSON serializes"),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A FHIR OperationOutcome response with one issue of `code` and a sentence for people.
+pub fn outcome(status: StatusCode, code: &str, diagnostics: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        FHIR_JSON,
+        &json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": if status.is_server_error() { "fatal" } else { "error" },
+                "code": code,
+                "diagnostics": diagnostics,
+            }]
+        }),
+    )
+}
