@@ -84,9 +84,11 @@ fn readers(c: &mut Criterion) {
         let sim = chip.handle();
         let mut i2c = Pn532::new(I2cTransport::new(chip), NoDelay);
         let req = setup(&mut i2c, &sim, model);
+        let w = wire_of_one_tap(&mut i2c, &sim, &req);
         report(
-            &format!("wire/i2c/{name}"),
-            &wire_of_one_tap(&mut i2c, &sim, &req),
+            &format!("wire/i2c@400kHz/{name}"),
+            &w,
+            w.i2c_seconds(400_000) * 1e3,
         );
         c.bench_function(&format!("consent_tap/i2c/{name}"), |b| {
             b.iter(|| black_box(tap(&mut i2c, black_box(&req))))
@@ -96,9 +98,11 @@ fn readers(c: &mut Criterion) {
         let sim = chip.handle();
         let mut hsu = Pn532::new(HsuTransport::new(chip), NoDelay);
         let req = setup(&mut hsu, &sim, model);
+        let w = wire_of_one_tap(&mut hsu, &sim, &req);
         report(
-            &format!("wire/hsu/{name}"),
-            &wire_of_one_tap(&mut hsu, &sim, &req),
+            &format!("wire/hsu@115200/{name}"),
+            &w,
+            w.uart_seconds(115_200) * 1e3,
         );
         c.bench_function(&format!("consent_tap/hsu/{name}"), |b| {
             b.iter(|| black_box(tap(&mut hsu, black_box(&req))))
