@@ -403,7 +403,10 @@ fn assert_included(e: &Engine, index: u64, expect_action: &str) -> Value {
     assert_eq!(ev["resourceType"], "AuditEvent");
     // The AuditEvent is readable as a FHIR resource by its id, with the exact logged bytes.
     let id = ev["id"].as_str().unwrap();
-    assert_eq!(e.store.read("AuditEvent", id).unwrap().canonical, entry.bytes);
+    assert_eq!(
+        e.store.read("AuditEvent", id).unwrap().canonical,
+        entry.bytes
+    );
     assert_eq!(ev["action"], expect_action);
     assert_eq!(hexa_crypto::jcs::canonicalize(&ev).unwrap(), entry.bytes);
     ev

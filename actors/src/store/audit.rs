@@ -13,7 +13,6 @@ use hexa_crypto::jcs;
 use hexa_crypto::merkle::{self, Frontier, Hash, SubtreeSource};
 use hexa_crypto::seal::Aad;
 use serde_json::{Value, json};
-use sha2::Digest as _;
 
 use super::error::{StoreError, StoreResult};
 use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, time};
@@ -224,16 +223,9 @@ pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&s
     ev
 }
 
-/// Deterministic Provenance id of a version: hex of the first 16 bytes of
-/// SHA-256(`Type/id/_history/v`).
-pub fn provenance_id(r: &Record) -> String {
-    let h = sha2::Sha256::digest(r.versioned_reference().as_bytes());
-    h[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The Provenance of a stored version: target, agent (this appliance, and the author when
 /// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose).
-pub(crate) fn provenance_json(store: &Store, r: &Record, author: Option<&str>) -> Value {
+pub(crate) fn provenance_json(store: &Store, r: &Record, id: &str, author: Option<&str>) -> Value {
     let device = json!({"reference": format!("Device/{}", store.config.appliance_id)});
     let when = time::instant(r.last_updated);
     let activity = match (r.version, r.deleted) {
@@ -275,7 +267,7 @@ pub(crate) fn provenance_json(store: &Store, r: &Record, author: Option<&str>) -
     }
     json!({
         "resourceType": "Provenance",
-        "id": provenance_id(r),
+        "id": id,
         "target": [{"reference": r.versioned_reference()}],
         "recorded": when,
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": activity}]},
@@ -295,15 +287,26 @@ pub(crate) struct PreparedAudit {
 
 /// Builds the AuditEvent of `d` (with a fresh UUID id), canonicalises it and computes its
 /// index keys.
-pub(crate) fn prepare_audit(store: &Store, d: &AuditDraft, failure: Option<&str>) -> StoreResult<PreparedAudit> {
+pub(crate) fn prepare_audit(
+    store: &Store,
+    d: &AuditDraft,
+    failure: Option<&str>,
+) -> StoreResult<PreparedAudit> {
     let mut event = audit_event_json(store, d, failure);
     let id = super::new_id()?;
     if let Some(obj) = event.as_object_mut() {
         obj.insert("id".into(), json!(id));
     }
     let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let index_keys = store.index_keys(super::Component::Audit, "AuditEvent", &id, &event).into_iter().collect();
-    Ok(PreparedAudit { id, bytes, index_keys })
+    let index_keys = store
+        .index_keys(super::Component::Audit, "AuditEvent", &id, &event)
+        .into_iter()
+        .collect();
+    Ok(PreparedAudit {
+        id,
+        bytes,
+        index_keys,
+    })
 }
 
 /// Key of a perfect subtree in `audit.tree`.
@@ -353,7 +356,12 @@ impl AuditAppender {
     }
 
     /// Appends one prepared AuditEvent; returns its log index.
-    pub fn append(&mut self, store: &Store, wtxn: &mut RwTxn, ev: &PreparedAudit) -> StoreResult<u64> {
+    pub fn append(
+        &mut self,
+        store: &Store,
+        wtxn: &mut RwTxn,
+        ev: &PreparedAudit,
+    ) -> StoreResult<u64> {
         let index = self.frontier.size();
         let leaf = merkle::leaf_hash(&ev.bytes);
         for (level, i, h) in self.frontier.append(leaf) {
@@ -362,7 +370,14 @@ impl AuditAppender {
         let key = log_key(index);
         let sealed = store
             .seal_log
-            .seal(&ev.bytes, &Aad { database: "audit.log", key: &key, version: index })
+            .seal(
+                &ev.bytes,
+                &Aad {
+                    database: "audit.log",
+                    key: &key,
+                    version: index,
+                },
+            )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
         store.audit_log.put(wtxn, &key, &sealed)?;
         store.audit_ids.put(wtxn, ev.id.as_bytes(), &key)?;
@@ -688,7 +703,11 @@ pub(crate) fn audit_record(e: AuditEntry) -> StoreResult<Record> {
         key: e.index.to_string(),
         reason: err.to_string(),
     })?;
-    let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     Ok(Record {
         resource_type: "AuditEvent".into(),
         id,

@@ -207,11 +207,14 @@ impl Engine {
         conditional: Option<SearchQuery>,
         created: Vec<bool>,
     ) -> StoreResult<Pending<Vec<WriteResult>>> {
-        let records: Vec<Record> = prepared.iter().map(|p| p.record.clone()).collect();
-        let prepared_audits =
-            audits.iter().map(|d| prepare_audit(&self.store, d, None)).collect::<StoreResult<Vec<_>>>()?;
+        let (writes, records): (Vec<super::PreparedWrite>, Vec<Record>) =
+            prepared.into_iter().map(|p| (p.write, p.record)).unzip();
+        let prepared_audits = audits
+            .iter()
+            .map(|d| prepare_audit(&self.store, d, None))
+            .collect::<StoreResult<Vec<_>>>()?;
         let rx = self.writer.submit(Member::Versions {
-            versions: prepared,
+            versions: writes,
             audits,
             prepared_audits,
             conditional,
@@ -331,7 +334,7 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return self.fail(draft, e),
         };
-        let created = prepared.base == 0;
+        let created = prepared.write.base == 0;
         draft.interaction = if created {
             Interaction::Create
         } else {

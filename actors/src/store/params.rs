@@ -668,7 +668,10 @@ mod tests {
         assert!(terms("Observation", "patient", &obs).contains(&"r:Patient/p1".into()));
         assert!(terms("Observation", "subject", &obs).contains(&"i:p1".into()));
         assert!(!terms("Observation", "patient", &obs).contains(&"i:p1".into()));
-        assert_eq!(terms("Observation", "encounter", &obs), vec!["r:Encounter/e1"]);
+        assert_eq!(
+            terms("Observation", "encounter", &obs),
+            vec!["r:Encounter/e1"]
+        );
         assert!(terms("Observation", "code", &obs).contains(&"sc:http://loinc.org|8867-4".into()));
         assert_eq!(terms("Observation", "status", &obs), vec!["c:final"]);
         let d = terms("Observation", "date", &obs);

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::audit::{AuditAppender, AuditDraft, PreparedAudit, prepare_audit};
 use super::error::{StoreError, StoreResult};
 use super::search::SearchQuery;
-use super::{Prepared, Record, Store, put_prepared, time};
+use super::{PreparedWrite, Record, Store, put_prepared, time};
 
 /// One unit of work of a group commit.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub(crate) enum Member {
     /// writer only when the member fails or a conditional create finds a match).
     /// `conditional`: if-none-exist criteria of a create.
     Versions {
-        versions: Vec<Prepared>,
+        versions: Vec<PreparedWrite>,
         audits: Vec<AuditDraft>,
         prepared_audits: Vec<PreparedAudit>,
         conditional: Option<SearchQuery>,
@@ -67,6 +67,9 @@ impl Outcome {
     }
 }
 
+// Jobs move through the channel once; boxing the large variant would cost an allocation
+// per write for no gain.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Job {
     Member(Member, oneshot::Sender<StoreResult<Outcome>>),
     Checkpoint(oneshot::Sender<StoreResult<Option<String>>>),
@@ -163,6 +166,12 @@ impl Writer {
 
 fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats: Arc<WriterStats>) {
     let max = store.config.max_batch.max(1);
+    // Freeing a batch's buffers is real work; a janitor thread does it off the commit path.
+    let (janitor, garbage) = std::sync::mpsc::channel::<Vec<Member>>();
+    let janitor_thread = std::thread::Builder::new()
+        .name("hexa-store-janitor".into())
+        .spawn(move || while garbage.recv().is_ok() {})
+        .ok();
     let mut stop = false;
     while !stop {
         let Ok(job) = rx.recv() else { break };
@@ -179,8 +188,15 @@ fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats:
             }
         }
         if !jobs.is_empty() {
-            process(&store, &mut appender, jobs, &stats);
+            let done = process(&store, &mut appender, jobs, &stats);
+            if janitor_thread.is_some() {
+                let _ = janitor.send(done);
+            }
         }
+    }
+    drop(janitor);
+    if let Some(t) = janitor_thread {
+        let _ = t.join();
     }
 }
 
@@ -189,7 +205,14 @@ enum Res {
     Checkpoint,
 }
 
-fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &WriterStats) {
+/// Applies and commits one batch, replies, and returns the members for freeing.
+fn process(
+    store: &Store,
+    appender: &mut AuditAppender,
+    jobs: Vec<Job>,
+    stats: &WriterStats,
+) -> Vec<Member> {
+    let mut done = Vec::with_capacity(jobs.len());
     use std::sync::atomic::Ordering::Relaxed;
     let bytes: usize = jobs
         .iter()
@@ -236,8 +259,9 @@ fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &
                 .then(|| store.latest_checkpoint());
             for (job, res) in jobs.into_iter().zip(results) {
                 match (job, res) {
-                    (Job::Member(_, tx), Res::Member(r)) => {
+                    (Job::Member(m, tx), Res::Member(r)) => {
                         let _ = tx.send(r);
+                        done.push(m);
                     }
                     (Job::Checkpoint(tx), _) => {
                         let _ = tx.send(latest.clone().unwrap_or(Ok(None)));
@@ -264,6 +288,7 @@ fn process(store: &Store, appender: &mut AuditAppender, jobs: Vec<Job>, stats: &
             }
         }
     }
+    done
 }
 
 fn apply(
@@ -317,38 +342,44 @@ fn apply_member(
             }
             Ok(Ok(Outcome::Written { audit_indexes: idx }))
         }
-        Member::Versions { versions, audits, prepared_audits, conditional } => {
-            match check(store, wtxn, versions, conditional.as_ref())? {
-                Check::Fail(e) => {
-                    let msg = e.to_string();
-                    for d in audits {
-                        appender.append(store, wtxn, &prepare_audit(store, d, Some(&msg))?)?;
-                    }
-                    Ok(Err(e))
+        Member::Versions {
+            versions,
+            audits,
+            prepared_audits,
+            conditional,
+        } => match check(store, wtxn, versions, conditional.as_ref())? {
+            Check::Fail(e) => {
+                let msg = e.to_string();
+                for d in audits {
+                    appender.append(store, wtxn, &prepare_audit(store, d, Some(&msg))?)?;
                 }
-                Check::Existing(record) => {
-                    let mut idx = Vec::new();
-                    for d in audits {
-                        let mut d = d.clone();
-                        d.entities.clear();
-                        d.patients.clear();
-                        d.touch(&record);
-                        idx.push(appender.append(store, wtxn, &prepare_audit(store, &d, None)?)?);
-                    }
-                    Ok(Ok(Outcome::Existing { record, audit_indexes: idx }))
-                }
-                Check::Ok => {
-                    for p in versions {
-                        put_prepared(store, wtxn, p)?;
-                    }
-                    let mut idx = Vec::new();
-                    for ev in prepared_audits {
-                        idx.push(appender.append(store, wtxn, ev)?);
-                    }
-                    Ok(Ok(Outcome::Written { audit_indexes: idx }))
-                }
+                Ok(Err(e))
             }
-        }
+            Check::Existing(record) => {
+                let mut idx = Vec::new();
+                for d in audits {
+                    let mut d = d.clone();
+                    d.entities.clear();
+                    d.patients.clear();
+                    d.touch(&record);
+                    idx.push(appender.append(store, wtxn, &prepare_audit(store, &d, None)?)?);
+                }
+                Ok(Ok(Outcome::Existing {
+                    record,
+                    audit_indexes: idx,
+                }))
+            }
+            Check::Ok => {
+                for p in versions {
+                    put_prepared(store, wtxn, p)?;
+                }
+                let mut idx = Vec::new();
+                for ev in prepared_audits {
+                    idx.push(appender.append(store, wtxn, ev)?);
+                }
+                Ok(Ok(Outcome::Written { audit_indexes: idx }))
+            }
+        },
     }
 }
 
@@ -361,12 +392,12 @@ enum Check {
 fn check(
     store: &Store,
     wtxn: &RwTxn,
-    versions: &[Prepared],
+    versions: &[PreparedWrite],
     conditional: Option<&SearchQuery>,
 ) -> StoreResult<Check> {
     let mut seen = HashSet::new();
     for p in versions {
-        let r = &p.record;
+        let r = p;
         if !seen.insert((r.resource_type.as_str(), r.id.as_str())) {
             return Ok(Check::Fail(StoreError::Invalid(format!(
                 "{}/{} appears more than once in the transaction",
