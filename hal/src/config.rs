@@ -77,3 +77,45 @@ fn default_fp_baud() -> u32 {
 fn default_fp_address() -> u32 {
     crate::fingerprint::DEFAULT_ADDRESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_typical_configuration() {
+        let cfg: ReadersConfig = toml::from_str(
+            r#"
+            [nfc]
+            bus = "i2c"
+            device = "/dev/i2c-1"
+
+            [fingerprint]
+            device = "/dev/ttyAMA0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.nfc,
+            Some(NfcConfig::I2c {
+                device: "/dev/i2c-1".into(),
+                address: 0x24
+            })
+        );
+        let fp = cfg.fingerprint.unwrap();
+        assert_eq!((fp.baud, fp.address, fp.password), (57_600, 0xFFFF_FFFF, 0));
+        let hsu: NfcConfig = toml::from_str("bus = \"hsu\"\ndevice = \"/dev/ttyUSB0\"").unwrap();
+        assert_eq!(
+            hsu,
+            NfcConfig::Hsu {
+                device: "/dev/ttyUSB0".into(),
+                baud: 115_200
+            }
+        );
+        assert!(toml::from_str::<NfcConfig>("bus = \"usb\"\ndevice = \"x\"").is_err());
+        assert_eq!(
+            toml::from_str::<ReadersConfig>("").unwrap(),
+            ReadersConfig::default()
+        );
+    }
+}

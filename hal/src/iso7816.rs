@@ -246,7 +246,7 @@ pub fn transmit<T: ApduTransport>(
                     0 => 256,
                     n => n as usize,
                 };
-                let get = Command::new(cmd.cla & !0x10 & 0xEF, 0xC0, 0, 0).with_le(le);
+                let get = Command::new(cmd.cla & !0x10, 0xC0, 0, 0).with_le(le);
                 resp = exchange(t, &get, LengthMode::Short)?;
                 if data.len() + resp.data.len() > MAX_CHAINED_RESPONSE {
                     return Err(Error::Malformed("chained response exceeds the cap"));
