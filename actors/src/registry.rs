@@ -101,6 +101,15 @@ pub enum Request {
         /// Most candidates.
         count: usize,
     },
+    /// Merge (true) or unmerge (false) duplicate Patient `source` into golden `target`.
+    LinkPatients {
+        /// The duplicate.
+        source: String,
+        /// The golden record.
+        target: String,
+        /// Merge or unmerge.
+        merge: bool,
+    },
     /// Audit-log entry by index.
     AuditEntry(u64),
     /// Inclusion proof (index, size).
@@ -240,6 +249,9 @@ impl Registry {
                     &records,
                 )?;
                 Response::Matches(pending, found)
+            }
+            Request::LinkPatients { source, target, merge } => {
+                Response::Writes(e.link_patients(ctx, &source, &target, merge)?)
             }
             Request::AuditEntry(i) => Response::Entry(e.store.audit_entry(i)?),
             Request::InclusionProof(i, n) => Response::Proof(e.store.audit_inclusion_proof(i, n)?),

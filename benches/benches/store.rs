@@ -17,8 +17,14 @@ use hexa_crypto::keys::SigningKey;
 use hexa_crypto::seal::{Aad, MasterKey};
 use serde_json::{Value, json};
 
+/// Writes (or reads) per iteration of the concurrent benches.
+const BURST: u64 = 2048;
+
 fn secrets() -> ApplianceSecrets {
-    ApplianceSecrets { node_key: SigningKey::from_seed(&[1; 32]), master_key: MasterKey::from_bytes([2; 32]) }
+    ApplianceSecrets {
+        node_key: SigningKey::from_seed(&[1; 32]),
+        master_key: MasterKey::from_bytes([2; 32]),
+    }
 }
 
 fn ctx() -> AccessContext {
@@ -52,8 +58,14 @@ fn fixture() -> Fixture {
     let sys = actix_rt::System::new();
     let mut cfg = StoreConfig::new(dir.path(), "bench-node", "fac");
     cfg.initial_map_size = 1 << 30;
-    let handle = sys.block_on(async { StoreHandle::start(cfg, secrets(), 2) }).expect("start store");
-    Fixture { sys, handle, _dir: dir }
+    let handle = sys
+        .block_on(async { StoreHandle::start(cfg, secrets(), 2) })
+        .expect("start store");
+    Fixture {
+        sys,
+        handle,
+        _dir: dir,
+    }
 }
 
 /// Runs `n` operations with at most `concurrency` in flight.
@@ -67,7 +79,9 @@ where
         let mut i = 0;
         while i < n {
             let batch = concurrency.min(n - i);
-            let tasks: Vec<_> = (0..batch).map(|k| actix_rt::spawn(op(f.handle.clone(), i + k))).collect();
+            let tasks: Vec<_> = (0..batch)
+                .map(|k| actix_rt::spawn(op(f.handle.clone(), i + k)))
+                .collect();
             for t in tasks {
                 t.await.expect("task");
             }
@@ -80,30 +94,42 @@ where
 fn writes(c: &mut Criterion) {
     let f = fixture();
     let mut g = c.benchmark_group("store_write");
-    g.throughput(Throughput::Elements(1));
     g.sample_size(10);
+    g.throughput(Throughput::Elements(1));
     g.bench_function("observation_single_writer", |b| {
         b.iter_custom(|n| {
             run_concurrent(&f, n, 1, |h, i| async move {
-                h.create(&ctx(), observation(i), None).await.expect("create");
+                h.create(&ctx(), observation(i), None)
+                    .await
+                    .expect("create");
             })
         })
     });
+    // Concurrent writers: each sample runs whole rounds of BURST writes so the pipeline
+    // is full; throughput is per write.
+    g.throughput(Throughput::Elements(BURST));
     for conc in [64u64, 512] {
         g.bench_function(format!("observation_{conc}_concurrent"), |b| {
             b.iter_custom(|n| {
-                run_concurrent(&f, n, conc, |h, i| async move {
-                    h.create(&ctx(), observation(i), None).await.expect("create");
+                run_concurrent(&f, n * BURST, conc, |h, i| async move {
+                    h.create(&ctx(), observation(i), None)
+                        .await
+                        .expect("create");
                 })
             })
         });
     }
-    let people = Arc::new(synth::population(7, 20_000).into_iter().map(|p| p.to_fhir()).collect::<Vec<_>>());
+    let people = Arc::new(
+        synth::population(7, 20_000)
+            .into_iter()
+            .map(|p| p.to_fhir())
+            .collect::<Vec<_>>(),
+    );
     let ppl = people.clone();
     g.bench_function("patient_512_concurrent", |b| {
         b.iter_custom(|n| {
             let ppl = ppl.clone();
-            run_concurrent(&f, n, 512, move |h, i| {
+            run_concurrent(&f, n * BURST, 512, move |h, i| {
                 let p = ppl[i as usize % ppl.len()].clone();
                 async move {
                     h.create(&ctx(), p, None).await.expect("create");
@@ -124,9 +150,15 @@ fn writes(c: &mut Criterion) {
 }
 
 fn reads_search_match(c: &mut Criterion) {
-    let n: usize = std::env::var("HEXA_BENCH_PATIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("HEXA_BENCH_PATIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let f = fixture();
-    let people: Vec<Value> = synth::population(11, n).into_iter().map(|p| p.to_fhir()).collect();
+    let people: Vec<Value> = synth::population(11, n)
+        .into_iter()
+        .map(|p| p.to_fhir())
+        .collect();
     let t = Instant::now();
     let ids: Vec<String> = f.sys.block_on(async {
         let mut ids = Vec::with_capacity(n);
@@ -136,7 +168,9 @@ fn reads_search_match(c: &mut Criterion) {
                 .cloned()
                 .map(|p| {
                     let h = f.handle.clone();
-                    actix_rt::spawn(async move { h.create(&ctx(), p, None).await.expect("create").record.id })
+                    actix_rt::spawn(async move {
+                        h.create(&ctx(), p, None).await.expect("create").record.id
+                    })
                 })
                 .collect();
             for t in tasks {
@@ -149,14 +183,15 @@ fn reads_search_match(c: &mut Criterion) {
     let ids = Arc::new(ids);
 
     let mut g = c.benchmark_group(format!("store_read_{n}"));
-    g.throughput(Throughput::Elements(1));
     g.sample_size(10);
     for conc in [1u64, 256] {
         let ids = ids.clone();
+        let per = if conc == 1 { 1 } else { BURST };
+        g.throughput(Throughput::Elements(per));
         g.bench_function(format!("audited_read_{conc}_concurrent"), |b| {
             b.iter_custom(|k| {
                 let ids = ids.clone();
-                run_concurrent(&f, k, conc, move |h, i| {
+                run_concurrent(&f, k * per, conc, move |h, i| {
                     let id = ids[(i as usize * 7919) % ids.len()].clone();
                     async move {
                         h.read(&ctx(), "Patient", &id).await.expect("read");
@@ -169,21 +204,49 @@ fn reads_search_match(c: &mut Criterion) {
 
     let mut g = c.benchmark_group(format!("store_search_{n}"));
     g.sample_size(20);
-    let family = people[n / 2]["name"][0]["family"].as_str().unwrap_or("a").to_lowercase();
+    let family = people[n / 2]["name"][0]["family"]
+        .as_str()
+        .unwrap_or("a")
+        .to_lowercase();
     let prefix: String = family.chars().take(4).collect();
-    let birth = people[n / 3]["birthDate"].as_str().unwrap_or("1990").to_string();
-    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    let birth = people[n / 3]["birthDate"]
+        .as_str()
+        .unwrap_or("1990")
+        .to_string();
+    let pairs = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    };
     for (name, params) in [
-        ("family_prefix_count10", pairs(&[("family", &prefix), ("_count", "10")])),
-        ("family_exact_and_birthdate", pairs(&[("family", &family), ("birthdate", &birth)])),
+        (
+            "family_prefix_count10",
+            pairs(&[("family", &prefix), ("_count", "10")]),
+        ),
+        (
+            "family_exact_and_birthdate",
+            pairs(&[("family", &family), ("birthdate", &birth)]),
+        ),
         ("identifier", {
             let idf = &people[n / 4]["identifier"][0];
-            let v = format!("{}|{}", idf["system"].as_str().unwrap_or(""), idf["value"].as_str().unwrap_or(""));
+            let v = format!(
+                "{}|{}",
+                idf["system"].as_str().unwrap_or(""),
+                idf["value"].as_str().unwrap_or("")
+            );
             pairs(&[("identifier", &v)])
         }),
     ] {
         g.bench_function(name, |b| {
-            b.iter(|| f.sys.block_on(async { f.handle.search(&ctx(), "Patient", &params).await.expect("search").total }))
+            b.iter(|| {
+                f.sys.block_on(async {
+                    f.handle
+                        .search(&ctx(), "Patient", &params)
+                        .await
+                        .expect("search")
+                        .total
+                })
+            })
         });
     }
     let mut rng = synth::SynthRng::new(5);
@@ -197,7 +260,13 @@ fn reads_search_match(c: &mut Criterion) {
         b.iter(|| {
             qi = (qi + 1) % queries.len();
             let q = queries[qi].clone();
-            f.sys.block_on(async { f.handle.match_patients(&ctx(), q, 0.5, 10).await.expect("match").len() })
+            f.sys.block_on(async {
+                f.handle
+                    .match_patients(&ctx(), q, 0.5, 10)
+                    .await
+                    .expect("match")
+                    .len()
+            })
         })
     });
     g.finish();
@@ -212,12 +281,28 @@ fn breakdown(c: &mut Criterion) {
     let blind = mk.blind_index_key("patient.index");
     let canonical = hexa_crypto::jcs::canonicalize(&p).expect("jcs");
     let mut g = c.benchmark_group("store_write_breakdown");
-    g.bench_function("jcs", |b| b.iter(|| hexa_crypto::jcs::canonicalize(&p).expect("jcs")));
-    g.bench_function("sign_detached_jws", |b| b.iter(|| hexa_crypto::jws::sign_detached(&key, &canonical)));
-    g.bench_function("seal", |b| {
-        b.iter(|| seal.seal(&canonical, &Aad { database: "patient.versions", key: b"Patient/x/1", version: 1 }).expect("seal"))
+    g.bench_function("jcs", |b| {
+        b.iter(|| hexa_crypto::jcs::canonicalize(&p).expect("jcs"))
     });
-    g.bench_function("blind_index_one_term", |b| b.iter(|| blind.index("Patient.family", b"p:uwimana")));
+    g.bench_function("sign_detached_jws", |b| {
+        b.iter(|| hexa_crypto::jws::sign_detached(&key, &canonical))
+    });
+    g.bench_function("seal", |b| {
+        b.iter(|| {
+            seal.seal(
+                &canonical,
+                &Aad {
+                    database: "patient.versions",
+                    key: b"Patient/x/1",
+                    version: 1,
+                },
+            )
+            .expect("seal")
+        })
+    });
+    g.bench_function("blind_index_one_term", |b| {
+        b.iter(|| blind.index("Patient.family", b"p:uwimana"))
+    });
     g.finish();
 }
 

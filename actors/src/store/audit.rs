@@ -158,7 +158,7 @@ pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
     out
 }
 
-/// The FHIR AuditEvent of a draft (without `id`, which the log index gives).
+/// The FHIR AuditEvent of a draft (without `id`; [`prepare_audit`] assigns a UUIDv7).
 pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&str>) -> Value {
     let failure = failure.or(d.failure.as_deref());
     let mut agents = vec![json!({
@@ -462,7 +462,7 @@ fn source_err(e: merkle::SourceError<StoreError>) -> StoreError {
 /// One audit-log entry: its index, the exact JCS bytes and their RFC 6962 leaf hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
-    /// Log index (also the AuditEvent id).
+    /// Log index (the position of the leaf in the Merkle tree).
     pub index: u64,
     /// JCS bytes of the AuditEvent.
     pub bytes: Vec<u8>,
@@ -575,7 +575,7 @@ impl Store {
         })
     }
 
-    /// AuditEvent (id = log index) or Provenance (deterministic id) as a record.
+    /// AuditEvent or Provenance by id (via `audit.ids` / `audit.provids`) as a record.
     pub(crate) fn read_audit_resource(
         &self,
         txn: &RoTxn,

@@ -554,6 +554,57 @@ impl Engine {
         })
     }
 
+    /// Merges duplicate Patient `source` into golden record `target` (`merge == true`):
+    /// `source` gets `link: replaced-by target` and `active: false`, `target` gets
+    /// `link: replaces source`, in one transaction. `merge == false` unmerges: both links are
+    /// removed and `source` is active again. Both states stay in the history.
+    pub fn link_patients(&self, ctx: &AccessContext, source: &str, target: &str, merge: bool) -> StoreResult<Pending<Vec<WriteResult>>> {
+        let mut draft = AuditDraft::new(Interaction::Operation, ctx);
+        let op = if merge { "merge" } else { "unmerge" };
+        draft.query = Some(format!("Patient/{source}/${op}?target={target}"));
+        if source == target {
+            return self.fail(draft, StoreError::Invalid("a patient cannot be merged into itself".into()));
+        }
+        let plan = (|| -> StoreResult<Vec<TxEntry>> {
+            let s = self.store.read("Patient", source)?;
+            let t = self.store.read("Patient", target)?;
+            let with_links = |r: &Record, other: &str, kind: &str| -> Value {
+                let mut body = r.resource.clone();
+                let other_ref = format!("Patient/{other}");
+                let mut links: Vec<Value> = body
+                    .get("link")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|l| l["other"]["reference"] != json!(other_ref))
+                    .collect();
+                if merge {
+                    links.push(json!({"other": {"reference": other_ref}, "type": kind}));
+                }
+                if let Some(obj) = body.as_object_mut() {
+                    if links.is_empty() {
+                        obj.remove("link");
+                    } else {
+                        obj.insert("link".into(), Value::Array(links));
+                    }
+                    if kind == "replaced-by" {
+                        obj.insert("active".into(), json!(!merge));
+                    }
+                }
+                body
+            };
+            Ok(vec![
+                TxEntry::Update { resource: with_links(&s, target, "replaced-by"), if_match: Some(s.version) },
+                TxEntry::Update { resource: with_links(&t, source, "replaces"), if_match: Some(t.version) },
+            ])
+        })();
+        match plan {
+            Ok(entries) => self.transaction(ctx, entries),
+            Err(e) => self.fail(draft, e),
+        }
+    }
+
     fn audited_read<T: Send + 'static>(
         &self,
         mut draft: AuditDraft,
