@@ -495,17 +495,37 @@ impl StoreHandle {
 
     /// Merges duplicate Patient `source` into golden record `target` (`Patient.link`
     /// replaced-by / replaces, `source.active = false`), atomically; returns both new versions.
-    pub async fn merge_patients(&self, ctx: &AccessContext, source: &str, target: &str) -> StoreResult<Vec<WriteResult>> {
+    pub async fn merge_patients(
+        &self,
+        ctx: &AccessContext,
+        source: &str,
+        target: &str,
+    ) -> StoreResult<Vec<WriteResult>> {
         self.link(ctx, source, target, true).await
     }
 
     /// Undoes a merge: removes both links and reactivates `source`; history keeps the merge.
-    pub async fn unmerge_patients(&self, ctx: &AccessContext, source: &str, target: &str) -> StoreResult<Vec<WriteResult>> {
+    pub async fn unmerge_patients(
+        &self,
+        ctx: &AccessContext,
+        source: &str,
+        target: &str,
+    ) -> StoreResult<Vec<WriteResult>> {
         self.link(ctx, source, target, false).await
     }
 
-    async fn link(&self, ctx: &AccessContext, source: &str, target: &str, merge: bool) -> StoreResult<Vec<WriteResult>> {
-        let req = Request::LinkPatients { source: source.into(), target: target.into(), merge };
+    async fn link(
+        &self,
+        ctx: &AccessContext,
+        source: &str,
+        target: &str,
+        merge: bool,
+    ) -> StoreResult<Vec<WriteResult>> {
+        let req = Request::LinkPatients {
+            source: source.into(),
+            target: target.into(),
+            merge,
+        };
         match self.call(Component::Patient, ctx, req).await? {
             Response::Writes(p) => p.wait().await,
             _ => Err(unexpected()),
