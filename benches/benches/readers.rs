@@ -90,6 +90,16 @@ fn readers(c: &mut Criterion) {
             &w,
             w.i2c_seconds(400_000) * 1e3,
         );
+        let probe_chip = SimPn532::new();
+        let probe_sim = probe_chip.handle();
+        let mut probing = Pn532::new(I2cTransport::new(probe_chip).probing_header(), NoDelay);
+        let probe_req = setup(&mut probing, &probe_sim, model);
+        let w = wire_of_one_tap(&mut probing, &probe_sim, &probe_req);
+        report(
+            &format!("wire/i2c-header-probing@400kHz/{name}"),
+            &w,
+            w.i2c_seconds(400_000) * 1e3,
+        );
         c.bench_function(&format!("consent_tap/i2c/{name}"), |b| {
             b.iter(|| black_box(tap(&mut i2c, black_box(&req))))
         });

@@ -109,6 +109,17 @@ fn ed25519_card_enrols_and_asserts_over_i2c() {
 }
 
 #[test]
+fn ceremony_over_i2c_with_header_probing() {
+    let chip = SimPn532::new();
+    let sim = chip.handle();
+    let mut reader = Pn532::new(I2cTransport::new(chip).probing_header(), NoDelay);
+    assert_eq!(
+        ceremony(&mut reader, &sim, CardModel::Es256Only),
+        cbor::COSE_ALG_ES256
+    );
+}
+
+#[test]
 fn es256_only_card_enrols_and_asserts_over_hsu() {
     let chip = SimPn532::new();
     let sim = chip.handle();

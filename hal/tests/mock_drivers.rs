@@ -26,9 +26,20 @@ fn ready(bytes: &[u8], len: usize) -> Vec<u8> {
     v
 }
 
-/// The I2C transactions of one command: write, ready poll, ACK read, ready poll,
-/// header read, full read.
+/// The I2C transactions of one command: write, ready poll, ACK read, ready poll, one read
+/// of the largest frame.
 fn i2c_command(cmd: &[u8], resp_frame: &[u8]) -> Vec<I2cTx> {
+    vec![
+        I2cTx::write(ADDR, host(cmd)),
+        I2cTx::read(ADDR, vec![0x01]),
+        I2cTx::read(ADDR, ready(&ACK, 7)),
+        I2cTx::read(ADDR, vec![0x01]),
+        I2cTx::read(ADDR, ready(resp_frame, 1 + frame::MAX_WIRE_FRAME)),
+    ]
+}
+
+/// The same with header probing: header read, then the exact frame.
+fn i2c_command_probing(cmd: &[u8], resp_frame: &[u8]) -> Vec<I2cTx> {
     let mut v = vec![
         I2cTx::write(ADDR, host(cmd)),
         I2cTx::read(ADDR, vec![0x01]),
@@ -41,6 +52,26 @@ fn i2c_command(cmd: &[u8], resp_frame: &[u8]) -> Vec<I2cTx> {
         v.push(I2cTx::read(ADDR, ready(resp_frame, 1 + resp_frame.len())));
     }
     v
+}
+
+#[test]
+fn i2c_header_probing_reads_the_exact_frame() {
+    let resp = [
+        0x00, 0x00, 0xFF, 0x06, 0xFA, 0xD5, 0x03, 0x32, 0x01, 0x06, 0x07, 0xE8, 0x00,
+    ];
+    let mut script = i2c_command_probing(&[0x02], &resp);
+    script.extend(i2c_command_probing(
+        &[0x14, 0x01, 0x14, 0x01],
+        &chip(&[0x15]),
+    ));
+    let mut p = Pn532::new(
+        I2cTransport::new(I2cMock::new(&script)).probing_header(),
+        NoopDelay::new(),
+    );
+    assert_eq!(p.firmware_version().unwrap().ic, 0x32);
+    p.sam_configuration().unwrap();
+    let (t, _) = p.destroy();
+    t.destroy().done();
 }
 
 fn i2c_driver(script: &[I2cTx]) -> Pn532<I2cTransport<I2cMock>, NoopDelay> {
@@ -87,7 +118,7 @@ fn i2c_polls_the_ready_byte_with_the_delay() {
         I2cTx::read(ADDR, vec![0x00]),
         I2cTx::read(ADDR, vec![0x00]),
         I2cTx::read(ADDR, vec![0x01]),
-        I2cTx::read(ADDR, ready(&resp, 10)),
+        I2cTx::read(ADDR, ready(&resp, 1 + frame::MAX_WIRE_FRAME)),
     ];
     let delay = CheckedDelay::new(&[
         DelayTx::delay_us(1000),

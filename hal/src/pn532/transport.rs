@@ -44,9 +44,18 @@ fn finish<E>(buf: &[u8]) -> Result<Frame, Error<E>> {
 }
 
 /// PN532 over I2C.
+///
+/// Every read starts with the PN532's status byte (bit 0: ready). The host polls the
+/// status byte with one-byte reads; once ready, it reads the ACK (status + 6 bytes), and
+/// for a response, by default, status plus the largest possible frame in a single read
+/// (as the Linux pn533 driver does; the decoder ignores the padding). With
+/// [`probing_header`](Self::probing_header) it reads the status and frame header first and
+/// then the exact frame, which moves fewer bytes but relies on the chip sending the frame
+/// again from its start on the second read.
 pub struct I2cTransport<I> {
     i2c: I,
     address: u8,
+    probe_header: bool,
 }
 
 impl<I: I2c> I2cTransport<I> {
@@ -56,7 +65,16 @@ impl<I: I2c> I2cTransport<I> {
     }
     /// Uses another 7-bit address.
     pub fn with_address(i2c: I, address: u8) -> Self {
-        I2cTransport { i2c, address }
+        I2cTransport {
+            i2c,
+            address,
+            probe_header: false,
+        }
+    }
+    /// Reads each response as header, then exact frame (see the type's documentation).
+    pub fn probing_header(mut self) -> Self {
+        self.probe_header = true;
+        self
     }
     /// Gives back the bus.
     pub fn destroy(self) -> I {
@@ -98,7 +116,11 @@ impl<I: I2c> Transport for I2cTransport<I> {
             left -= 1;
             delay.delay_us(interval_us);
         }
-        let first = if ack { 1 + 6 } else { I2C_HEADER_READ };
+        let first = match (ack, self.probe_header) {
+            (true, _) => 1 + 6,
+            (false, true) => I2C_HEADER_READ,
+            (false, false) => 1 + MAX_WIRE_FRAME,
+        };
         let mut buf = vec![0u8; first];
         self.read(&mut buf)?;
         if buf[0] & 0x01 == 0 {
