@@ -563,3 +563,82 @@ fn newer_format_is_refused() {
     );
     assert!(err.to_string().contains("upgrade hexa"));
 }
+
+#[test]
+fn group_commit_shares_commits_and_isolates_failing_members() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = ctx();
+    let base = e
+        .create(&c, patient("Group", "Base", "1990", "g0"), None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    let commits_before = e.writer.stats().commits.load(Relaxed);
+    // Queue many members before waiting for any: they share group commits. A stale
+    // update in the middle is rejected alone.
+    let mut pend = Vec::new();
+    for i in 0..300 {
+        pend.push(Ok(e
+            .create(
+                &c,
+                observation("g", &format!("c{i}"), "2024-01-01"),
+                None,
+                None,
+            )
+            .unwrap()));
+        if i == 150 {
+            pend.push(Err(e
+                .update(
+                    &c,
+                    "Patient",
+                    &base.record.id,
+                    patient("Group", "Stale", "1990", "g0"),
+                    Some(1),
+                    None,
+                )
+                .unwrap()));
+            pend.push(Err(e
+                .update(
+                    &c,
+                    "Patient",
+                    &base.record.id,
+                    patient("Group", "Stale2", "1990", "g0"),
+                    Some(1),
+                    None,
+                )
+                .unwrap()));
+        }
+    }
+    let mut conflicts = 0;
+    let mut ok = 0;
+    for p in pend {
+        match p {
+            Ok(p) => {
+                p.wait_blocking().unwrap();
+                ok += 1;
+            }
+            Err(p) => match p.wait_blocking() {
+                Ok(w) => assert_eq!(w.record.version, 2),
+                Err(StoreError::Conflict {
+                    expected: 1,
+                    current: 2,
+                    ..
+                }) => conflicts += 1,
+                Err(other) => panic!("unexpected {other}"),
+            },
+        }
+    }
+    assert_eq!(ok, 300);
+    // Both updates expected version 1: exactly one wins, the other alone is rejected.
+    assert_eq!(conflicts, 1);
+    let commits = e.writer.stats().commits.load(Relaxed) - commits_before;
+    assert!(
+        commits < 300,
+        "{commits} commits for 302 members: no group commit"
+    );
+    assert_eq!(e.store.read("Patient", &base.record.id).unwrap().version, 2);
+    let q = SearchQuery::from_pairs("Observation", &[("patient", "g")]).unwrap();
+    assert_eq!(e.store.search(&q).unwrap().total, 300);
+}

@@ -6,6 +6,20 @@
 //! types are listed explicitly, `.where(resolve() is Patient)` becomes a reference target
 //! restriction). [`index_terms`] turns extracted values into the terms that are blinded into
 //! the search index; [`crate::store::search`] uses the same extraction to post-filter.
+//!
+//! Nothing is indexed in plaintext. Every term is blinded with the component's
+//! `BlindIndexKey` under the field `<type>.<param>`:
+//! - strings: normalised (lowercase, accents stripped, punctuation to spaces) prefixes of
+//!   1..=[`MAX_PREFIX`] characters of the value and of each word in it, so FHIR's default
+//!   starts-with search needs no plaintext; longer queries post-filter.
+//! - dates: blinded *equality* terms at year, month and day precision (`y:`, `m:`, `d:`)
+//!   of the start and end day. Decision: no ordered (plaintext) date index, because a day
+//!   next to a resource id would reveal e.g. birth dates. `eq` at any precision uses the
+//!   index; `gt/ge/lt/le/sa/eb/ne` post-filter the candidates of the other clauses (or scan
+//!   the type) — range queries should come with a selective clause such as `patient=`.
+//!   Comparisons are at day precision (time of day and zones ignored).
+//! - what still leaks: posting-list sizes (how many resources share a blinded term) and,
+//!   per resource id, how many terms it has; resource types and ids are plaintext keys.
 
 use serde_json::Value;
 
