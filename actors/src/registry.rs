@@ -250,9 +250,11 @@ impl Registry {
                 )?;
                 Response::Matches(pending, found)
             }
-            Request::LinkPatients { source, target, merge } => {
-                Response::Writes(e.link_patients(ctx, &source, &target, merge)?)
-            }
+            Request::LinkPatients {
+                source,
+                target,
+                merge,
+            } => Response::Writes(e.link_patients(ctx, &source, &target, merge)?),
             Request::AuditEntry(i) => Response::Entry(e.store.audit_entry(i)?),
             Request::InclusionProof(i, n) => Response::Proof(e.store.audit_inclusion_proof(i, n)?),
             Request::ConsistencyProof(o, n) => {

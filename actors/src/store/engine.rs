@@ -558,12 +558,21 @@ impl Engine {
     /// `source` gets `link: replaced-by target` and `active: false`, `target` gets
     /// `link: replaces source`, in one transaction. `merge == false` unmerges: both links are
     /// removed and `source` is active again. Both states stay in the history.
-    pub fn link_patients(&self, ctx: &AccessContext, source: &str, target: &str, merge: bool) -> StoreResult<Pending<Vec<WriteResult>>> {
+    pub fn link_patients(
+        &self,
+        ctx: &AccessContext,
+        source: &str,
+        target: &str,
+        merge: bool,
+    ) -> StoreResult<Pending<Vec<WriteResult>>> {
         let mut draft = AuditDraft::new(Interaction::Operation, ctx);
         let op = if merge { "merge" } else { "unmerge" };
         draft.query = Some(format!("Patient/{source}/${op}?target={target}"));
         if source == target {
-            return self.fail(draft, StoreError::Invalid("a patient cannot be merged into itself".into()));
+            return self.fail(
+                draft,
+                StoreError::Invalid("a patient cannot be merged into itself".into()),
+            );
         }
         let plan = (|| -> StoreResult<Vec<TxEntry>> {
             let s = self.store.read("Patient", source)?;
@@ -595,8 +604,14 @@ impl Engine {
                 body
             };
             Ok(vec![
-                TxEntry::Update { resource: with_links(&s, target, "replaced-by"), if_match: Some(s.version) },
-                TxEntry::Update { resource: with_links(&t, source, "replaces"), if_match: Some(t.version) },
+                TxEntry::Update {
+                    resource: with_links(&s, target, "replaced-by"),
+                    if_match: Some(s.version),
+                },
+                TxEntry::Update {
+                    resource: with_links(&t, source, "replaces"),
+                    if_match: Some(t.version),
+                },
             ])
         })();
         match plan {
