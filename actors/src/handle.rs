@@ -493,6 +493,21 @@ impl StoreHandle {
         }
     }
 
+    /// `Patient/{id}/$everything`: the Patient and its compartment's resources.
+    pub async fn everything(
+        &self,
+        ctx: &AccessContext,
+        patient_id: &str,
+    ) -> StoreResult<Vec<Record>> {
+        match self
+            .call(Component::Shr, ctx, Request::Everything(patient_id.into()))
+            .await?
+        {
+            Response::Records(p) => p.wait().await,
+            _ => Err(unexpected()),
+        }
+    }
+
     /// Merges duplicate Patient `source` into golden record `target` (`Patient.link`
     /// replaced-by / replaces, `source.active = false`), atomically; returns both new versions.
     pub async fn merge_patients(

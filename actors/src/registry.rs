@@ -110,6 +110,8 @@ pub enum Request {
         /// Merge or unmerge.
         merge: bool,
     },
+    /// `Patient/{id}/$everything`.
+    Everything(String),
     /// Audit-log entry by index.
     AuditEntry(u64),
     /// Inclusion proof (index, size).
@@ -255,6 +257,7 @@ impl Registry {
                 target,
                 merge,
             } => Response::Writes(e.link_patients(ctx, &source, &target, merge)?),
+            Request::Everything(id) => Response::Records(e.everything(ctx, &id)?),
             Request::AuditEntry(i) => Response::Entry(e.store.audit_entry(i)?),
             Request::InclusionProof(i, n) => Response::Proof(e.store.audit_inclusion_proof(i, n)?),
             Request::ConsistencyProof(o, n) => {

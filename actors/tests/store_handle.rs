@@ -308,3 +308,49 @@ async fn audit_api_through_the_facade() {
         Err(StoreError::Audit(_))
     ));
 }
+
+#[actix_rt::test]
+async fn patient_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(dir.path());
+    let c = ctx();
+    let p = h
+        .create(&c, patient("Every", "Thing", "1999", "E1"), None)
+        .await
+        .unwrap()
+        .record
+        .id;
+    let other = h
+        .create(&c, patient("Other", "One", "1999", "E2"), None)
+        .await
+        .unwrap()
+        .record
+        .id;
+    h.create(&c, observation(&p, "8867-4", "2024-01-01"), None)
+        .await
+        .unwrap();
+    h.create(&c, observation(&other, "8867-4", "2024-01-01"), None)
+        .await
+        .unwrap();
+    h.create(
+        &c,
+        json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{p}")}}),
+        None,
+    )
+    .await
+    .unwrap();
+    h.create(&c, json!({"resourceType": "Consent", "status": "active", "patient": {"reference": format!("Patient/{p}")}}), None)
+        .await
+        .unwrap();
+    let all = h.everything(&c, &p).await.unwrap();
+    let mut types: Vec<&str> = all.iter().map(|r| r.resource_type.as_str()).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        vec!["Condition", "Consent", "Observation", "Patient"]
+    );
+    assert!(matches!(
+        h.everything(&c, "nobody").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}

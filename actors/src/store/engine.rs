@@ -712,6 +712,21 @@ impl Engine {
         self.audited_read(draft, ctx, r)
     }
 
+    /// `Patient/{id}/$everything`, audited like a search.
+    pub fn everything(
+        &self,
+        ctx: &AccessContext,
+        patient_id: &str,
+    ) -> StoreResult<Pending<Vec<Record>>> {
+        let mut draft = AuditDraft::new(Interaction::Operation, ctx);
+        draft.query = Some(format!("Patient/{patient_id}/$everything"));
+        let r = self.store.everything(patient_id).map(|v| (v.clone(), v));
+        if r.is_err() {
+            draft.patients.push(format!("Patient/{patient_id}"));
+        }
+        self.audited_read(draft, ctx, r)
+    }
+
     /// Audits an operation whose result the caller computed from store data (e.g. $match).
     pub fn audit_disclosure(
         &self,

@@ -402,6 +402,26 @@ impl Store {
         self.with_read(|txn| self.search_in(txn, q))
     }
 
+    /// `Patient/{id}/$everything`: the Patient and every live resource of the patient's
+    /// compartment this store indexes by `patient` (shared health record, consents,
+    /// related persons, devices), in one read transaction.
+    pub fn everything(&self, patient_id: &str) -> StoreResult<Vec<Record>> {
+        self.with_read(|txn| {
+            let mut out = vec![self.read_in(txn, "Patient", patient_id)?];
+            let mut types: Vec<&str> = super::route::SHR_TYPES.to_vec();
+            types.extend(["Consent", "RelatedPerson", "Device"]);
+            for ty in types {
+                if params::param(ty, "patient").is_none() {
+                    continue;
+                }
+                let mut q = SearchQuery::from_pairs(ty, &[("patient", patient_id)])?;
+                q.count = usize::MAX;
+                out.extend(self.search_in(txn, &q)?.items);
+            }
+            Ok(out)
+        })
+    }
+
     /// Search inside an existing transaction (the writer uses it for conditional creates).
     pub(crate) fn search_in(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
         let ty = q.resource_type.as_str();
