@@ -15,6 +15,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// The facility this appliance serves.
     pub facility: FacilityConfig,
+    /// Which consent readers are where; none means simulated readers.
+    #[serde(default)]
+    pub devices: hexa_hal::config::ReadersConfig,
 }
 
 /// HTTP server settings; every one of them bounds what a client can make the server hold.

@@ -1,4 +1,6 @@
-//! The HTTP server (hyper 1.x): health, readiness, the appliance's public keys, metrics.
+//! The HTTP server (hyper 1.x): health, readiness, the appliance's public keys, metrics,
+//! reader status, and (simulated readers only, loopback callers only) the `/sim/*`
+//! control API that places and lifts virtual cards and fingers.
 //!
 //! [`run`] takes its listener and shutdown signal from the caller, so tests bind
 //! `127.0.0.1:0` and stop it when they are done. Every error a client sees is a FHIR
@@ -15,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,6 +44,8 @@ pub struct AppState {
     /// When the server started, for `/metrics`.
     started: Instant,
     metrics: Metrics,
+    /// The consent readers and their actor.
+    devices: crate::devices::Devices,
 }
 
 #[derive(Default)]
@@ -57,6 +62,7 @@ impl AppState {
         jwks: serde_json::Value,
         facility_id: String,
         server: &crate::config::ServerConfig,
+        devices: crate::devices::Devices,
     ) -> Self {
         AppState {
             jwks: Bytes::from(serde_json::to_vec(&jwks).expect("JWKS serializes")),
@@ -67,7 +73,13 @@ impl AppState {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             metrics: Metrics::default(),
+            devices,
         }
+    }
+
+    /// The device actor that owns the consent readers.
+    pub fn device_actor(&self) -> actix::Addr<hexa_actors::device::DeviceActor> {
+        self.devices.addr.clone()
     }
 
     /// Marks the appliance ready (or not) for `/readyz`.
@@ -109,7 +121,7 @@ pub async fn run(
         let st = state.clone();
         let svc = service_fn(move |req| {
             let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(req, &st).await) }
+            async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &st).await) }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -134,9 +146,13 @@ pub async fn run(
     Ok(())
 }
 
-async fn handle(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Response<Full<Bytes>> {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let resp = route(req, st).await;
+    let resp = if req.uri().path().starts_with("/sim/") {
+        crate::sim_api::route(req, peer, st.devices.sim.as_ref(), st.max_body_bytes).await
+    } else {
+        route(req, st).await
+    };
     let s = resp.status();
     if s.is_client_error() {
         st.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +165,7 @@ async fn handle(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> 
 async fn route(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let allowed: &[Method] = match path.as_str() {
-        "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" => {
+        "/healthz" | "/readyz" | "/metrics" | "/.well-known/jwks.json" | "/devices" => {
             &[Method::GET, Method::HEAD]
         }
         _ => {
@@ -212,6 +228,18 @@ async fn route(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> {
             );
             r
         }
+        "/devices" => match st.devices.addr.send(hexa_actors::device::Status).await {
+            Ok(status) => json_response(
+                StatusCode::OK,
+                "application/json",
+                &serde_json::to_value(status).expect("status serializes"),
+            ),
+            Err(_) => outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the device actor is restarting; retry shortly",
+            ),
+        },
         _ => metrics(st),
     }
 }
@@ -246,7 +274,8 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
     r
 }
 
-fn json_response(
+/// A JSON response with `status`.
+pub fn json_response(
     status: StatusCode,
     content_type: &'static str,
     v: &serde_json::Value,

@@ -1,10 +1,13 @@
 //! hexa-appliance: the `hexa` binary's library half. It composes the other crates and
 //! holds no domain logic: configuration ([`config`]), the data directory with the
-//! appliance's keys ([`datadir`]), the HTTP server ([`http`]), and start-up ([`start`]).
+//! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
+//! ([`http`], [`sim_api`]), and start-up ([`start`]).
 
 pub mod config;
 pub mod datadir;
+pub mod devices;
 pub mod http;
+pub mod sim_api;
 
 use std::sync::Arc;
 
@@ -33,13 +36,15 @@ pub fn start(
     let public = secrets.node_key.public();
     let node_kid = public.kid();
     let jwks = hexa_crypto::keys::jwks(&[public]);
+    let devices = devices::Devices::start(&config.devices)?;
     let http = Arc::new(http::AppState::new(
         jwks,
         config.facility.id.clone(),
         &config.server,
+        devices,
     ));
-    // Everything `serve` exposes so far is open: the keys. The store joins this check
-    // when it is wired in.
+    // Everything `serve` exposes so far is open: the keys and the readers. The store
+    // joins this check when it is wired in.
     http.set_ready(true);
     Ok(Appliance {
         config,

@@ -235,10 +235,23 @@ fn binary_serves_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Whatever happens, the child does not outlive a minute: a watchdog kills it, which
+    // closes its stderr and turns a hang into a test failure.
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let addr: SocketAddr = loop {
         let line = lines.next().expect("hexa exited before serving").unwrap();
+        assert!(
+            !line.contains('\x1b'),
+            "log lines to a pipe must carry no terminal escapes: {line:?}"
+        );
         if let Some(i) = line.find("addr=") {
             let rest = &line[i + 5..];
             let end = rest.find(' ').unwrap_or(rest.len());
@@ -247,8 +260,6 @@ fn binary_serves_and_stops_on_sigterm() {
     };
     let (st, _, _) = http(addr, "GET", "/readyz", b"");
     assert_eq!(st, 200);
-    // Logs must never carry key material: read what's been logged so far after stop.
-    let pid = child.id() as i32;
     let rc = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -258,4 +269,190 @@ fn binary_serves_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "hexa exited with {status}");
     assert!(rest.iter().any(|l| l.contains("hexa stopped")), "{rest:?}");
+}
+
+fn post_json(addr: SocketAddr, path: &str, v: serde_json::Value) -> (u16, Vec<u8>) {
+    let (st, _, body) = http(addr, "POST", path, v.to_string().as_bytes());
+    (st, body)
+}
+
+/// `serve` without configured readers runs the simulated ones; the /sim control API places
+/// cards and fingers, and real ceremonies run through the real drivers in the device actor.
+#[test]
+fn simulated_readers_run_real_ceremonies() {
+    use hexa_actors::device::{Assert, EnrollCard, EnrollFinger, IdentifyFinger};
+    use hexa_crypto::consent::{
+        AssertionEvidence, ConsentChallenge, CoseKey, Decision, VerifyParams, verify_assertion,
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let (srv, app) = Server::start(&dir);
+    let actor = app.http.device_actor();
+
+    let (st, _, body) = http(srv.addr, "GET", "/devices", b"");
+    assert_eq!(st, 200);
+    let status = json(&body);
+    assert!(
+        status["card"].is_object() && status["fingerprint"].is_object(),
+        "{status}"
+    );
+
+    // A virtual card that offers only ES256, placed on the reader.
+    let (st, body) = post_json(
+        srv.addr,
+        "/sim/cards",
+        serde_json::json!({"model": "es256-only"}),
+    );
+    assert_eq!(st, 201);
+    let card = json(&body)["card"].as_u64().unwrap();
+    let (st, _) = post_json(
+        srv.addr,
+        "/sim/reader/present",
+        serde_json::json!({"card": card}),
+    );
+    assert_eq!(st, 204);
+    let (_, _, body) = http(srv.addr, "GET", "/sim/cards", b"");
+    assert_eq!(json(&body)["present"], card);
+
+    let rp_id = format!("hexa.{}", app.config.facility.id);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let challenge = ConsentChallenge {
+        version: 1,
+        patient: "Patient/p1".into(),
+        grantee_organization: Some("Organization/kigali-chuk".into()),
+        grantee_practitioner: None,
+        purpose: "TREAT".into(),
+        scope: vec!["Observation".into()],
+        period_start: now,
+        period_end: now + 86_400,
+        data_period_start: None,
+        data_period_end: None,
+        decision: Decision::Permit,
+        appliance_id: app.node_kid.clone(),
+        nonce: [7; 32],
+        issued_at: now,
+    };
+    let rt = actix_rt::System::new();
+    let (enrolled, assertion, slot, matched) = rt.block_on(async {
+        let enrolled = actor
+            .send(EnrollCard {
+                rp_id: rp_id.clone(),
+                user_id: b"p1".to_vec(),
+                user_name: "p1".into(),
+                client_data_hash: [1; 32],
+                pin: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let assertion = actor
+            .send(Assert {
+                rp_id: rp_id.clone(),
+                client_data_hash: challenge.client_data_hash(),
+                allow_credential_ids: vec![enrolled.credential_id.clone()],
+                pin: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        // A finger the module does not know yet, enrolled into slot 3, then identified.
+        let (st, _) = post_json(
+            srv.addr,
+            "/sim/fingerprint/place",
+            serde_json::json!({"unknown": true}),
+        );
+        assert_eq!(st, 204);
+        let slot = actor.send(EnrollFinger { slot: 3 }).await.unwrap().unwrap();
+        let (st, _, _) = http(srv.addr, "POST", "/sim/fingerprint/lift", b"");
+        assert_eq!(st, 204);
+        let (st, _) = post_json(
+            srv.addr,
+            "/sim/fingerprint/place",
+            serde_json::json!({"template": 3}),
+        );
+        assert_eq!(st, 204);
+        let matched = actor.send(IdentifyFinger).await.unwrap().unwrap();
+        (enrolled, assertion, slot, matched)
+    });
+    assert_eq!(
+        enrolled.alg, -7,
+        "an ES256-only card enrols an ES256 credential"
+    );
+    let key = CoseKey::from_cbor(&enrolled.cose_key).unwrap();
+    let params = VerifyParams {
+        rp_id: &rp_id,
+        expected_appliance_id: &app.node_kid,
+        last_sign_count: 0,
+        now,
+        ttl_secs: 120,
+        require_user_verified: false,
+    };
+    let evidence = AssertionEvidence {
+        authenticator_data: assertion.auth_data.clone(),
+        signature: assertion.signature.clone(),
+        credential_id: assertion.credential_id.clone(),
+    };
+    verify_assertion(&challenge, &key, &evidence, &params).expect("assertion verifies");
+    // The same evidence does not verify a different challenge.
+    let mut other = challenge.clone();
+    other.patient = "Patient/p2".into();
+    assert!(verify_assertion(&other, &key, &evidence, &params).is_err());
+    assert_eq!(slot, 3);
+    assert_eq!(matched.slot, 3);
+
+    // Bad control requests are OperationOutcomes.
+    let (st, body) = post_json(
+        srv.addr,
+        "/sim/reader/present",
+        serde_json::json!({"card": 999}),
+    );
+    assert_eq!(st, 404);
+    assert_eq!(json(&body)["resourceType"], "OperationOutcome");
+    let (st, _) = post_json(
+        srv.addr,
+        "/sim/fingerprint/place",
+        serde_json::json!({"template": 77}),
+    );
+    assert_eq!(st, 404);
+    let (st, _, _) = http(srv.addr, "POST", "/sim/reader/present", b"{not json");
+    assert_eq!(st, 400);
+    let (st, _) = post_json(srv.addr, "/sim/cards", serde_json::json!({"model": "rsa"}));
+    assert_eq!(st, 400);
+    let (st, _, _) = http(srv.addr, "GET", "/sim/reader/lift", b"");
+    assert_eq!(st, 405);
+}
+
+/// With readers configured, there is no simulator to drive.
+#[test]
+fn control_api_is_absent_with_hardware_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(tmp.path().join("data"));
+    let mut cfg = Config::defaults();
+    // A fingerprint module on a pseudo-terminal stands in for a serial port.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let path = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
+    ))
+    .unwrap();
+    cfg.devices.fingerprint = Some(hexa_hal::config::FingerprintConfig {
+        device: path.display().to_string(),
+        baud: 57_600,
+        address: 0xFFFF_FFFF,
+        password: 0,
+    });
+    dir.init(&cfg, None).unwrap();
+    let (srv, _app) = Server::start(&dir);
+    let (st, body) = post_json(srv.addr, "/sim/cards", serde_json::json!({}));
+    assert_eq!(st, 404, "{}", String::from_utf8_lossy(&body));
+    let (_, _, body) = http(srv.addr, "GET", "/devices", b"");
+    let status = json(&body);
+    assert!(
+        status["card"].is_null() && status["fingerprint"].is_object(),
+        "{status}"
+    );
 }
