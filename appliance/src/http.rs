@@ -18,8 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -46,6 +46,10 @@ pub struct AppState {
     metrics: Metrics,
     /// The consent readers and their actor.
     devices: crate::devices::Devices,
+    /// The store, once open (readiness and metrics depend on it).
+    store: OnceLock<hexa_actors::handle::StoreHandle>,
+    /// The FHIR API, mounted at `/fhir` only together with client authentication.
+    fhir: OnceLock<crate::fhir::FhirApi>,
 }
 
 #[derive(Default)]
@@ -74,7 +78,26 @@ impl AppState {
             started: Instant::now(),
             metrics: Metrics::default(),
             devices,
+            store: OnceLock::new(),
+            fhir: OnceLock::new(),
         }
+    }
+
+    /// Records the open store: `/readyz` requires it, `/metrics` reports on it. A second
+    /// call is ignored.
+    pub fn set_store(&self, store: hexa_actors::handle::StoreHandle) {
+        let _ = self.store.set(store);
+    }
+
+    /// Mounts the FHIR API at `/fhir` (it carries its own authentication). Returns false
+    /// if one was already mounted.
+    pub fn mount_fhir(&self, api: crate::fhir::FhirApi) -> bool {
+        self.fhir.set(api).is_ok()
+    }
+
+    /// Largest request body accepted, in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
     }
 
     /// The device actor that owns the consent readers.
@@ -148,8 +171,18 @@ pub async fn run(
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Response<Full<Bytes>> {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let resp = if req.uri().path().starts_with("/sim/") {
+    let path = req.uri().path();
+    let resp = if path.starts_with("/sim/") {
         crate::sim_api::route(req, peer, st.devices.sim.as_ref(), st.max_body_bytes).await
+    } else if path == "/fhir" || path.starts_with("/fhir/") {
+        match st.fhir.get() {
+            Some(api) => api.handle(req, st.max_body_bytes).await,
+            None => outcome(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "the FHIR API is not enabled on this appliance",
+            ),
+        }
     } else {
         route(req, st).await
     };
@@ -206,7 +239,7 @@ async fn route(req: Request<Incoming>, st: &AppState) -> Response<Full<Bytes>> {
             &json!({"status": "ok", "facility": st.facility_id}),
         ),
         "/readyz" => {
-            if st.ready.load(Ordering::SeqCst) {
+            if st.ready.load(Ordering::SeqCst) && st.store.get().is_some() {
                 json_response(
                     StatusCode::OK,
                     "application/json",
@@ -266,6 +299,28 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
         m.connections.load(Ordering::Relaxed),
         st.started.elapsed().as_secs(),
     );
+    let mut body = body;
+    if let Some(store) = st.store.get() {
+        let w = store.engine().writer.stats();
+        body.push_str(&format!(
+            "# HELP hexa_store_commits_total Group commits of the store writer.\n\
+             # TYPE hexa_store_commits_total counter\n\
+             hexa_store_commits_total {}\n\
+             # HELP hexa_store_writes_total Writes committed by the store writer.\n\
+             # TYPE hexa_store_writes_total counter\n\
+             hexa_store_writes_total {}\n\
+             # HELP hexa_actor_restarts_total Registry actors restarted after a panic.\n\
+             # TYPE hexa_actor_restarts_total counter\n\
+             hexa_actor_restarts_total {}\n\
+             # HELP hexa_store_map_size_bytes Size of the store's LMDB map.\n\
+             # TYPE hexa_store_map_size_bytes gauge\n\
+             hexa_store_map_size_bytes {}\n",
+            w.commits.load(Ordering::Relaxed),
+            w.members.load(Ordering::Relaxed),
+            store.restarts(),
+            store.store().map_size(),
+        ));
+    }
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         CONTENT_TYPE,

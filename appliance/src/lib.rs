@@ -1,15 +1,23 @@
 //! hexa-appliance: the `hexa` binary's library half. It composes the other crates and
 //! holds no domain logic: configuration ([`config`]), the data directory with the
 //! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
-//! ([`http`], [`sim_api`]), and start-up ([`start`]).
+//! ([`http`], [`sim_api`]), the FHIR R4 API ([`fhir`]), the store service
+//! ([`StoreService`]) and start-up ([`start`]).
 
 pub mod config;
 pub mod datadir;
 pub mod devices;
+pub mod fhir;
 pub mod http;
 pub mod sim_api;
 
+use hexa_actors::handle::StoreHandle;
+use hexa_actors::store::StoreConfig;
+use hexa_crypto::keyfile::ApplianceSecrets;
 use std::sync::Arc;
+
+/// Registry actors per store component.
+const STORE_THREADS: usize = 2;
 
 /// Everything a started appliance holds; dropping it releases the data directory.
 pub struct Appliance {
@@ -19,10 +27,66 @@ pub struct Appliance {
     pub http: Arc<http::AppState>,
     /// Key ID (RFC 7638 thumbprint) of the node signing key; also the appliance's ID.
     pub node_kid: String,
+    /// The open store (its registry actors run on their own actix system thread).
+    pub store: StoreService,
+}
+
+/// The store and the actix system thread its registry actors run on. Dropping it stops
+/// the actors and joins the thread; the writer commits what is queued once the last handle
+/// is gone.
+pub struct StoreService {
+    handle: StoreHandle,
+    system: actix::System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreService {
+    /// Opens the store of the data directory rooted at `config.data_dir` and starts its
+    /// registry actors on a dedicated actix system thread.
+    pub fn start(config: StoreConfig, secrets: ApplianceSecrets) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("hexa-store".into())
+            .spawn(move || {
+                let sys = actix::System::new();
+                let started = sys.block_on(async move {
+                    let r = StoreHandle::start(config, secrets, STORE_THREADS);
+                    let ok = r.is_ok();
+                    let _ = tx.send(r.map(|h| (h, actix::System::current())));
+                    ok
+                });
+                if started {
+                    let _ = sys.run();
+                }
+            })?;
+        let (handle, system) = rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the store thread failed to start"))??;
+        Ok(StoreService {
+            handle,
+            system,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle on the store (cheap to clone).
+    pub fn handle(&self) -> &StoreHandle {
+        &self.handle
+    }
+}
+
+impl Drop for StoreService {
+    fn drop(&mut self) {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Opens (initialising on first start, with `defaults`) the data directory and builds
-/// what the server needs.
+/// what the server needs. The `/fhir` API is mounted only together with client
+/// authentication ([`http::AppState::mount_fhir`] needs an [`fhir::Authorizer`]).
 pub fn start(
     dir: &datadir::DataDir,
     defaults: &config::Config,
@@ -36,6 +100,12 @@ pub fn start(
     let public = secrets.node_key.public();
     let node_kid = public.kid();
     let jwks = hexa_crypto::keys::jwks(&[public]);
+    // The store keeps its LMDB environment in `DataDir::store_path()` (`<root>/store`).
+    let store = StoreService::start(
+        StoreConfig::new(dir.root(), &node_kid, &config.facility.id),
+        secrets,
+    )?;
+    debug_assert_eq!(dir.store_path(), dir.root().join("store"));
     let devices = devices::Devices::start(&config.devices)?;
     let http = Arc::new(http::AppState::new(
         jwks,
@@ -43,12 +113,13 @@ pub fn start(
         &config.server,
         devices,
     ));
-    // Everything `serve` exposes so far is open: the keys and the readers. The store
-    // joins this check when it is wired in.
+    http.set_store(store.handle().clone());
+    // Ready once the keys, the readers and the store are open.
     http.set_ready(true);
     Ok(Appliance {
         config,
         http,
         node_kid,
+        store,
     })
 }
