@@ -60,6 +60,17 @@ fn patient_search_parameters() {
     assert_eq!(ids(&e, "Patient", &[("given", "aimee")]), vec![a.clone()]);
     assert_eq!(ids(&e, "Patient", &[("given", "pierre")]), vec![b.clone()]);
     assert_eq!(ids(&e, "Patient", &[("name", "jean")]), vec![b.clone()]);
+    // `name` covers family, given and text (indexed under family/given/name).
+    assert_eq!(ids(&e, "Patient", &[("name", "uw")]), sorted);
+    assert_eq!(ids(&e, "Patient", &[("name", "aimee")]), vec![a.clone()]);
+    assert_eq!(
+        ids(&e, "Patient", &[("name", "mukeshimana")]),
+        vec![cc.clone()]
+    );
+    assert_eq!(
+        ids(&e, "Patient", &[("name", "claire"), ("family", "nyira")]),
+        vec![cc.clone()]
+    );
     assert_eq!(
         ids(&e, "Patient", &[("name:exact", "Uwase")]),
         vec![b.clone()]
@@ -161,6 +172,10 @@ fn patient_search_parameters() {
         SearchQuery::from_pairs("Patient", &[("hair-colour", "x")]),
         Err(StoreError::UnsupportedSearch(_))
     ));
+    let pt = json!({"resourceType": "Patient", "name": [{"text": "Dr Olivier Twagira"}]});
+    let t = mk(pt);
+    assert_eq!(ids(&e, "Patient", &[("name", "twag")]), vec![t.clone()]);
+    assert!(ids(&e, "Patient", &[("family", "twag")]).is_empty());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! 10 000).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -68,67 +69,101 @@ fn fixture() -> Fixture {
     }
 }
 
-/// Runs `n` operations with at most `concurrency` in flight.
+/// Runs `n` operations keeping `concurrency` in flight at all times (a sliding window:
+/// `concurrency` client tasks each take the next operation number as soon as their last
+/// one completed, so the writer's queue never drains between waves).
 fn run_concurrent<F, Fut>(f: &Fixture, n: u64, concurrency: u64, op: F) -> Duration
 where
-    F: Fn(StoreHandle, u64) -> Fut,
+    F: Fn(StoreHandle, u64) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     f.sys.block_on(async {
         let start = Instant::now();
-        let mut i = 0;
-        while i < n {
-            let batch = concurrency.min(n - i);
-            let tasks: Vec<_> = (0..batch)
-                .map(|k| actix_rt::spawn(op(f.handle.clone(), i + k)))
-                .collect();
-            for t in tasks {
-                t.await.expect("task");
-            }
-            i += batch;
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..concurrency.min(n).max(1))
+            .map(|_| {
+                let (h, next, op) = (f.handle.clone(), next.clone(), op.clone());
+                actix_rt::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        op(h.clone(), i).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
         }
         start.elapsed()
     })
+}
+
+/// Snapshot of the writer's counters: (commits, members, apply ns, commit ns).
+fn writer_counters(f: &Fixture) -> [u64; 4] {
+    let st = f.handle.engine().writer.stats();
+    [
+        st.commits.load(Ordering::Relaxed),
+        st.members.load(Ordering::Relaxed),
+        st.apply_nanos.load(Ordering::Relaxed),
+        st.commit_nanos.load(Ordering::Relaxed),
+    ]
+}
+
+/// Prints what the writer did between two snapshots (where a group commit's time goes).
+fn report_writer(label: &str, before: [u64; 4], after: [u64; 4], wall: Duration) {
+    let [commits, members, apply, commit] = std::array::from_fn(|i| after[i] - before[i]);
+    let (c, m) = (commits.max(1) as f64, members.max(1) as f64);
+    eprintln!(
+        "writer[{label}]: {members} members in {commits} commits ({:.1}/commit), apply {:.1} µs/member, \
+         commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s",
+        m / c,
+        apply as f64 / 1e3 / m,
+        commit as f64 / 1e6 / c,
+        (apply + commit) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
+        wall.as_secs_f64()
+    );
 }
 
 fn writes(c: &mut Criterion) {
     let f = fixture();
     let mut g = c.benchmark_group("store_write");
     g.sample_size(10);
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("observation_single_writer", |b| {
-        b.iter_custom(|n| {
-            run_concurrent(&f, n, 1, |h, i| async move {
-                h.create(&ctx(), observation(i), None)
-                    .await
-                    .expect("create");
-            })
-        })
-    });
-    // Concurrent writers: each sample runs whole rounds of BURST writes so the pipeline
-    // is full; throughput is per write.
-    g.throughput(Throughput::Elements(BURST));
-    for conc in [64u64, 512] {
-        g.bench_function(format!("observation_{conc}_concurrent"), |b| {
+    // In-flight levels: each sample runs whole rounds of BURST writes (one write for the
+    // single writer) with `conc` kept in flight; throughput is per write.
+    for conc in [1u64, 16, 128, 512, 2048] {
+        let per = if conc == 1 { 1 } else { BURST };
+        g.throughput(Throughput::Elements(per));
+        let (before, t) = (writer_counters(&f), Instant::now());
+        let name = if conc == 1 {
+            "observation_single_writer".to_string()
+        } else {
+            format!("observation_{conc}_concurrent")
+        };
+        g.bench_function(&name, |b| {
             b.iter_custom(|n| {
-                run_concurrent(&f, n * BURST, conc, |h, i| async move {
+                run_concurrent(&f, n * per, conc, |h, i| async move {
                     h.create(&ctx(), observation(i), None)
                         .await
                         .expect("create");
                 })
             })
         });
+        report_writer(&name, before, writer_counters(&f), t.elapsed());
     }
+    g.throughput(Throughput::Elements(BURST));
     let people = Arc::new(
         synth::population(7, 20_000)
             .into_iter()
             .map(|p| p.to_fhir())
             .collect::<Vec<_>>(),
     );
-    let ppl = people.clone();
+    let (before, t) = (writer_counters(&f), Instant::now());
     g.bench_function("patient_512_concurrent", |b| {
         b.iter_custom(|n| {
-            let ppl = ppl.clone();
+            let ppl = people.clone();
             run_concurrent(&f, n * BURST, 512, move |h, i| {
                 let p = ppl[i as usize % ppl.len()].clone();
                 async move {
@@ -137,16 +172,13 @@ fn writes(c: &mut Criterion) {
             })
         })
     });
-    g.finish();
-    let st = f.handle.engine().writer.stats();
-    use std::sync::atomic::Ordering::Relaxed;
-    let (commits, members) = (st.commits.load(Relaxed), st.members.load(Relaxed));
-    eprintln!(
-        "writer: {commits} group commits, {members} members, {:.1} members/commit, apply {:.1} µs/member, commit {:.2} ms/commit",
-        members as f64 / commits.max(1) as f64,
-        st.apply_nanos.load(Relaxed) as f64 / 1e3 / members.max(1) as f64,
-        st.commit_nanos.load(Relaxed) as f64 / 1e6 / commits.max(1) as f64
+    report_writer(
+        "patient_512_concurrent",
+        before,
+        writer_counters(&f),
+        t.elapsed(),
     );
+    g.finish();
 }
 
 fn reads_search_match(c: &mut Criterion) {

@@ -6,6 +6,8 @@
 //! [`Frontier`] (in `meta`) and every completed perfect subtree in `audit.tree`
 //! (`level:u8 || index:u64 BE -> hash`), so roots and proofs are O(log n) reads.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use heed::{RoTxn, RwTxn};
 use hexa_crypto::checkpoint::{Checkpoint, sign_note};
@@ -15,7 +17,8 @@ use hexa_crypto::seal::Aad;
 use serde_json::{Value, json};
 
 use super::error::{StoreError, StoreResult};
-use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, time};
+use super::writer::{Staged, StagedOp};
+use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, slot, time};
 
 /// Who is asking, on whose behalf and why; recorded in every AuditEvent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,23 +358,55 @@ impl AuditAppender {
         })
     }
 
-    /// Appends one prepared AuditEvent; returns its log index.
-    pub fn append(
+    /// Appends one prepared AuditEvent; returns its log index. Its puts are staged for the
+    /// batch's sorted flush (log keys only grow, so the log entry is an `MDB_APPEND`).
+    pub fn append<'a>(
         &mut self,
         store: &Store,
-        wtxn: &mut RwTxn,
-        ev: &PreparedAudit,
+        staged: &mut Staged<'a>,
+        ev: &'a PreparedAudit,
     ) -> StoreResult<u64> {
+        use std::borrow::Cow::Borrowed;
+        let keys = ev.index_keys.iter().map(|k| Borrowed(k.as_slice()));
+        self.append_parts(store, staged, &ev.bytes, Borrowed(ev.id.as_bytes()), keys)
+    }
+
+    /// [`AuditAppender::append`] of an event built in the writer (failure audits).
+    pub fn append_owned(
+        &mut self,
+        store: &Store,
+        staged: &mut Staged<'_>,
+        ev: PreparedAudit,
+    ) -> StoreResult<u64> {
+        use std::borrow::Cow::Owned;
+        let keys = ev.index_keys.into_iter().map(Owned);
+        self.append_parts(store, staged, &ev.bytes, Owned(ev.id.into_bytes()), keys)
+    }
+
+    fn append_parts<'a>(
+        &mut self,
+        store: &Store,
+        staged: &mut Staged<'a>,
+        bytes: &[u8],
+        id: Cow<'a, [u8]>,
+        index_keys: impl Iterator<Item = Cow<'a, [u8]>>,
+    ) -> StoreResult<u64> {
+        use std::borrow::Cow::{Borrowed, Owned};
         let index = self.frontier.size();
-        let leaf = merkle::leaf_hash(&ev.bytes);
+        let leaf = merkle::leaf_hash(bytes);
         for (level, i, h) in self.frontier.append(leaf) {
-            store.audit_tree.put(wtxn, &tree_key(level, i), &h)?;
+            staged.push(
+                slot::TREE,
+                store.audit_tree,
+                Owned(tree_key(level, i).to_vec()),
+                StagedOp::Put(Owned(h.to_vec())),
+            );
         }
         let key = log_key(index);
         let sealed = store
             .seal_log
             .seal(
-                &ev.bytes,
+                bytes,
                 &Aad {
                     database: "audit.log",
                     key: &key,
@@ -379,11 +414,22 @@ impl AuditAppender {
                 },
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
-        store.audit_log.put(wtxn, &key, &sealed)?;
-        store.audit_ids.put(wtxn, ev.id.as_bytes(), &key)?;
-        let dbs = store.dbs(super::Component::Audit);
-        for k in &ev.index_keys {
-            dbs.index.put(wtxn, k, &[])?;
+        staged.push(
+            slot::LOG,
+            store.audit_log,
+            Owned(key.to_vec()),
+            StagedOp::Append(Owned(sealed)),
+        );
+        staged.push(
+            slot::IDS,
+            store.audit_ids,
+            id,
+            StagedOp::Put(Owned(key.to_vec())),
+        );
+        let c = super::Component::Audit;
+        let dbs = store.dbs(c);
+        for k in index_keys {
+            staged.push(slot::index(c), dbs.index, k, StagedOp::Put(Borrowed(&[])));
         }
         Ok(index)
     }

@@ -788,22 +788,62 @@ pub(crate) struct PreparedWrite {
     pub prov_id: String,
 }
 
-/// Writes a prepared version (after its checks passed) into `wtxn`.
-pub(crate) fn put_prepared(store: &Store, wtxn: &mut RwTxn, p: &PreparedWrite) -> StoreResult<()> {
+/// Staging slots ordering the databases of a group commit (see [`writer::Staged`]).
+pub(crate) mod slot {
+    /// `audit.provenance`.
+    pub const PROVENANCE: u8 = 24;
+    /// `audit.provids`.
+    pub const PROVIDS: u8 = 25;
+    /// `audit.tree`.
+    pub const TREE: u8 = 26;
+    /// `audit.log`.
+    pub const LOG: u8 = 27;
+    /// `audit.ids`.
+    pub const IDS: u8 = 28;
+    /// `<component>.versions`.
+    pub fn versions(c: super::Component) -> u8 {
+        c.index() as u8 * 3
+    }
+    /// `<component>.index`.
+    pub fn index(c: super::Component) -> u8 {
+        c.index() as u8 * 3 + 2
+    }
+}
+
+/// Writes a prepared version (after its checks passed): the current pointer at once (the
+/// version checks of later members of the batch read it), everything else staged for the
+/// sorted flush of the group commit.
+pub(crate) fn put_prepared<'a>(
+    store: &Store,
+    wtxn: &mut RwTxn,
+    staged: &mut writer::Staged<'a>,
+    p: &'a PreparedWrite,
+) -> StoreResult<()> {
+    use std::borrow::Cow::Borrowed;
+    use writer::StagedOp::{Delete, Put};
     let dbs = store.dbs(p.component);
-    dbs.versions.put(wtxn, &p.key, &p.sealed)?;
     let ck = format::current_key(&p.resource_type, &p.id);
     dbs.current.put(wtxn, &ck, &p.current.to_bytes())?;
+    let (vs, is) = (slot::versions(p.component), slot::index(p.component));
+    staged.push(vs, dbs.versions, Borrowed(&p.key), Put(Borrowed(&p.sealed)));
     for k in &p.remove_index {
-        dbs.index.delete(wtxn, k)?;
+        staged.push(is, dbs.index, Borrowed(k), Delete);
     }
     for k in &p.add_index {
-        dbs.index.put(wtxn, k, &[])?;
+        staged.push(is, dbs.index, Borrowed(k), Put(Borrowed(&[])));
     }
-    store.audit_provenance.put(wtxn, &p.key, &p.prov_sealed)?;
-    store
-        .audit_provids
-        .put(wtxn, p.prov_id.as_bytes(), &p.key)?;
+    staged.push(
+        slot::PROVENANCE,
+        store.audit_provenance,
+        Borrowed(&p.key),
+        Put(Borrowed(&p.prov_sealed)),
+    );
+    staged.push(
+        slot::PROVIDS,
+        store.audit_provids,
+        Borrowed(p.prov_id.as_bytes()),
+        Put(Borrowed(&p.key)),
+    );
     Ok(())
 }
 

@@ -515,8 +515,36 @@ pub fn char_prefix(s: &str, n: usize) -> &str {
 /// strings `p:<normalised prefix>`; references `r:<Type/id>` (and `i:<id>` for parameters
 /// not restricted to one target type); dates `y:YYYY`, `m:YYYY-MM`, `d:YYYY-MM-DD`.
 pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
+    terms_of_values(def, values(def, resource))
+}
+
+/// True if `resource_type` has `name`, `family` and `given` string parameters over
+/// `HumanName` (Patient, Practitioner, ...). Its `name` index then holds only the name
+/// parts that `family` and `given` do not index (text, prefix, suffix), and a `name`
+/// search reads the postings of all three (see [`posting_params`]): the same matches with
+/// about half the index terms per person.
+pub fn splits_name(resource_type: &str) -> bool {
+    let ps = params_for(resource_type);
+    let has = |n: &str, path: &str| {
+        ps.iter()
+            .any(|d| d.name == n && d.kind == Str && d.paths == [path])
+    };
+    has("name", "name") && has("family", "name.family") && has("given", "name.given")
+}
+
+/// The parameters whose index postings together answer a search on `param`.
+pub fn posting_params(resource_type: &str, param: &'static str) -> Vec<&'static str> {
+    if param == "name" && splits_name(resource_type) {
+        vec!["name", "family", "given"]
+    } else {
+        vec![param]
+    }
+}
+
+/// The index terms of `def` over already-selected element values.
+fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
     let mut terms = Vec::new();
-    for v in values(def, resource) {
+    for v in vals {
         match def.kind {
             Token | Telecom => {
                 let mut pairs = Vec::new();
@@ -584,8 +612,27 @@ pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
 /// Every (blind-index field, term) pair of a resource; the field is `<type>.<param>`.
 pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    let split = splits_name(resource_type);
     for def in params_for(resource_type) {
-        for t in index_terms(def, resource) {
+        let terms = if split && def.name == "name" {
+            // family and given are indexed under their own parameters.
+            let stripped: Vec<Value> = values(def, resource)
+                .into_iter()
+                .map(|v| match v {
+                    Value::Object(m) => {
+                        let mut m = m.clone();
+                        m.remove("family");
+                        m.remove("given");
+                        Value::Object(m)
+                    }
+                    other => other.clone(),
+                })
+                .collect();
+            terms_of_values(def, stripped.iter().collect())
+        } else {
+            index_terms(def, resource)
+        };
+        for t in terms {
             out.push((format!("{resource_type}.{}", def.name), t));
         }
     }
@@ -608,6 +655,35 @@ mod tests {
             "address": [{"city": "Kigali", "district": "Gasabo"}],
             "managingOrganization": {"reference": "Organization/chuk"}
         })
+    }
+
+    #[test]
+    fn person_name_index_leaves_family_and_given_to_their_params() {
+        assert!(splits_name("Patient") && splits_name("Practitioner"));
+        assert!(!splits_name("Organization") && !splits_name("Location"));
+        let mut p = patient();
+        p["name"][0]["text"] = json!("Mme Uwimana");
+        let all = all_terms("Patient", &p);
+        let name: Vec<&str> = all
+            .iter()
+            .filter(|(f, _)| f == "Patient.name")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert!(
+            name.contains(&"p:mme") && name.contains(&"p:uwimana"),
+            "{name:?}"
+        );
+        assert!(
+            !name.contains(&"p:aimee") && !name.contains(&"p:marie"),
+            "{name:?}"
+        );
+        assert!(all.contains(&("Patient.given".into(), "p:aimee".into())));
+        assert_eq!(
+            posting_params("Patient", "name"),
+            ["name", "family", "given"]
+        );
+        assert_eq!(posting_params("Organization", "name"), ["name"]);
+        assert_eq!(posting_params("Patient", "family"), ["family"]);
     }
 
     fn terms(ty: &str, name: &str, v: &Value) -> Vec<String> {

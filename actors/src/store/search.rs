@@ -444,7 +444,11 @@ impl Store {
                 let (term, p) = value_term(clause, v);
                 needs_post |= p;
                 match term {
-                    Some(t) => self.postings(txn, c, ty, clause.def.name, &t, &mut set)?,
+                    Some(t) => {
+                        for param in params::posting_params(ty, clause.def.name) {
+                            self.postings(txn, c, ty, param, &t, &mut set)?;
+                        }
+                    }
                     None => usable = false,
                 }
             }

@@ -8,18 +8,19 @@
 //! signs a checkpoint when due, commits (one fsync for the whole group) and only then
 //! acknowledges each member. A full map aborts the batch, grows the map and re-applies it.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
-use heed::RwTxn;
+use heed::{PutFlags, RwTxn};
 use tokio::sync::oneshot;
 
 use super::audit::{AuditAppender, AuditDraft, PreparedAudit, prepare_audit};
 use super::error::{StoreError, StoreResult};
 use super::search::SearchQuery;
-use super::{PreparedWrite, Record, Store, put_prepared, time};
+use super::{Db, PreparedWrite, Record, Store, put_prepared, time};
 
 /// One unit of work of a group commit.
 #[derive(Debug)]
@@ -300,13 +301,18 @@ fn apply(
 ) -> StoreResult<Vec<Res>> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut wtxn = store.env.write_txn()?;
+    let mut staged = Staged::default();
     let mut results = Vec::with_capacity(jobs.len());
     let mut force_ckpt = false;
     for job in jobs {
         match job {
-            Job::Member(m, _) => {
-                results.push(Res::Member(apply_member(store, &mut wtxn, appender, m)?))
-            }
+            Job::Member(m, _) => results.push(Res::Member(apply_member(
+                store,
+                &mut wtxn,
+                &mut staged,
+                appender,
+                m,
+            )?)),
             Job::Checkpoint(_) => {
                 force_ckpt = true;
                 results.push(Res::Checkpoint);
@@ -314,6 +320,7 @@ fn apply(
             Job::Shutdown => results.push(Res::Checkpoint),
         }
     }
+    staged.flush(&mut wtxn)?;
     appender.persist(store, &mut wtxn)?;
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
     let t1 = std::time::Instant::now();
@@ -328,17 +335,20 @@ fn apply(
 }
 
 /// Applies one member. Outer error: fatal for the batch; inner: this member is rejected.
-fn apply_member(
+/// Its puts are staged; a conditional member first flushes what is staged, as its search
+/// must see the earlier members of the batch.
+fn apply_member<'a>(
     store: &Store,
     wtxn: &mut RwTxn,
+    staged: &mut Staged<'a>,
     appender: &mut AuditAppender,
-    m: &Member,
+    m: &'a Member,
 ) -> StoreResult<StoreResult<Outcome>> {
     match m {
         Member::Audit(events) => {
             let mut idx = Vec::new();
             for ev in events {
-                idx.push(appender.append(store, wtxn, ev)?);
+                idx.push(appender.append(store, staged, ev)?);
             }
             Ok(Ok(Outcome::Written { audit_indexes: idx }))
         }
@@ -347,39 +357,52 @@ fn apply_member(
             audits,
             prepared_audits,
             conditional,
-        } => match check(store, wtxn, versions, conditional.as_ref())? {
-            Check::Fail(e) => {
-                let msg = e.to_string();
-                for d in audits {
-                    appender.append(store, wtxn, &prepare_audit(store, d, Some(&msg))?)?;
-                }
-                Ok(Err(e))
+        } => {
+            if conditional.is_some() && staged.len() > 0 {
+                staged.flush(wtxn)?;
             }
-            Check::Existing(record) => {
-                let mut idx = Vec::new();
-                for d in audits {
-                    let mut d = d.clone();
-                    d.entities.clear();
-                    d.patients.clear();
-                    d.touch(&record);
-                    idx.push(appender.append(store, wtxn, &prepare_audit(store, &d, None)?)?);
+            match check(store, wtxn, versions, conditional.as_ref())? {
+                Check::Fail(e) => {
+                    let msg = e.to_string();
+                    for d in audits {
+                        appender.append_owned(
+                            store,
+                            staged,
+                            prepare_audit(store, d, Some(&msg))?,
+                        )?;
+                    }
+                    Ok(Err(e))
                 }
-                Ok(Ok(Outcome::Existing {
-                    record,
-                    audit_indexes: idx,
-                }))
+                Check::Existing(record) => {
+                    let mut idx = Vec::new();
+                    for d in audits {
+                        let mut d = d.clone();
+                        d.entities.clear();
+                        d.patients.clear();
+                        d.touch(&record);
+                        idx.push(appender.append_owned(
+                            store,
+                            staged,
+                            prepare_audit(store, &d, None)?,
+                        )?);
+                    }
+                    Ok(Ok(Outcome::Existing {
+                        record,
+                        audit_indexes: idx,
+                    }))
+                }
+                Check::Ok => {
+                    for p in versions {
+                        put_prepared(store, wtxn, staged, p)?;
+                    }
+                    let mut idx = Vec::new();
+                    for ev in prepared_audits {
+                        idx.push(appender.append(store, staged, ev)?);
+                    }
+                    Ok(Ok(Outcome::Written { audit_indexes: idx }))
+                }
             }
-            Check::Ok => {
-                for p in versions {
-                    put_prepared(store, wtxn, p)?;
-                }
-                let mut idx = Vec::new();
-                for ev in prepared_audits {
-                    idx.push(appender.append(store, wtxn, ev)?);
-                }
-                Ok(Ok(Outcome::Written { audit_indexes: idx }))
-            }
-        },
+        }
     }
 }
 
@@ -430,4 +453,53 @@ fn check(
         }
     }
     Ok(Check::Ok)
+}
+
+/// What a staged operation does to its key.
+#[derive(Debug)]
+pub(crate) enum StagedOp<'a> {
+    /// Put (overwrite) a value.
+    Put(Cow<'a, [u8]>),
+    /// Put a value whose key is greater than every key of its database (`MDB_APPEND`).
+    Append(Cow<'a, [u8]>),
+    /// Delete the key (absent keys are not an error).
+    Delete,
+}
+
+/// The puts and deletes of a group commit, staged so they can be applied in key order per
+/// database: sorted keys walk each B-tree left to right, so consecutive operations share
+/// the cursor path and the pages they dirty instead of jumping between random pages.
+/// Operations on an equal key keep their submission order (stable sort), so a delete and a
+/// re-put of one index key by two members of a batch resolve as if applied one by one.
+#[derive(Default)]
+pub(crate) struct Staged<'a> {
+    ops: Vec<(u8, Db, Cow<'a, [u8]>, StagedOp<'a>)>,
+}
+
+impl<'a> Staged<'a> {
+    /// Stages `op` on `key` of `db`; `slot` orders databases (any stable number per db).
+    pub(crate) fn push(&mut self, slot: u8, db: Db, key: Cow<'a, [u8]>, op: StagedOp<'a>) {
+        self.ops.push((slot, db, key, op));
+    }
+
+    /// Number of staged operations.
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Applies every staged operation in (database, key) order and empties the stage.
+    pub(crate) fn flush(&mut self, wtxn: &mut RwTxn) -> StoreResult<()> {
+        self.ops
+            .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.as_ref().cmp(b.2.as_ref())));
+        for (_, db, key, op) in self.ops.drain(..) {
+            match op {
+                StagedOp::Put(v) => db.put(wtxn, &key, &v)?,
+                StagedOp::Append(v) => db.put_with_flags(wtxn, PutFlags::APPEND, &key, &v)?,
+                StagedOp::Delete => {
+                    db.delete(wtxn, &key)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
