@@ -4,6 +4,7 @@
 //! ([`http`], [`sim_api`]), the FHIR R4 API ([`fhir`]), the store service
 //! ([`StoreService`]) and start-up ([`start`]).
 
+pub mod auth;
 pub mod config;
 pub mod datadir;
 pub mod devices;
