@@ -62,9 +62,9 @@ impl ApiError {
     }
 
     /// Maps a store error. `Invalid` on a write is 422 (the resource was well-formed JSON
-    /// of the right type but its content is refused); a version conflict is 412 when the
-    /// client's `If-Match` failed and 409 otherwise (a transaction entry's `ifMatch`, or a
-    /// concurrent writer).
+    /// of the right type but its content is refused); a version conflict is 412 when a
+    /// precondition of the client failed (`If-Match`, or a transaction entry's `ifMatch`)
+    /// and 409 otherwise (a concurrent writer won and no precondition was given).
     pub fn from_store(e: &StoreError, op: Op) -> Self {
         use StatusCode as S;
         let (status, issue) = match e {

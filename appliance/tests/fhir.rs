@@ -1,0 +1,602 @@
+//! End-to-end tests of the FHIR R4 API over real sockets on 127.0.0.1: every interaction,
+//! the error statuses (400, 401, 403, 404, 405, 409, 410, 412, 413, 415, 422), paging,
+//! transactions (atomic) and batches. Authentication runs through the `Authorizer`
+//! interface with a test implementation that maps fixed bearer tokens to scopes.
+
+use hexa_appliance::config::Config;
+use hexa_appliance::datadir::DataDir;
+use hexa_appliance::fhir::{Authorizer, Caller, Denied, FhirApi, Grants, Interaction};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Scopes of the test tokens: everything, or reads and searches only.
+struct TestGrants {
+    write: bool,
+}
+
+impl Grants for TestGrants {
+    fn allows(&self, _ty: &str, i: Interaction) -> bool {
+        self.write || matches!(i, Interaction::Read | Interaction::Search)
+    }
+}
+
+/// `Bearer all` may do everything, `Bearer read` may read and search; anything else is 401.
+struct TestAuth;
+
+impl Authorizer for TestAuth {
+    fn authenticate(&self, authorization: Option<&str>, _now: u64) -> Result<Caller, Denied> {
+        let write = match authorization {
+            Some("Bearer all") => true,
+            Some("Bearer read") => false,
+            _ => {
+                return Err(Denied {
+                    status: 401,
+                    code: "invalid_token",
+                    message: "missing or unknown bearer token".into(),
+                });
+            }
+        };
+        Ok(Caller {
+            client_id: "emr-test".into(),
+            facility_id: "fac-test".into(),
+            grants: Box::new(TestGrants { write }),
+        })
+    }
+    fn token_endpoint(&self, _form: &[u8], _url: &str, _now: u64) -> (u16, Value) {
+        (400, json!({"error": "unsupported_grant_type"}))
+    }
+    fn smart_configuration(&self, base_url: &str) -> Value {
+        json!({"token_endpoint": format!("{base_url}/token")})
+    }
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+    /// The stable hexa code of an OperationOutcome.
+    fn code(&self) -> String {
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{v}");
+        v["issue"][0]["details"]["coding"][0]["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _app: hexa_appliance::Appliance,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        Self::start_with(Config::defaults())
+    }
+
+    fn start_with(cfg: Config) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        let app = hexa_appliance::start(&dir, &cfg, None).unwrap();
+        assert!(
+            app.http
+                .mount_fhir(FhirApi::new(app.store.handle().clone(), Arc::new(TestAuth)))
+        );
+        let state = app.http.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (atx, arx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                atx.send(l.local_addr().unwrap()).unwrap();
+                hexa_appliance::http::run(l, state, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = arx.recv().unwrap();
+        Server {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+            _app: app,
+            _dir: tmp,
+        }
+    }
+
+    /// One request over a fresh connection.
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut h = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        s.write_all(h.as_bytes()).unwrap();
+        // The server may answer (413) before reading a large body; ignore a reset.
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response");
+        let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+        Resp {
+            status: head[9..12].parse().unwrap(),
+            head,
+            body: raw[split + 4..].to_vec(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[("Authorization", "Bearer all")], b"")
+    }
+
+    fn send(&self, method: &str, path: &str, body: &Value, extra: &[(&str, &str)]) -> Resp {
+        let mut h = vec![
+            ("Authorization", "Bearer all"),
+            ("Content-Type", "application/fhir+json"),
+        ];
+        h.extend_from_slice(extra);
+        self.req(method, path, &h, &serde_json::to_vec(body).unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+fn patient(family: &str, nid: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:rw:nid", "value": nid}],
+        "name": [{"family": family, "given": ["Aline"]}],
+        "gender": "female",
+        "birthDate": "1990-01-01"
+    })
+}
+
+#[test]
+fn metadata_and_authentication() {
+    let s = Server::start();
+    // Readiness includes the store.
+    assert_eq!(s.req("GET", "/readyz", &[], b"").status, 200);
+    let m = s.req("GET", "/fhir/metadata", &[], b"");
+    assert_eq!(m.status, 200);
+    let cs = m.json();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let types: Vec<&str> = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"Patient") && types.contains(&"Observation"));
+    assert!(!types.contains(&"Bundle"));
+    let smart = s.req("GET", "/fhir/.well-known/smart-configuration", &[], b"");
+    assert_eq!(smart.status, 200);
+    assert_eq!(
+        smart.json()["token_endpoint"],
+        "http://127.0.0.1/fhir/token"
+    );
+    // No token, a bad token: 401 with WWW-Authenticate.
+    for h in [vec![], vec![("Authorization", "Bearer nope")]] {
+        let r = s.req("GET", "/fhir/Patient", &h, b"");
+        assert_eq!(r.status, 401);
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+        assert_eq!(r.code(), "invalid_token");
+    }
+    // A read-only token may search but not create: 403.
+    let r = s.req(
+        "GET",
+        "/fhir/Patient",
+        &[("Authorization", "Bearer read")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let body = serde_json::to_vec(&patient("Uwase", "N1")).unwrap();
+    let r = s.req(
+        "POST",
+        "/fhir/Patient",
+        &[
+            ("Authorization", "Bearer read"),
+            ("Content-Type", "application/fhir+json"),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.code(), "insufficient-scope");
+    // Method not allowed, with Allow.
+    let r = s.req("DELETE", "/fhir/metadata", &[], b"");
+    assert_eq!(r.status, 405);
+    assert!(r.header("allow").is_some());
+    // Metrics report the store.
+    let mt = s.req("GET", "/metrics", &[], b"");
+    assert!(String::from_utf8_lossy(&mt.body).contains("hexa_store_commits_total"));
+}
+
+#[test]
+fn crud_history_and_preconditions() {
+    let s = Server::start();
+    let c = s.send("POST", "/fhir/Patient", &patient("Uwase", "N1"), &[]);
+    assert_eq!(c.status, 201, "{}", String::from_utf8_lossy(&c.body));
+    assert_eq!(c.header("etag").unwrap(), "W/\"1\"");
+    let loc = c.header("location").unwrap();
+    assert!(loc.starts_with("http://127.0.0.1/fhir/Patient/") && loc.ends_with("/_history/1"));
+    let created = c.json();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["meta"]["versionId"], "1");
+
+    // Read and vread.
+    let r = s.get(&format!("/fhir/Patient/{id}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"][0]["family"], "Uwase");
+    assert_eq!(r.header("etag").unwrap(), "W/\"1\"");
+    assert!(r.header("last-modified").unwrap().ends_with("GMT"));
+    assert_eq!(s.get(&format!("/fhir/Patient/{id}/_history/1")).status, 200);
+    assert_eq!(s.get(&format!("/fhir/Patient/{id}/_history/9")).status, 404);
+
+    // Conditional create finds the existing one (200, same id).
+    let cc = s.send(
+        "POST",
+        "/fhir/Patient",
+        &patient("Other", "N1"),
+        &[("If-None-Exist", "identifier=urn:rw:nid|N1")],
+    );
+    assert_eq!(cc.status, 200);
+    assert_eq!(cc.json()["id"], id.as_str());
+
+    // Update with the right If-Match; then a stale one is 412.
+    let mut p = patient("Uwase-Mukamana", "N1");
+    p["id"] = json!(id);
+    let u = s.send(
+        "PUT",
+        &format!("/fhir/Patient/{id}"),
+        &p,
+        &[("If-Match", "W/\"1\"")],
+    );
+    assert_eq!(u.status, 200, "{}", String::from_utf8_lossy(&u.body));
+    assert_eq!(u.header("etag").unwrap(), "W/\"2\"");
+    let stale = s.send(
+        "PUT",
+        &format!("/fhir/Patient/{id}"),
+        &p,
+        &[("If-Match", "W/\"1\"")],
+    );
+    assert_eq!(stale.status, 412);
+    assert_eq!(stale.code(), "conflict");
+    // Prefer: return=minimal gives no body.
+    let min = s.send(
+        "PUT",
+        &format!("/fhir/Patient/{id}"),
+        &p,
+        &[("Prefer", "return=minimal")],
+    );
+    assert_eq!(min.status, 200);
+    assert!(min.body.is_empty());
+    assert_eq!(min.header("etag").unwrap(), "W/\"3\"");
+    // Id in the body must match the URL.
+    let mut wrong = p.clone();
+    wrong["id"] = json!("other-id");
+    let r = s.send("PUT", &format!("/fhir/Patient/{id}"), &wrong, &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "id-mismatch");
+
+    // Instance history (newest first) and type history.
+    let h = s.get(&format!("/fhir/Patient/{id}/_history"));
+    assert_eq!(h.status, 200);
+    let hb = h.json();
+    assert_eq!(hb["type"], "history");
+    assert_eq!(hb["total"], 3);
+    assert_eq!(hb["entry"][0]["resource"]["meta"]["versionId"], "3");
+    let th = s.get("/fhir/Patient/_history?_count=2");
+    assert_eq!(th.status, 200);
+    assert_eq!(th.json()["type"], "history");
+    assert_eq!(th.json()["entry"].as_array().unwrap().len(), 2);
+    assert!(
+        th.json()["link"][0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("_offset=2")
+    );
+
+    // Delete, then read is 410; vread of an old version still works.
+    let d = s.req(
+        "DELETE",
+        &format!("/fhir/Patient/{id}"),
+        &[("Authorization", "Bearer all")],
+        b"",
+    );
+    assert_eq!(d.status, 204);
+    let g = s.get(&format!("/fhir/Patient/{id}"));
+    assert_eq!(g.status, 410);
+    assert_eq!(g.code(), "deleted");
+    assert_eq!(s.get(&format!("/fhir/Patient/{id}/_history/2")).status, 200);
+    assert_eq!(s.get("/fhir/Patient/no-such-id").status, 404);
+}
+
+#[test]
+fn bad_requests_are_operation_outcomes() {
+    let mut cfg = Config::defaults();
+    cfg.server.max_body_bytes = 4096;
+    let s = Server::start_with(cfg);
+    // Unknown type: 404.
+    let r = s.get("/fhir/Spaceship");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.code(), "unknown-resource-type");
+    // Wrong type in the body: 400 naming the problem.
+    let r = s.send("POST", "/fhir/Observation", &patient("X", "N2"), &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "wrong-resource-type");
+    assert!(
+        r.json()["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("Patient")
+    );
+    // Not JSON: 400.
+    let r = s.req(
+        "POST",
+        "/fhir/Patient",
+        &[
+            ("Authorization", "Bearer all"),
+            ("Content-Type", "application/fhir+json"),
+        ],
+        b"{not json",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "bad-json");
+    // JSON that is not a resource.
+    let r = s.send("POST", "/fhir/Patient", &json!([1, 2]), &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "not-a-resource");
+    // Unsupported media type: 415.
+    let r = s.req(
+        "POST",
+        "/fhir/Patient",
+        &[
+            ("Authorization", "Bearer all"),
+            ("Content-Type", "application/xml"),
+        ],
+        b"<Patient/>",
+    );
+    assert_eq!(r.status, 415);
+    assert_eq!(r.code(), "unsupported-media-type");
+    // Too large: 413.
+    let big = vec![b' '; 8192];
+    let r = s.req(
+        "POST",
+        "/fhir/Patient",
+        &[
+            ("Authorization", "Bearer all"),
+            ("Content-Type", "application/fhir+json"),
+        ],
+        &big,
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(r.code(), "body-too-large");
+    // Content the store refuses (AuditEvents are written by the appliance only): 422.
+    let r = s.send(
+        "POST",
+        "/fhir/AuditEvent",
+        &json!({"resourceType": "AuditEvent"}),
+        &[],
+    );
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    // Unsupported search parameter and _include: 400.
+    assert_eq!(s.get("/fhir/Patient?shoe-size=42").status, 400);
+    let r = s.get("/fhir/Patient?_include=Patient:organization");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "unsupported-search");
+    // Bad If-Match syntax.
+    let r = s.send(
+        "PUT",
+        "/fhir/Patient/abc",
+        &patient("X", "N3"),
+        &[("If-Match", "yesterday")],
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "bad-if-match");
+}
+
+#[test]
+fn search_paging_get_and_post() {
+    let s = Server::start();
+    for i in 0..7 {
+        let r = s.send(
+            "POST",
+            "/fhir/Patient",
+            &patient("Habimana", &format!("S{i}")),
+            &[],
+        );
+        assert_eq!(r.status, 201);
+    }
+    s.send("POST", "/fhir/Patient", &patient("Other", "Z9"), &[]);
+    // Page through family=Habimana three at a time, following `next`.
+    let mut url = "/fhir/Patient?family=Habimana&_count=3".to_string();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = s.get(&url);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let b = r.json();
+        assert_eq!(b["type"], "searchset");
+        assert_eq!(b["total"], 7);
+        for e in b["entry"].as_array().unwrap() {
+            assert_eq!(e["search"]["mode"], "match");
+            seen.push(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+        pages += 1;
+        let next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        match next {
+            Some(n) => url = n.strip_prefix("http://127.0.0.1").unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 7);
+    // POST _search with a form body gives the same hits.
+    let r = s.req(
+        "POST",
+        "/fhir/Patient/_search",
+        &[
+            ("Authorization", "Bearer all"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"identifier=urn%3Arw%3Anid%7CS3",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["total"], 1);
+    // _search needs a form body.
+    let r = s.send("POST", "/fhir/Patient/_search", &json!({}), &[]);
+    assert_eq!(r.status, 415);
+    // _summary=count: total only.
+    let b = s.get("/fhir/Patient?family=Habimana&_summary=count").json();
+    assert_eq!(b["total"], 7);
+    assert!(b.get("entry").is_none());
+}
+
+#[test]
+fn transaction_is_atomic_and_batch_is_not() {
+    let s = Server::start();
+    let tx = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:6c6b6a3e-1111-4b5c-9d4e-000000000001",
+                "resource": patient("Tx", "T1"),
+                "request": {"method": "POST", "url": "Patient"}
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                    "subject": {"reference": "urn:uuid:6c6b6a3e-1111-4b5c-9d4e-000000000001"}
+                },
+                "request": {"method": "POST", "url": "Observation"}
+            }
+        ]
+    });
+    let r = s.send("POST", "/fhir", &tx, &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let b = r.json();
+    assert_eq!(b["type"], "transaction-response");
+    assert!(
+        b["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("201")
+    );
+    let pid = b["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        b["entry"][1]["resource"]["subject"]["reference"],
+        format!("Patient/{pid}")
+    );
+
+    // A transaction whose second entry fails (stale ifMatch) writes nothing: 412.
+    let mut p = patient("Tx-changed", "T1");
+    p["id"] = json!(pid);
+    let bad = json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": patient("Atomic", "T2"), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": p, "request": {"method": "PUT", "url": format!("Patient/{pid}"), "ifMatch": "W/\"7\""}}
+        ]
+    });
+    let r = s.send("POST", "/fhir", &bad, &[]);
+    assert_eq!(r.status, 412, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.code(), "conflict");
+    assert_eq!(s.get("/fhir/Patient?family=Atomic").json()["total"], 0);
+    assert_eq!(
+        s.get(&format!("/fhir/Patient/{pid}"))
+            .header("etag")
+            .unwrap(),
+        "W/\"1\""
+    );
+
+    // A batch: independent entries, each with its own status.
+    let batch = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": patient("Batch", "B1"), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+            {"request": {"method": "GET", "url": "Patient/missing"}},
+            {"request": {"method": "GET", "url": "Patient?family=Tx"}},
+            {"resource": patient("Wrong", "B2"), "request": {"method": "POST", "url": "Observation"}}
+        ]
+    });
+    let r = s.send("POST", "/fhir", &batch, &[]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let b = r.json();
+    assert_eq!(b["type"], "batch-response");
+    let st: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["response"]["status"].as_str().unwrap()[..3])
+        .collect();
+    assert_eq!(st, ["201", "200", "404", "200", "400"]);
+    assert_eq!(b["entry"][3]["resource"]["total"], 1);
+    assert_eq!(s.get("/fhir/Patient?family=Batch").json()["total"], 1);
+
+    // Not a transaction or batch.
+    let r = s.send(
+        "POST",
+        "/fhir",
+        &json!({"resourceType": "Bundle", "type": "collection"}),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "bad-bundle-type");
+}
