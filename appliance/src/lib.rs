@@ -1,7 +1,8 @@
 //! hexa-appliance: the `hexa` binary's library half. It composes the other crates and
 //! holds no domain logic: configuration ([`config`]), the data directory with the
 //! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
-//! ([`http`], [`sim_api`]), the FHIR R4 API ([`fhir`]), the store service
+//! ([`http`], [`sim_api`]), client authentication ([`auth`]), the FHIR R4 API ([`fhir`]),
+//! the store service
 //! ([`StoreService`]) and start-up ([`start`]).
 
 pub mod auth;
@@ -30,6 +31,8 @@ pub struct Appliance {
     pub node_kid: String,
     /// The open store (its registry actors run on their own actix system thread).
     pub store: StoreService,
+    /// Client authentication (registry of clients, token issuing and checking).
+    pub auth: Arc<auth::Authenticator>,
 }
 
 /// The store and the actix system thread its registry actors run on. Dropping it stops
@@ -86,8 +89,8 @@ impl Drop for StoreService {
 }
 
 /// Opens (initialising on first start, with `defaults`) the data directory and builds
-/// what the server needs. The `/fhir` API is mounted only together with client
-/// authentication ([`http::AppState::mount_fhir`] needs an [`fhir::Authorizer`]).
+/// what the server needs: the store, client authentication and the `/fhir` API (which is
+/// never mounted without authentication: [`fhir::FhirApi`] needs an [`fhir::Authorizer`]).
 pub fn start(
     dir: &datadir::DataDir,
     defaults: &config::Config,
@@ -115,6 +118,11 @@ pub fn start(
         devices,
     ));
     http.set_store(store.handle().clone());
+    let auth = Arc::new(
+        auth::Authenticator::open(dir.root(), &format!("urn:hexa:appliance:{node_kid}"))
+            .map_err(|e| anyhow::anyhow!("cannot open the client registry: {e}"))?,
+    );
+    http.mount_fhir(fhir::FhirApi::new(store.handle().clone(), auth.clone()));
     // Ready once the keys, the readers and the store are open.
     http.set_ready(true);
     Ok(Appliance {
@@ -122,5 +130,6 @@ pub fn start(
         http,
         node_kid,
         store,
+        auth,
     })
 }

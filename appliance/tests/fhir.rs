@@ -1,56 +1,74 @@
 //! End-to-end tests of the FHIR R4 API over real sockets on 127.0.0.1: every interaction,
 //! the error statuses (400, 401, 403, 404, 405, 409, 410, 412, 413, 415, 422), paging,
-//! transactions (atomic) and batches. Authentication runs through the `Authorizer`
-//! interface with a test implementation that maps fixed bearer tokens to scopes.
+//! transactions (atomic) and batches. Every call carries a real access token: clients are
+//! registered with Ed25519 keys, sign RFC 7523 assertions with hexa-crypto and exchange
+//! them at `POST /fhir/token`.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hexa_appliance::auth::ClientRegistration;
 use hexa_appliance::config::Config;
 use hexa_appliance::datadir::DataDir;
-use hexa_appliance::fhir::{Authorizer, Caller, Denied, FhirApi, Grants, Interaction};
+use hexa_crypto::keys::SigningKey;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Scopes of the test tokens: everything, or reads and searches only.
-struct TestGrants {
-    write: bool,
+static JTI: AtomicU64 = AtomicU64::new(0);
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
-impl Grants for TestGrants {
-    fn allows(&self, _ty: &str, i: Interaction) -> bool {
-        self.write || matches!(i, Interaction::Read | Interaction::Search)
-    }
-}
-
-/// `Bearer all` may do everything, `Bearer read` may read and search; anything else is 401.
-struct TestAuth;
-
-impl Authorizer for TestAuth {
-    fn authenticate(&self, authorization: Option<&str>, _now: u64) -> Result<Caller, Denied> {
-        let write = match authorization {
-            Some("Bearer all") => true,
-            Some("Bearer read") => false,
-            _ => {
-                return Err(Denied {
-                    status: 401,
-                    code: "invalid_token",
-                    message: "missing or unknown bearer token".into(),
-                });
-            }
-        };
-        Ok(Caller {
-            client_id: "emr-test".into(),
+/// Registers `client_id` with an Ed25519 key and `scopes`, signs a client assertion with
+/// hexa-crypto and exchanges it at `POST /fhir/token`; returns `Bearer <token>`.
+fn token(s: &Server, client_id: &str, scopes: &str) -> String {
+    let key = SigningKey::generate().unwrap();
+    let public = key.public();
+    s.app
+        .auth
+        .register_client(ClientRegistration {
+            client_id: client_id.into(),
             facility_id: "fac-test".into(),
-            grants: Box::new(TestGrants { write }),
+            jwks: json!({"keys": [public.to_jwk()]}),
+            scopes: scopes.into(),
         })
-    }
-    fn token_endpoint(&self, _form: &[u8], _url: &str, _now: u64) -> (u16, Value) {
-        (400, json!({"error": "unsupported_grant_type"}))
-    }
-    fn smart_configuration(&self, base_url: &str) -> Value {
-        json!({"token_endpoint": format!("{base_url}/token")})
-    }
+        .unwrap();
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    let header = b64(&json!({"alg": "EdDSA", "typ": "JWT", "kid": public.kid()}));
+    let t = now();
+    let claims = b64(&json!({
+        "iss": client_id,
+        "sub": client_id,
+        "aud": "http://127.0.0.1/fhir/token",
+        "iat": t,
+        "exp": t + 120,
+        "jti": format!("jti-{}-{}", t, JTI.fetch_add(1, Ordering::Relaxed)),
+    }));
+    let signing_input = format!("{header}.{claims}");
+    let sig = URL_SAFE_NO_PAD.encode(key.sign(signing_input.as_bytes()));
+    let form = format!(
+        "grant_type=client_credentials&scope={}&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={signing_input}.{sig}",
+        scopes
+            .replace(' ', "+")
+            .replace('/', "%2F")
+            .replace('*', "%2A")
+    );
+    let r = s.req(
+        "POST",
+        "/fhir/token",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["token_type"], "bearer");
+    format!("Bearer {}", v["access_token"].as_str().unwrap())
 }
 
 struct Resp {
@@ -86,8 +104,12 @@ struct Server {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _app: hexa_appliance::Appliance,
+    app: hexa_appliance::Appliance,
     _dir: tempfile::TempDir,
+    /// `Bearer` header of a client granted everything (`system/*.cruds`).
+    all: String,
+    /// `Bearer` header of a client granted reads and searches (`system/*.rs`).
+    read: String,
 }
 
 impl Server {
@@ -99,10 +121,6 @@ impl Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("data"));
         let app = hexa_appliance::start(&dir, &cfg, None).unwrap();
-        assert!(
-            app.http
-                .mount_fhir(FhirApi::new(app.store.handle().clone(), Arc::new(TestAuth)))
-        );
         let state = app.http.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (atx, arx) = std::sync::mpsc::channel();
@@ -123,13 +141,18 @@ impl Server {
             });
         });
         let addr = arx.recv().unwrap();
-        Server {
+        let mut s = Server {
             addr,
             stop: Some(tx),
             thread: Some(thread),
-            _app: app,
+            app,
             _dir: tmp,
-        }
+            all: String::new(),
+            read: String::new(),
+        };
+        s.all = token(&s, "emr-all", "system/*.cruds");
+        s.read = token(&s, "emr-read", "system/*.rs");
+        s
     }
 
     /// One request over a fresh connection.
@@ -162,12 +185,12 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> Resp {
-        self.req("GET", path, &[("Authorization", "Bearer all")], b"")
+        self.req("GET", path, &[("Authorization", self.all.as_str())], b"")
     }
 
     fn send(&self, method: &str, path: &str, body: &Value, extra: &[(&str, &str)]) -> Resp {
         let mut h = vec![
-            ("Authorization", "Bearer all"),
+            ("Authorization", self.all.as_str()),
             ("Content-Type", "application/fhir+json"),
         ];
         h.extend_from_slice(extra);
@@ -221,13 +244,13 @@ fn metadata_and_authentication() {
         let r = s.req("GET", "/fhir/Patient", &h, b"");
         assert_eq!(r.status, 401);
         assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
-        assert_eq!(r.code(), "invalid_token");
+        assert!(["missing_token", "invalid_token"].contains(&r.code().as_str()));
     }
     // A read-only token may search but not create: 403.
     let r = s.req(
         "GET",
         "/fhir/Patient",
-        &[("Authorization", "Bearer read")],
+        &[("Authorization", s.read.as_str())],
         b"",
     );
     assert_eq!(r.status, 200);
@@ -236,7 +259,7 @@ fn metadata_and_authentication() {
         "POST",
         "/fhir/Patient",
         &[
-            ("Authorization", "Bearer read"),
+            ("Authorization", s.read.as_str()),
             ("Content-Type", "application/fhir+json"),
         ],
         &body,
@@ -341,7 +364,7 @@ fn crud_history_and_preconditions() {
     let d = s.req(
         "DELETE",
         &format!("/fhir/Patient/{id}"),
-        &[("Authorization", "Bearer all")],
+        &[("Authorization", s.all.as_str())],
         b"",
     );
     assert_eq!(d.status, 204);
@@ -376,7 +399,7 @@ fn bad_requests_are_operation_outcomes() {
         "POST",
         "/fhir/Patient",
         &[
-            ("Authorization", "Bearer all"),
+            ("Authorization", s.all.as_str()),
             ("Content-Type", "application/fhir+json"),
         ],
         b"{not json",
@@ -392,7 +415,7 @@ fn bad_requests_are_operation_outcomes() {
         "POST",
         "/fhir/Patient",
         &[
-            ("Authorization", "Bearer all"),
+            ("Authorization", s.all.as_str()),
             ("Content-Type", "application/xml"),
         ],
         b"<Patient/>",
@@ -405,7 +428,7 @@ fn bad_requests_are_operation_outcomes() {
         "POST",
         "/fhir/Patient",
         &[
-            ("Authorization", "Bearer all"),
+            ("Authorization", s.all.as_str()),
             ("Content-Type", "application/fhir+json"),
         ],
         &big,
@@ -484,7 +507,7 @@ fn search_paging_get_and_post() {
         "POST",
         "/fhir/Patient/_search",
         &[
-            ("Authorization", "Bearer all"),
+            ("Authorization", s.all.as_str()),
             ("Content-Type", "application/x-www-form-urlencoded"),
         ],
         b"identifier=urn%3Arw%3Anid%7CS3",

@@ -9,6 +9,7 @@ mod bundle;
 pub mod capability;
 pub mod outcome;
 pub mod query;
+mod smart;
 
 pub use access::{Authorizer, Caller, Denied, Grants, Interaction};
 
