@@ -360,6 +360,38 @@ fn crud_history_and_preconditions() {
             .contains("_offset=2")
     );
 
+    // X-Purpose-Of-Use overrides TREAT and is recorded in the write's AuditEvent.
+    let mut p4 = p.clone();
+    p4["gender"] = json!("other");
+    let u = s.send(
+        "PUT",
+        &format!("/fhir/Patient/{id}"),
+        &p4,
+        &[("X-Purpose-Of-Use", "ETREAT")],
+    );
+    assert_eq!(u.status, 200);
+    let audits = s.get(&format!("/fhir/AuditEvent?entity=Patient/{id}&_count=100"));
+    assert_eq!(
+        audits.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&audits.body)
+    );
+    let text = audits.json().to_string();
+    assert!(
+        text.contains("\"ETREAT\"") && text.contains("\"TREAT\""),
+        "{text}"
+    );
+    assert!(text.contains("emr-all"));
+    let r = s.send(
+        "PUT",
+        &format!("/fhir/Patient/{id}"),
+        &p4,
+        &[("X-Purpose-Of-Use", "treat me; DROP")],
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "bad-purpose-of-use");
+
     // Delete, then read is 410; vread of an old version still works.
     let d = s.req(
         "DELETE",
