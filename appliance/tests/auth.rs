@@ -462,6 +462,16 @@ fn clients_persist_across_open_with_private_modes() {
     );
     assert_eq!(s, 200, "{b}");
 
+    // Leftover temporary files (an interrupted write) are ignored; a corrupt client file
+    // stops the start rather than silently dropping a client.
+    let clients_dir = file.parent().unwrap().to_owned();
+    std::fs::write(clients_dir.join(".x.json.tmp"), b"{").unwrap();
+    assert!(Authenticator::open(dir.path(), ISSUER).is_ok());
+    std::fs::write(clients_dir.join("broken.json"), b"{").unwrap();
+    let e = Authenticator::open(dir.path(), ISSUER).unwrap_err();
+    assert_eq!(e.code(), "server_error");
+    std::fs::remove_file(clients_dir.join("broken.json")).unwrap();
+
     assert!(auth.revoke_client("nhie").unwrap());
     assert!(!file.exists());
     let auth = Authenticator::open(dir.path(), ISSUER).unwrap();

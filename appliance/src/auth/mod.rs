@@ -182,9 +182,13 @@ impl Authenticator {
     /// Registers (or replaces) a client, persisting it before it takes effect.
     pub fn register_client(&self, client: ClientRegistration) -> Result<(), AuthError> {
         let parsed = Client::from_registration(client)?;
-        clients::store(&self.dir, &parsed.registration)?;
         let id = parsed.registration.client_id.clone();
-        self.clients_write().insert(id.clone(), parsed);
+        // The write lock serialises file writes too: two registrations of one id never
+        // share a temporary file.
+        let mut clients = self.clients_write();
+        clients::store(&self.dir, &parsed.registration)?;
+        clients.insert(id.clone(), parsed);
+        drop(clients);
         tracing::info!(client_id = %id, "registered client");
         Ok(())
     }
@@ -195,8 +199,9 @@ impl Authenticator {
         if !clients::valid_client_id(client_id) {
             return Ok(false);
         }
+        let mut clients = self.clients_write();
         let existed = clients::remove(&self.dir, client_id)?;
-        let was_loaded = self.clients_write().remove(client_id).is_some();
+        let was_loaded = clients.remove(client_id).is_some();
         Ok(existed || was_loaded)
     }
 
@@ -513,4 +518,42 @@ fn percent_decode(s: &[u8]) -> Option<String> {
 /// Path of a client's file (exposed for the CLI and tests).
 pub fn client_file(data_dir: &Path, client_id: &str) -> PathBuf {
     data_dir.join("clients").join(format!("{client_id}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let f = parse_form(b"a=x+y%2Fz&b=&c").unwrap();
+        assert_eq!(f["a"], "x y/z");
+        assert_eq!(f["b"], "");
+        assert_eq!(f["c"], "");
+        for bad in [&b"a=%2"[..], b"a=%+1", b"a=%zz", b"a=%FF", b"a=1&a=2"] {
+            assert!(
+                matches!(parse_form(bad), Err(AuthError::InvalidRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strict_segments() {
+        assert!(decode_json(&URL_SAFE_NO_PAD.encode(br#"{"a":1}"#)).is_some());
+        // Duplicate member names, non-objects and padded base64 are refused.
+        assert!(decode_json(&URL_SAFE_NO_PAD.encode(br#"{"a":1,"a":2}"#)).is_none());
+        assert!(decode_json(&URL_SAFE_NO_PAD.encode(b"[1]")).is_none());
+        assert!(decode_json("eyJhIjoxfQ==").is_none());
+    }
+
+    #[test]
+    fn errors_map_to_oauth_statuses() {
+        assert_eq!(AuthError::UnsupportedGrantType.status(), 400);
+        assert_eq!(AuthError::InvalidClient(String::new()).status(), 401);
+        assert_eq!(AuthError::MissingToken.status(), 401);
+        assert_eq!(AuthError::Busy.status(), 503);
+        let j = AuthError::InvalidScope("x".into()).to_json();
+        assert_eq!(j["error"], "invalid_scope");
+    }
 }
