@@ -36,8 +36,8 @@ pub struct Appliance {
 }
 
 /// The store and the actix system thread its registry actors run on. Dropping it stops
-/// the actors and joins the thread; the writer commits what is queued once the last handle
-/// is gone.
+/// the actors, joins the thread, and shuts the group-commit writer down after it committed
+/// everything queued (later calls through other handles fail with `WriterStopped`, 503).
 pub struct StoreService {
     handle: StoreHandle,
     system: actix::System,
@@ -85,6 +85,7 @@ impl Drop for StoreService {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.handle.engine().writer.shutdown();
     }
 }
 

@@ -118,7 +118,11 @@ impl Server {
     }
 
     fn start_with(cfg: Config) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), cfg)
+    }
+
+    /// Starts on the data directory `tmp/data` (initialised on first start).
+    fn start_in(tmp: tempfile::TempDir, cfg: Config) -> Server {
         let dir = DataDir::new(tmp.path().join("data"));
         let app = hexa_appliance::start(&dir, &cfg, None).unwrap();
         let state = app.http.clone();
@@ -198,11 +202,42 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops the server and closes the appliance; hands back the data directory.
+    fn stop(mut self) -> tempfile::TempDir {
+        self.halt();
+        let tmp = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self._dir, tmp)
+    }
+
+    fn halt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.thread.take().unwrap().join().unwrap();
+        self.halt();
     }
+}
+
+#[test]
+fn data_survives_a_restart() {
+    let s = Server::start();
+    let c = s.send("POST", "/fhir/Patient", &patient("Durable", "D1"), &[]);
+    assert_eq!(c.status, 201);
+    let id = c.json()["id"].as_str().unwrap().to_string();
+    let tmp = s.stop();
+    // The old appliance (store writer, actors, readers) is closed; reopen the same directory.
+    let s = Server::start_in(tmp, Config::defaults());
+    let r = s.get(&format!("/fhir/Patient/{id}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"][0]["family"], "Durable");
 }
 
 fn patient(family: &str, nid: &str) -> Value {
