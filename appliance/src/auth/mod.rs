@@ -45,8 +45,14 @@ pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jw
 /// Longest client assertion accepted, in bytes (an RS384 JWT with a 4096-bit key is ~1.2 KB).
 const MAX_ASSERTION_LEN: usize = 16 * 1024;
 /// Most `jti`s remembered at once; beyond this the token endpoint refuses (503) until
-/// entries expire (at most [`MAX_ASSERTION_LIFETIME`] later).
-const REPLAY_CAPACITY: usize = 200_000;
+/// entries expire (at most [`MAX_ASSERTION_LIFETIME`] later). Bounded memory: with `jti`s
+/// of at most [`MAX_JTI_LEN`] bytes this stays in the tens of megabytes at worst.
+const REPLAY_CAPACITY: usize = 100_000;
+/// Most live `jti`s per client (a client needs one token per [`TOKEN_LIFETIME`]); beyond
+/// this that client is refused (429) until its assertions expire.
+const REPLAY_PER_CLIENT: usize = 2_000;
+/// Longest `jti` accepted, in bytes.
+const MAX_JTI_LEN: usize = 128;
 
 /// Why authentication or a token request failed. Each variant has a stable [`code`] (the
 /// OAuth 2.0 / RFC 6750 error code) and an HTTP [`status`].
@@ -80,6 +86,10 @@ pub enum AuthError {
     /// Too many assertions are in flight; retry shortly.
     #[error("too many recent client assertions; retry shortly")]
     Busy,
+    /// This client presented too many assertions recently; reuse the access token (it is
+    /// valid for five minutes) instead of requesting one per call.
+    #[error("too many token requests from this client; reuse the access token until it expires")]
+    RateLimited,
     /// Reading or writing the client registry failed.
     #[error("client registry storage failed: {0}")]
     Storage(String),
@@ -95,6 +105,7 @@ impl AuthError {
             | Self::InvalidRegistration(_) => 400,
             Self::InvalidClient(_) | Self::MissingToken | Self::InvalidToken(_) => 401,
             Self::Busy => 503,
+            Self::RateLimited => 429,
             Self::Storage(_) => 500,
         }
     }
@@ -110,6 +121,7 @@ impl AuthError {
             Self::InvalidToken(_) => "invalid_token",
             Self::InvalidRegistration(_) => "invalid_client_metadata",
             Self::Busy => "temporarily_unavailable",
+            Self::RateLimited => "slow_down",
             Self::Storage(_) => "server_error",
         }
     }
@@ -175,7 +187,7 @@ impl Authenticator {
             issuer: issuer.to_owned(),
             clients: RwLock::new(clients),
             tokens: token::TokenKey::generate()?,
-            replay: Mutex::new(replay::ReplayCache::new(REPLAY_CAPACITY)),
+            replay: Mutex::new(replay::ReplayCache::new(REPLAY_CAPACITY, REPLAY_PER_CLIENT)),
         })
     }
 
@@ -422,8 +434,10 @@ impl Authenticator {
         let jti = claims
             .get("jti")
             .and_then(Value::as_str)
-            .filter(|j| !j.is_empty() && j.len() <= 256)
-            .ok_or_else(|| bad("JWT needs a jti of 1 to 256 characters"))?;
+            .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
+            .ok_or_else(|| {
+                AuthError::InvalidClient(format!("JWT needs a jti of 1 to {MAX_JTI_LEN} bytes"))
+            })?;
         self.replay
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,10 +1,12 @@
 //! The `jti` replay cache: each (client, jti) is accepted once while its assertion lives.
 //!
-//! Entries expire with their assertion's `exp` (at most five minutes), and the cache holds
-//! at most `capacity` live entries; when full of unexpired entries it refuses new
-//! assertions ([`AuthError::Busy`]) rather than forgetting one, which could allow a replay.
+//! Entries expire with their assertion's `exp` (at most five minutes). The cache holds at
+//! most `capacity` live entries, and at most `per_client` for any one client so that one
+//! client cannot lock out the others; when a limit is reached it refuses new assertions
+//! ([`AuthError::Busy`], [`AuthError::RateLimited`]) rather than forgetting one, which could
+//! allow a replay. Only assertions whose signature verified reach the cache.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::AuthError;
 
@@ -12,16 +14,20 @@ use super::AuthError;
 #[derive(Debug)]
 pub(crate) struct ReplayCache {
     capacity: usize,
+    per_client: usize,
     seen: HashSet<(String, String)>,
+    live_per_client: HashMap<String, usize>,
     by_exp: BTreeSet<(u64, String, String)>,
 }
 
 impl ReplayCache {
-    /// An empty cache holding at most `capacity` live entries.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty cache holding at most `capacity` live entries, `per_client` per client.
+    pub(crate) fn new(capacity: usize, per_client: usize) -> Self {
         Self {
             capacity,
+            per_client,
             seen: HashSet::new(),
+            live_per_client: HashMap::new(),
             by_exp: BTreeSet::new(),
         }
     }
@@ -44,6 +50,11 @@ impl ReplayCache {
         if self.seen.len() >= self.capacity {
             return Err(AuthError::Busy);
         }
+        let live = self.live_per_client.entry(key.0.clone()).or_insert(0);
+        if *live >= self.per_client {
+            return Err(AuthError::RateLimited);
+        }
+        *live += 1;
         self.by_exp.insert((exp, key.0.clone(), key.1.clone()));
         self.seen.insert(key);
         Ok(())
@@ -56,6 +67,12 @@ impl ReplayCache {
                 break;
             }
             if let Some((_, c, j)) = self.by_exp.pop_first() {
+                if let Some(n) = self.live_per_client.get_mut(&c) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.live_per_client.remove(&c);
+                    }
+                }
                 self.seen.remove(&(c, j));
             }
         }
@@ -74,7 +91,7 @@ mod tests {
 
     #[test]
     fn once_then_expires_and_bounded() {
-        let mut c = ReplayCache::new(2);
+        let mut c = ReplayCache::new(2, 2);
         c.check_and_insert("a", "1", 100, 0).unwrap();
         assert!(matches!(
             c.check_and_insert("a", "1", 100, 50),
@@ -85,5 +102,24 @@ mod tests {
         // At 100 the first entry has expired (its assertion would be rejected as expired).
         c.check_and_insert("c", "1", 200, 100).unwrap();
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn one_client_cannot_fill_the_cache() {
+        let mut c = ReplayCache::new(10, 2);
+        c.check_and_insert("a", "1", 100, 0).unwrap();
+        c.check_and_insert("a", "2", 150, 0).unwrap();
+        assert_eq!(
+            c.check_and_insert("a", "3", 100, 0),
+            Err(AuthError::RateLimited)
+        );
+        c.check_and_insert("b", "1", 300, 0).unwrap();
+        // Once "a"'s first assertion expires, it may present another.
+        c.check_and_insert("a", "3", 200, 100).unwrap();
+        assert_eq!(
+            c.check_and_insert("a", "4", 200, 100),
+            Err(AuthError::RateLimited)
+        );
+        assert_eq!(c.len(), 3);
     }
 }
