@@ -432,9 +432,13 @@ fn bearer_tokens_are_checked() {
     let other = Authenticator::open(dir2.path(), ISSUER).unwrap();
     assert!(other.authenticate(Some(&ok), NOW).is_err());
 
-    // Revocation ends the client's tokens at once.
+    // Revocation ends the client's tokens at once, and registering the same id again
+    // does not revive them.
     assert!(f.auth.revoke_client("dhis2").unwrap());
     assert!(f.auth.authenticate(Some(&ok), NOW).is_err());
+    register(&f.auth, "dhis2", &key, "k1", "system/*.read");
+    let e = f.auth.authenticate(Some(&ok), NOW).unwrap_err();
+    assert_eq!(e.code(), "invalid_token");
 }
 
 #[test]

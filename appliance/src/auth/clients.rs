@@ -25,6 +25,9 @@ pub(crate) struct Client {
     pub(crate) registration: ClientRegistration,
     pub(crate) keys: Vec<Jwk>,
     pub(crate) scopes: Scopes,
+    /// Random per registration (and per load): tokens name it, so a client revoked and
+    /// registered again under the same id does not revive the old registration's tokens.
+    pub(crate) generation: u64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -81,10 +84,13 @@ impl Client {
             }
             keys.push(k);
         }
+        let mut g = [0u8; 8];
+        getrandom::fill(&mut g).map_err(|e| AuthError::Storage(format!("OS RNG: {e}")))?;
         Ok(Client {
             registration: r,
             keys,
             scopes,
+            generation: u64::from_le_bytes(g),
         })
     }
 }

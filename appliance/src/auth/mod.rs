@@ -249,6 +249,11 @@ impl Authenticator {
             .ok_or(AuthError::InvalidToken(
                 "the client is no longer registered",
             ))?;
+        if client.generation != claims.generation {
+            return Err(AuthError::InvalidToken(
+                "the client was registered again since this token was issued",
+            ));
+        }
         if client.registration.facility_id != claims.facility_id {
             return Err(AuthError::InvalidToken("the client's facility changed"));
         }
@@ -313,6 +318,7 @@ impl Authenticator {
             issuer: self.issuer.clone(),
             client_id: client_id.clone(),
             facility_id: client.registration.facility_id.clone(),
+            generation: client.generation,
             scope: scope.clone(),
             exp: now.saturating_add(TOKEN_LIFETIME),
         })?;

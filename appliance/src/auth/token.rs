@@ -28,6 +28,9 @@ pub(crate) struct Claims {
     pub(crate) facility_id: String,
     pub(crate) scope: String,
     pub(crate) exp: u64,
+    /// The client registration's generation at issuance.
+    #[serde(rename = "gen")]
+    pub(crate) generation: u64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -112,6 +115,7 @@ mod tests {
             facility_id: "f".into(),
             scope: "system/*.rs".into(),
             exp: 1000,
+            generation: 7,
         }
     }
 
