@@ -44,6 +44,39 @@ enum Command {
     },
     /// Print the appliance's public signing key (JWK) and key ID.
     Keys,
+    /// Manage the integrator clients allowed to obtain tokens (SMART Backend Services).
+    /// Changes take effect at the next start of `serve`.
+    Client {
+        #[command(subcommand)]
+        action: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register (or replace) a client with its public keys and maximum scopes.
+    Add {
+        /// Client ID (the `iss`/`sub` of its assertions).
+        #[arg(long)]
+        id: String,
+        /// The facility (Organization id) the client acts for.
+        #[arg(long)]
+        facility: String,
+        /// File holding the client's public JWK Set (or a single public JWK).
+        #[arg(long)]
+        jwks: PathBuf,
+        /// The most it may be granted, e.g. "system/Patient.cruds system/Observation.rs".
+        #[arg(long)]
+        scopes: String,
+    },
+    /// List registered clients.
+    List,
+    /// Remove a client.
+    Remove {
+        /// Client ID.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +113,49 @@ fn main() -> anyhow::Result<()> {
                 cfg.facility.id,
                 secrets.node_key.kid()
             );
+            Ok(())
+        }
+        Command::Client { action } => {
+            if !dir.is_initialised() {
+                anyhow::bail!(
+                    "{} is not initialised: run `hexa init` first",
+                    dir.root().display()
+                );
+            }
+            // The issuer only matters for tokens, which this command never issues.
+            let auth = hexa_appliance::auth::Authenticator::open(dir.root(), "urn:hexa:cli")?;
+            match action {
+                ClientCommand::Add {
+                    id,
+                    facility,
+                    jwks,
+                    scopes,
+                } => {
+                    let text = std::fs::read_to_string(&jwks)
+                        .with_context(|| format!("cannot read {}", jwks.display()))?;
+                    let jwks: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", jwks.display()))?;
+                    auth.register_client(hexa_appliance::auth::ClientRegistration {
+                        client_id: id.clone(),
+                        facility_id: facility,
+                        jwks,
+                        scopes,
+                    })?;
+                    println!("registered client {id}; restart `hexa serve` to apply");
+                }
+                ClientCommand::List => {
+                    for c in auth.clients() {
+                        println!("{}\t{}\t{}", c.client_id, c.facility_id, c.scopes);
+                    }
+                }
+                ClientCommand::Remove { id } => {
+                    if auth.revoke_client(&id)? {
+                        println!("removed client {id}; restart `hexa serve` to apply");
+                    } else {
+                        anyhow::bail!("no client {id}");
+                    }
+                }
+            }
             Ok(())
         }
         Command::Keys => {

@@ -456,3 +456,89 @@ fn control_api_is_absent_with_hardware_readers() {
         "{status}"
     );
 }
+
+/// `hexa client add/list/remove` keep the client registry in the data directory.
+#[test]
+fn client_registry_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hexa = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hexa"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("HEXA_KEY_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    let out = hexa(&["client", "list"]);
+    assert!(
+        !out.status.success(),
+        "an uninitialised data dir is refused"
+    );
+    assert!(
+        hexa(&["init", "--facility-id", "rw-dh-test"])
+            .status
+            .success()
+    );
+    let key = hexa_crypto::keys::SigningKey::generate().unwrap();
+    let jwks_path = tmp.path().join("emr.jwks");
+    std::fs::write(
+        &jwks_path,
+        hexa_crypto::keys::jwks(&[key.public()]).to_string(),
+    )
+    .unwrap();
+    let out = hexa(&[
+        "client",
+        "add",
+        "--id",
+        "emr-1",
+        "--facility",
+        "rw-dh-test",
+        "--scopes",
+        "system/Patient.cruds",
+        "--jwks",
+        jwks_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = hexa(&["client", "list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains("emr-1\trw-dh-test\tsystem/Patient.cruds"),
+        "{listed}"
+    );
+    // Bad scopes are refused with a message, and nothing is registered.
+    let out = hexa(&[
+        "client",
+        "add",
+        "--id",
+        "emr-2",
+        "--facility",
+        "rw-dh-test",
+        "--scopes",
+        "everything please",
+        "--jwks",
+        jwks_path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        !String::from_utf8(hexa(&["client", "list"]).stdout)
+            .unwrap()
+            .contains("emr-2")
+    );
+    assert!(
+        hexa(&["client", "remove", "--id", "emr-1"])
+            .status
+            .success()
+    );
+    assert!(
+        String::from_utf8(hexa(&["client", "list"]).stdout)
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+}
