@@ -591,3 +591,71 @@ fn perf_token_and_authenticate() {
     println!("authenticate: {us:.2} us/call");
     assert!(us < 100.0, "authenticate too slow: {us} us");
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn pem_public_keys_convert_to_the_same_jwk() {
+    use p256::pkcs8::EncodePublicKey as _;
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    let without_kid = |mut j: Value| {
+        let o = j.as_object_mut().unwrap();
+        for k in ["kid", "alg", "use"] {
+            o.remove(k);
+        }
+        j
+    };
+    for alg in ["EdDSA", "ES256", "ES384", "RS256"] {
+        let key = Key::for_alg(alg);
+        let mut pems = Vec::new();
+        match &key {
+            Key::Ed(k) => {
+                let mut der = vec![
+                    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+                ];
+                der.extend_from_slice(k.public().as_bytes());
+                pems.push(pem("PUBLIC KEY", &der));
+            }
+            Key::P256(k) => {
+                let der = k.verifying_key().to_public_key_der().unwrap();
+                pems.push(pem("PUBLIC KEY", der.as_bytes()));
+            }
+            Key::P384(k) => {
+                let der = k.verifying_key().to_public_key_der().unwrap();
+                pems.push(pem("PUBLIC KEY", der.as_bytes()));
+            }
+            Key::Rsa(k) => {
+                let public = k.to_public_key();
+                let der = public.to_public_key_der().unwrap();
+                pems.push(pem("PUBLIC KEY", der.as_bytes()));
+                let der = public.to_pkcs1_der().unwrap();
+                pems.push(pem("RSA PUBLIC KEY", der.as_bytes()));
+            }
+        }
+        for p in pems {
+            let jwk = hexa_appliance::auth::jwk_from_pem(&p).unwrap();
+            assert_eq!(jwk, without_kid(key.public_jwk("k")), "{alg}");
+        }
+    }
+    for bad in [
+        "",
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+        "-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----",
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----",
+    ] {
+        let e = hexa_appliance::auth::jwk_from_pem(bad).unwrap_err();
+        assert_eq!(e.code(), "invalid_client_metadata", "{bad:?}");
+    }
+}

@@ -218,3 +218,70 @@ impl ClientKey {
         }
     }
 }
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Converts a PEM public key (`PUBLIC KEY`: Ed25519, P-256, P-384 or RSA SubjectPublicKeyInfo;
+/// or `RSA PUBLIC KEY`: PKCS#1) into a public JWK that [`parse_jwk`] accepts.
+pub(crate) fn jwk_from_pem(pem: &str) -> Result<Value, String> {
+    use base64::engine::general_purpose::STANDARD;
+    use p256::pkcs8::DecodePublicKey as _;
+    use rsa::pkcs1::DecodeRsaPublicKey as _;
+    use rsa::traits::PublicKeyParts as _;
+
+    let text = pem.trim();
+    let (label, rest) = text
+        .strip_prefix("-----BEGIN ")
+        .and_then(|r| r.split_once("-----"))
+        .ok_or("not a PEM document")?;
+    let end = format!("-----END {label}-----");
+    let body = rest
+        .trim()
+        .strip_suffix(end.as_str())
+        .ok_or("PEM END line missing or mismatched")?;
+    let b64body: String = body.split_whitespace().collect();
+    let der = STANDARD
+        .decode(b64body)
+        .map_err(|_| "PEM body is not base64")?;
+    let ec = |crv: &str, point: &[u8], len: usize| {
+        serde_json::json!({
+            "kty": "EC", "crv": crv,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..1 + len]),
+            "y": URL_SAFE_NO_PAD.encode(&point[1 + len..1 + 2 * len]),
+        })
+    };
+    let rsa_jwk = |k: &rsa::RsaPublicKey| {
+        serde_json::json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(k.n().to_be_bytes_trimmed_vartime()),
+            "e": URL_SAFE_NO_PAD.encode(k.e().to_be_bytes_trimmed_vartime()),
+        })
+    };
+    let jwk = match label {
+        "RSA PUBLIC KEY" => rsa_jwk(
+            &rsa::RsaPublicKey::from_pkcs1_der(&der).map_err(|_| "not a PKCS#1 RSA public key")?,
+        ),
+        "PUBLIC KEY" => {
+            if der.len() == 44 && der[..12] == ED25519_SPKI_PREFIX {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&der[12..]),
+                })
+            } else if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(&der) {
+                ec("P-256", k.to_sec1_point(false).as_bytes(), 32)
+            } else if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(&der) {
+                ec("P-384", k.to_sec1_point(false).as_bytes(), 48)
+            } else if let Ok(k) = rsa::RsaPublicKey::from_public_key_der(&der) {
+                rsa_jwk(&k)
+            } else {
+                return Err("PUBLIC KEY is not an Ed25519, P-256, P-384 or RSA key".into());
+            }
+        }
+        other => return Err(format!("PEM label {other:?}: expected PUBLIC KEY")),
+    };
+    // Validate exactly as a registered JWK would be.
+    parse_jwk(&jwk)?;
+    Ok(jwk)
+}

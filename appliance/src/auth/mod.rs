@@ -535,6 +535,13 @@ fn percent_decode(s: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Converts a PEM public key (`-----BEGIN PUBLIC KEY-----` with an Ed25519, P-256, P-384
+/// or RSA key, or `-----BEGIN RSA PUBLIC KEY-----`) into a public JWK for
+/// [`ClientRegistration::jwks`] (what `hexa client add --jwk key.pem` needs).
+pub fn jwk_from_pem(pem: &str) -> Result<Value, AuthError> {
+    keys::jwk_from_pem(pem).map_err(AuthError::InvalidRegistration)
+}
+
 /// Path of a client's file (exposed for the CLI and tests).
 pub fn client_file(data_dir: &Path, client_id: &str) -> PathBuf {
     data_dir.join("clients").join(format!("{client_id}.json"))
