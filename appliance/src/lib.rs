@@ -36,10 +36,15 @@ pub struct Appliance {
 }
 
 /// The store and the actix system thread its registry actors run on. Dropping it stops
-/// the actors, joins the thread, and shuts the group-commit writer down after it committed
-/// everything queued (later calls through other handles fail with `WriterStopped`, 503).
+/// the actors, joins the thread, shuts the group-commit writer down after it committed
+/// everything queued (later calls through other handles fail with `WriterStopped`, 503)
+/// and closes the LMDB environment once no other handle holds it (at most 10 s).
 pub struct StoreService {
-    handle: StoreHandle,
+    /// Taken on drop so the store can be closed once every handle is gone.
+    handle: Option<StoreHandle>,
+    /// The HTTP state that shares this store: while a server still holds it, dropping
+    /// does not wait for the environment to close (it closes when the server lets go).
+    users: std::sync::Weak<http::AppState>,
     system: actix::System,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -67,7 +72,8 @@ impl StoreService {
             .recv()
             .map_err(|_| anyhow::anyhow!("the store thread failed to start"))??;
         Ok(StoreService {
-            handle,
+            handle: Some(handle),
+            users: std::sync::Weak::new(),
             system,
             thread: Some(thread),
         })
@@ -75,7 +81,7 @@ impl StoreService {
 
     /// A handle on the store (cheap to clone).
     pub fn handle(&self) -> &StoreHandle {
-        &self.handle
+        self.handle.as_ref().expect("present until drop")
     }
 }
 
@@ -85,7 +91,21 @@ impl Drop for StoreService {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.handle.engine().writer.shutdown();
+        // The registry actors' threads end once their system stopped; `close` drains the
+        // writer and waits for the last reference to the LMDB environment to go, so the
+        // same data directory can be opened again in this process.
+        if let Some(h) = self.handle.take() {
+            let engine = h.engine().clone();
+            drop(h);
+            let wait = if self.users.strong_count() > 0 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_secs(10)
+            };
+            if let Err(e) = engine.close(wait) {
+                tracing::debug!(error = %e, "the store closes when its last user goes");
+            }
+        }
     }
 }
 
@@ -106,7 +126,7 @@ pub fn start(
     let node_kid = public.kid();
     let jwks = hexa_crypto::keys::jwks(&[public]);
     // The store keeps its LMDB environment in `DataDir::store_path()` (`<root>/store`).
-    let store = StoreService::start(
+    let mut store = StoreService::start(
         StoreConfig::new(dir.root(), &node_kid, &config.facility.id),
         secrets,
     )?;
@@ -119,6 +139,7 @@ pub fn start(
         devices,
     ));
     http.set_store(store.handle().clone());
+    store.users = Arc::downgrade(&http);
     let auth = Arc::new(
         auth::Authenticator::open(dir.root(), &format!("urn:hexa:appliance:{node_kid}"))
             .map_err(|e| anyhow::anyhow!("cannot open the client registry: {e}"))?,

@@ -301,6 +301,22 @@ fn metadata_and_authentication() {
     );
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "insufficient-scope");
+    // Only JSON is served.
+    let r = s.req(
+        "GET",
+        "/fhir/metadata",
+        &[("Accept", "application/fhir+xml")],
+        b"",
+    );
+    assert_eq!(r.status, 406);
+    assert_eq!(r.code(), "not-acceptable");
+    let r = s.req(
+        "GET",
+        "/fhir/metadata",
+        &[("Accept", "application/fhir+json;q=0.9, */*;q=0.1")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
     // Method not allowed, with Allow.
     let r = s.req("DELETE", "/fhir/metadata", &[], b"");
     assert_eq!(r.status, 405);

@@ -87,6 +87,28 @@ fn is_json(ct: Option<&str>) -> bool {
     .is_some_and(|m| m == "application/fhir+json" || m == "application/json")
 }
 
+/// Whether an `Accept` header admits JSON (absent means anything).
+fn accepts_json(accept: Option<&str>) -> bool {
+    accept.is_none_or(|a| {
+        a.split(',').any(|r| {
+            let m = r
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                m.as_str(),
+                "*/*"
+                    | "application/*"
+                    | "application/json"
+                    | "application/fhir+json"
+                    | "application/json+fhir"
+            )
+        })
+    })
+}
+
 fn is_form(ct: Option<&str>) -> bool {
     ct.map(|c| {
         c.split(';')
@@ -236,6 +258,15 @@ impl FhirApi {
 
     async fn dispatch(&self, r: Req) -> Resp {
         let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
+        if !accepts_json(r.header("accept")) {
+            return ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "not-supported",
+                "not-acceptable",
+                "this server answers in JSON only; accept application/fhir+json",
+            )
+            .into_response();
+        }
         // Public endpoints: discovery and the token endpoint.
         match segs.as_slice() {
             ["metadata"] => {
