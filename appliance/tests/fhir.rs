@@ -357,6 +357,19 @@ fn crud_history_and_preconditions() {
     assert_eq!(cc.status, 200);
     assert_eq!(cc.json()["id"], id.as_str());
 
+    // Several matches: 412 multiple-matches, nothing created.
+    s.send("POST", "/fhir/Patient", &patient("Twin", "DUP"), &[]);
+    s.send("POST", "/fhir/Patient", &patient("Twin", "DUP"), &[]);
+    let r = s.send(
+        "POST",
+        "/fhir/Patient",
+        &patient("Twin", "DUP"),
+        &[("If-None-Exist", "identifier=urn:rw:nid|DUP")],
+    );
+    assert_eq!(r.status, 412);
+    assert_eq!(r.code(), "multiple-matches");
+    assert_eq!(s.get("/fhir/Patient?family=Twin").json()["total"], 2);
+
     // Update with the right If-Match; then a stale one is 412.
     let mut p = patient("Uwase-Mukamana", "N1");
     p["id"] = json!(id);
