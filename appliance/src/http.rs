@@ -186,6 +186,13 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
     } else {
         route(req, st).await
     };
+    let mut resp = resp;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the oversized body is still on the wire: close the connection
+        // rather than read it.
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let s = resp.status();
     if s.is_client_error() {
         st.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
