@@ -104,6 +104,12 @@ fn patient_search_parameters() {
         ids(&e, "Patient", &[("address-district", "huye")]),
         vec![b.clone()]
     );
+    // `address` covers its city and district (indexed under address-city/-district).
+    assert_eq!(
+        ids(&e, "Patient", &[("address", "huye")]),
+        ids(&e, "Patient", &[("address-district", "huye")])
+    );
+    assert!(!ids(&e, "Patient", &[("address", "huy")]).is_empty());
     assert_eq!(
         ids(
             &e,

@@ -180,35 +180,20 @@ where
     })
 }
 
-/// Bytes this process caused to be written to storage (`write_bytes` of
-/// `/proc/self/io`; 0 where unavailable).
-fn disk_write_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes: "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, bytes
-/// written to disk).
-fn writer_counters(f: &Fixture) -> [u64; 5] {
+/// Snapshot of the writer's counters: (commits, members, apply ns, commit ns).
+fn writer_counters(f: &Fixture) -> [u64; 4] {
     let st = f.handle.engine().writer.stats();
     [
         st.commits.load(Ordering::Relaxed),
         st.members.load(Ordering::Relaxed),
         st.apply_nanos.load(Ordering::Relaxed),
         st.commit_nanos.load(Ordering::Relaxed),
-        disk_write_bytes(),
     ]
 }
 
 /// Prints what the writer did between two snapshots (where a group commit's time goes).
-fn report_writer(label: &str, before: [u64; 5], after: [u64; 5], wall: Duration) {
-    let [commits, members, apply, commit, written] =
+fn report_writer(label: &str, before: [u64; 4], after: [u64; 4], wall: Duration) {
+    let [commits, members, apply, commit] =
         std::array::from_fn(|i| after[i].saturating_sub(before[i]));
     if members == 0 {
         return; // filtered out
@@ -216,15 +201,12 @@ fn report_writer(label: &str, before: [u64; 5], after: [u64; 5], wall: Duration)
     let (c, m) = (commits.max(1) as f64, members.max(1) as f64);
     eprintln!(
         "writer[{label}]: {members} members in {commits} commits ({:.1}/commit), apply {:.1} µs/member, \
-         commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s, disk {:.1} KiB/member \
-         ({:.1} MB/s)",
+         commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
         (apply + commit) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
-        wall.as_secs_f64(),
-        written as f64 / 1024.0 / m,
-        written as f64 / 1e6 / wall.as_secs_f64().max(1e-9)
+        wall.as_secs_f64()
     );
 }
 

@@ -518,27 +518,60 @@ pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
     terms_of_values(def, values(def, resource))
 }
 
-/// True if `resource_type` has `name`, `family` and `given` string parameters over
-/// `HumanName` (Patient, Practitioner, ...). Its `name` index then holds only the name
-/// parts that `family` and `given` do not index (text, prefix, suffix), and a `name`
-/// search reads the postings of all three (see [`posting_params`]): the same matches with
-/// about half the index terms per person.
-pub fn splits_name(resource_type: &str) -> bool {
+/// (part parameter, field of the element) pairs of a split parameter.
+pub type Parts = &'static [(&'static str, &'static str)];
+
+/// String parameters over a complex element whose parts other string parameters also
+/// index: (parameter, element path, [(part parameter, part field)]). Where a resource type
+/// has all of them (e.g. Patient's `name` with `family`/`given`, `address` with
+/// `address-city`/`-district`/`-state`), the whole-element parameter's index holds only
+/// the parts no part parameter indexes, and a search on it reads the postings of all of
+/// them (see [`posting_params`]): the same matches with far fewer index terms.
+const SPLITS: &[(&str, &str, Parts)] = &[
+    ("name", "name", &[("family", "family"), ("given", "given")]),
+    (
+        "address",
+        "address",
+        &[
+            ("address-city", "city"),
+            ("address-district", "district"),
+            ("address-state", "state"),
+        ],
+    ),
+];
+
+/// The part (parameter, field) pairs of `param` if `resource_type` splits it.
+pub fn split_parts(
+    resource_type: &str,
+    param: &str,
+) -> Option<&'static [(&'static str, &'static str)]> {
     let ps = params_for(resource_type);
     let has = |n: &str, path: &str| {
         ps.iter()
-            .any(|d| d.name == n && d.kind == Str && d.paths == [path])
+            .any(|d| d.name == n && d.kind == Str && d.paths.len() == 1 && d.paths[0] == path)
     };
-    has("name", "name") && has("family", "name.family") && has("given", "name.given")
+    SPLITS.iter().find_map(|(name, path, parts)| {
+        (*name == param
+            && has(name, path)
+            && parts
+                .iter()
+                .all(|(pn, field)| has(pn, &format!("{path}.{field}"))))
+        .then_some(*parts)
+    })
+}
+
+/// True if `resource_type`'s `name` index leaves family and given to their parameters.
+pub fn splits_name(resource_type: &str) -> bool {
+    split_parts(resource_type, "name").is_some()
 }
 
 /// The parameters whose index postings together answer a search on `param`.
 pub fn posting_params(resource_type: &str, param: &'static str) -> Vec<&'static str> {
-    if param == "name" && splits_name(resource_type) {
-        vec!["name", "family", "given"]
-    } else {
-        vec![param]
+    let mut out = vec![param];
+    if let Some(parts) = split_parts(resource_type, param) {
+        out.extend(parts.iter().map(|(pn, _)| *pn));
     }
+    out
 }
 
 /// The index terms of `def` over already-selected element values.
@@ -612,17 +645,17 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
 /// Every (blind-index field, term) pair of a resource; the field is `<type>.<param>`.
 pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let split = splits_name(resource_type);
     for def in params_for(resource_type) {
-        let terms = if split && def.name == "name" {
-            // family and given are indexed under their own parameters.
+        let terms = if let Some(parts) = split_parts(resource_type, def.name) {
+            // The parts are indexed under their own parameters.
             let stripped: Vec<Value> = values(def, resource)
                 .into_iter()
                 .map(|v| match v {
                     Value::Object(m) => {
                         let mut m = m.clone();
-                        m.remove("family");
-                        m.remove("given");
+                        for (_, field) in parts {
+                            m.remove(*field);
+                        }
                         Value::Object(m)
                     }
                     other => other.clone(),
@@ -684,6 +717,22 @@ mod tests {
         );
         assert_eq!(posting_params("Organization", "name"), ["name"]);
         assert_eq!(posting_params("Patient", "family"), ["family"]);
+        assert_eq!(
+            posting_params("Patient", "address"),
+            [
+                "address",
+                "address-city",
+                "address-district",
+                "address-state"
+            ]
+        );
+        let addr: Vec<&str> = all
+            .iter()
+            .filter(|(f, _)| f == "Patient.address")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert!(!addr.contains(&"p:kigali"), "{addr:?}");
+        assert!(all.contains(&("Patient.address-city".into(), "p:kigali".into())));
     }
 
     fn terms(ty: &str, name: &str, v: &Value) -> Vec<String> {
