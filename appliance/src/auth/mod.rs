@@ -14,6 +14,12 @@
 //!   reopening, or [`Authenticator::revoke_client`]) ends its tokens at once because
 //!   [`Authenticator::authenticate`] checks the client is still registered.
 //! - Tokens and assertions are never logged.
+//!
+//! Cost (release build, this 2-core machine, `HEXA_AUTH_PERF=1 cargo test -p hexa-appliance
+//! --release --test auth -- --nocapture perf`): `authenticate` 1.5 µs per call; the token
+//! endpoint 62 µs (EdDSA), 206 µs (ES256), 612 µs (ES384), 61 µs (RS256), 82 µs (RS384) per
+//! request. Verification runs only for a known client id and kid, but those are not
+//! secrets, so the HTTP layer's rate limits should cover the token endpoint.
 
 mod clients;
 mod keys;
