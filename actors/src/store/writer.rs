@@ -7,6 +7,12 @@
 //! leaves only a failure AuditEvent, never partial writes — persists the audit frontier,
 //! signs a checkpoint when due, commits (one fsync for the whole group) and only then
 //! acknowledges each member. A full map aborts the batch, grows the map and re-applies it.
+//!
+//! Within a batch the members' puts and deletes are *staged* ([`Staged`]) and applied after
+//! the version checks in (database, key) order, so the batch walks each B-tree left to
+//! right; the audit log (ever-growing keys) is appended with `MDB_APPEND`. Only the
+//! current-version pointers are written at once, because later members' checks read them;
+//! a conditional create flushes the stage before its search.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
