@@ -548,50 +548,6 @@ fn smart_configuration_advertises_what_is_implemented() {
     }
 }
 
-/// Cost per call of the token endpoint (per algorithm) and of `authenticate`. Timing, so
-/// gated: `HEXA_AUTH_PERF=1 cargo test -p hexa-appliance --release --test auth -- --nocapture perf`.
-#[test]
-fn perf_token_and_authenticate() {
-    if std::env::var_os("HEXA_AUTH_PERF").is_none() {
-        return;
-    }
-    let f = fixture();
-    let mut token = String::new();
-    for alg in hexa_appliance::auth::ALGORITHMS {
-        let key = Key::for_alg(alg);
-        let id = format!("perf-{alg}");
-        register(&f.auth, &id, &key, "k", "system/*.cruds");
-        let h = json!({"alg": alg, "kid": "k"});
-        let n = 300;
-        let forms: Vec<Vec<u8>> = (0..n)
-            .map(|i| {
-                form(
-                    &jwt(&key, &h, &claims(&id, &format!("p{i}"))),
-                    "system/*.rs",
-                )
-            })
-            .collect();
-        let t = std::time::Instant::now();
-        for body in &forms {
-            let (s, b) = f.auth.token_endpoint(body, TOKEN_URL, NOW);
-            assert_eq!(s, 200, "{b}");
-            token = b["access_token"].as_str().unwrap().to_owned();
-        }
-        let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-        println!("token endpoint {alg}: {us:.1} us/request");
-    }
-    let header = format!("Bearer {token}");
-    let n = 100_000u32;
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        let p = f.auth.authenticate(Some(&header), NOW + 1).unwrap();
-        assert!(p.scopes.allows("Patient", Interaction::Read));
-    }
-    let us = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-    println!("authenticate: {us:.2} us/call");
-    assert!(us < 100.0, "authenticate too slow: {us} us");
-}
-
 fn pem(label: &str, der: &[u8]) -> String {
     let b = base64::engine::general_purpose::STANDARD.encode(der);
     let lines: Vec<&str> = b
