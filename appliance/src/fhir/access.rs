@@ -7,20 +7,8 @@
 
 use serde_json::Value;
 
-/// A RESTful interaction, as SMART scopes grant them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Interaction {
-    /// read, vread, instance history.
-    Read,
-    /// search, type history.
-    Search,
-    /// create (and conditional create).
-    Create,
-    /// update.
-    Update,
-    /// delete.
-    Delete,
-}
+/// A RESTful interaction, as SMART scopes grant them (one type, shared with `auth`).
+pub use crate::auth::Interaction;
 
 /// What an authenticated caller may do.
 pub trait Grants: Send + Sync {

@@ -3,18 +3,11 @@
 //! granted.
 
 use super::access::{Authorizer, Caller, Denied, Grants, Interaction};
-use crate::auth::{self, Authenticator, Scopes};
+use crate::auth::{Authenticator, Scopes};
 use serde_json::Value;
 
 impl Grants for Scopes {
     fn allows(&self, resource_type: &str, i: Interaction) -> bool {
-        let i = match i {
-            Interaction::Read => auth::Interaction::Read,
-            Interaction::Search => auth::Interaction::Search,
-            Interaction::Create => auth::Interaction::Create,
-            Interaction::Update => auth::Interaction::Update,
-            Interaction::Delete => auth::Interaction::Delete,
-        };
         Scopes::allows(self, resource_type, i)
     }
 }
