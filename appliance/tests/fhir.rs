@@ -12,7 +12,7 @@ use hexa_appliance::datadir::DataDir;
 use hexa_crypto::keys::SigningKey;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -100,10 +100,11 @@ impl Resp {
     }
 }
 
+mod common;
+
+/// Field order matters: the HTTP server stops before the appliance closes.
 struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    http: common::Listening,
     app: hexa_appliance::Appliance,
     _dir: tempfile::TempDir,
     /// `Bearer` header of a client granted everything (`system/*.cruds`).
@@ -125,30 +126,8 @@ impl Server {
     fn start_in(tmp: tempfile::TempDir, cfg: Config) -> Server {
         let dir = DataDir::new(tmp.path().join("data"));
         let app = hexa_appliance::start(&dir, &cfg, None).unwrap();
-        let state = app.http.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (atx, arx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                atx.send(l.local_addr().unwrap()).unwrap();
-                hexa_appliance::http::run(l, state, async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = arx.recv().unwrap();
         let mut s = Server {
-            addr,
-            stop: Some(tx),
-            thread: Some(thread),
+            http: common::Listening::serve(app.http.clone()),
             app,
             _dir: tmp,
             all: String::new(),
@@ -161,7 +140,7 @@ impl Server {
 
     /// One request over a fresh connection.
     fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        let mut s = TcpStream::connect(self.addr).unwrap();
+        let mut s = TcpStream::connect(self.http.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut h = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -205,24 +184,9 @@ impl Server {
 impl Server {
     /// Stops the server and closes the appliance; hands back the data directory.
     fn stop(mut self) -> tempfile::TempDir {
-        self.halt();
+        self.http.halt();
         let tmp = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self._dir, tmp)
-    }
-
-    fn halt(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.halt();
     }
 }
 

@@ -31,50 +31,13 @@ fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap()
 }
 
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+mod common;
+use common::Listening as Server;
 
 impl Server {
     fn start(dir: &DataDir) -> (Server, hexa_appliance::Appliance) {
         let app = hexa_appliance::start(dir, &Config::defaults(), None).unwrap();
-        let state = app.http.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (atx, arx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                atx.send(l.local_addr().unwrap()).unwrap();
-                hexa_appliance::http::run(l, state, async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-            });
-        });
-        let addr = arx.recv().unwrap();
-        (
-            Server {
-                addr,
-                stop: Some(tx),
-                thread: Some(thread),
-            },
-            app,
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.thread.take().unwrap().join().unwrap();
+        (Server::serve(app.http.clone()), app)
     }
 }
 
