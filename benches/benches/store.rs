@@ -39,6 +39,7 @@ fn ctx() -> AccessContext {
         practitioner: Some("dr".into()),
         purpose_of_use: "TREAT".into(),
         justification: None,
+        patient_session: None,
     }
 }
 

@@ -33,6 +33,9 @@ pub struct AccessContext {
     pub purpose_of_use: String,
     /// Justification text (required later for emergency overrides).
     pub justification: Option<String>,
+    /// Set when a patient reads their own record through a card-tap session at the
+    /// front desk: the patient's logical reference (`Patient/<id>`).
+    pub patient_session: Option<String>,
 }
 
 impl AccessContext {
@@ -44,6 +47,7 @@ impl AccessContext {
             practitioner: None,
             purpose_of_use: "HOPERAT".into(),
             justification: None,
+            patient_session: None,
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn ctx() -> AccessContext {
         practitioner: Some("dr-a".into()),
         purpose_of_use: "TREAT".into(),
         justification: None,
+        patient_session: None,
     }
 }
 

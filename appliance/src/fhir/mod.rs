@@ -351,6 +351,7 @@ impl FhirApi {
             practitioner: None,
             purpose_of_use: purpose,
             justification: None,
+            patient_session: None,
         };
         let c = Call {
             api: self,
