@@ -50,6 +50,8 @@ pub struct AppState {
     store: OnceLock<hexa_actors::handle::StoreHandle>,
     /// The FHIR API, mounted at `/fhir` only together with client authentication.
     fhir: OnceLock<crate::fhir::FhirApi>,
+    /// The consent ceremonies, for the front desk's `/desk/api/*`.
+    ceremonies: OnceLock<Arc<crate::consent::Ceremonies>>,
 }
 
 #[derive(Default)]
@@ -80,6 +82,7 @@ impl AppState {
             devices,
             store: OnceLock::new(),
             fhir: OnceLock::new(),
+            ceremonies: OnceLock::new(),
         }
     }
 
@@ -93,6 +96,17 @@ impl AppState {
     /// if one was already mounted.
     pub fn mount_fhir(&self, api: crate::fhir::FhirApi) -> bool {
         self.fhir.set(api).is_ok()
+    }
+
+    /// Serves the consent ceremonies' front-desk API at `/desk/api/*`. A second call is
+    /// ignored.
+    pub fn set_ceremonies(&self, c: Arc<crate::consent::Ceremonies>) {
+        let _ = self.ceremonies.set(c);
+    }
+
+    /// The consent ceremonies, once set.
+    pub fn ceremonies(&self) -> Option<&Arc<crate::consent::Ceremonies>> {
+        self.ceremonies.get()
     }
 
     /// Largest request body accepted, in bytes.
@@ -174,6 +188,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
     let path = req.uri().path();
     let resp = if path.starts_with("/sim/") {
         crate::sim_api::route(req, peer, st.devices.sim.as_ref(), st.max_body_bytes).await
+    } else if path.starts_with("/desk/") {
+        let c = st.ceremonies.get().map(|c| &**c);
+        crate::consent::desk::route(c, req, peer, st.max_body_bytes).await
     } else if path == "/fhir" || path.starts_with("/fhir/") {
         match st.fhir.get() {
             Some(api) => api.handle(req, st.max_body_bytes).await,
