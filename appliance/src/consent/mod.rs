@@ -410,6 +410,16 @@ impl Ceremonies {
         Ok(out)
     }
 
+    /// The patient's active card enrolments.
+    pub async fn card_enrolments(&self, patient_id: &str) -> Result<Vec<Enrolled>, CeremonyError> {
+        self.enrolments(patient_id, records::CARD).await
+    }
+
+    /// The relying party ID and this appliance's ID (what challenges name).
+    pub fn identity(&self) -> (&str, &str) {
+        (&self.config.rp_id, &self.appliance_id)
+    }
+
     /// The patient's active enrolments of type `code`.
     async fn enrolments(
         &self,
