@@ -439,10 +439,12 @@ impl Ceremonies {
         Ok(all
             .into_iter()
             .filter(|d| d.active && d.patient == patient)
-            .filter(|d| match (&d.kind, code) {
-                (Enrolment::Card { .. }, records::CARD) => true,
-                (Enrolment::Finger { .. }, records::FINGER) => true,
-                _ => false,
+            .filter(|d| {
+                matches!(
+                    (&d.kind, code),
+                    (Enrolment::Card { .. }, records::CARD)
+                        | (Enrolment::Finger { .. }, records::FINGER)
+                )
             })
             .collect())
     }
