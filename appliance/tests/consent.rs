@@ -435,6 +435,21 @@ fn wrong_unenrolled_and_other_patients_cards_are_refused() {
     assert_eq!((r.status, r.code()), (400, "bad-parameters".into()));
     let r = s.consent(&a, vec![json!({"name": "typo", "valueCode": "x"})]);
     assert_eq!(r.status, 400);
+    // The CapabilityStatement lists the operations.
+    let cap = s.req("GET", "/fhir/metadata", &[], b"").json();
+    let patient = cap["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap();
+    assert!(
+        patient["operation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "consent")
+    );
     // Read-only scopes may not run a ceremony.
     let r = s.fhir_as(
         &s.read,
@@ -525,6 +540,7 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
         "{pending}"
     );
     assert!(pending["until"].is_string());
+    assert!(pending["progress"]["state"].is_string(), "{pending}");
     s.present(card);
     let r = t.join().unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));

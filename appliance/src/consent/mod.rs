@@ -261,6 +261,37 @@ pub fn required_scope(ty: &str, op: &str) -> Option<(&'static str, crate::fhir::
     }
 }
 
+/// The ceremony operations per resource type: (type, operation name without `$`).
+pub const OPERATIONS: &[(&str, &str)] = &[
+    ("Patient", "enroll-card"),
+    ("Patient", "enroll-finger"),
+    ("Patient", "consent"),
+    ("Device", "revoke"),
+    ("Consent", "countersign"),
+    ("Consent", "revoke"),
+];
+
+/// Adds the ceremony operations to the CapabilityStatement's resource entries.
+pub fn capability_operations(resources: &mut [Value]) {
+    for r in resources {
+        let Some(ty) = r.get("type").and_then(Value::as_str).map(str::to_owned) else {
+            continue;
+        };
+        let ops: Vec<Value> = OPERATIONS
+            .iter()
+            .filter(|(t, _)| *t == ty)
+            .map(|(_, op)| json!({"name": op, "definition": format!("urn:hexa:operation:{op}")}))
+            .collect();
+        if ops.is_empty() {
+            continue;
+        }
+        match r.get_mut("operation").and_then(Value::as_array_mut) {
+            Some(existing) => existing.extend(ops),
+            None => r["operation"] = Value::Array(ops),
+        }
+    }
+}
+
 impl Ceremonies {
     /// The service over `store` and the readers of `devices`, for the appliance whose node
     /// key has kid `appliance_id`, serving `facility_id`.
@@ -472,15 +503,14 @@ impl Ceremonies {
     }
 
     fn fresh_nonce(&self, issued_at: u64) -> Result<[u8; 32], CeremonyError> {
-        let mut nonce = [0u8; 32];
-        getrandom::fill(&mut nonce).map_err(|e| CeremonyError::Internal(format!("OS RNG: {e}")))?;
+        let nonce = random32()?;
         let mut issued = lock(&self.issued);
         let ttl = self.config.challenge_ttl_secs;
         let now = now_secs();
         issued.retain(|_, t| t.saturating_add(ttl) >= now);
         if issued.len() >= MAX_OUTSTANDING_NONCES {
-            return Err(CeremonyError::Device(
-                hexa_actors::device::DeviceError::Busy(ReaderKind::Card),
+            return Err(CeremonyError::Internal(
+                "too many ceremonies are waiting for an answer; retry in a few minutes".into(),
             ));
         }
         issued.insert(nonce, issued_at);
@@ -1128,7 +1158,7 @@ impl Ceremonies {
             seed.extend_from_slice(
                 format!("Patient/{patient_id}\0{}\0", self.appliance_id).as_bytes(),
             );
-            seed.extend_from_slice(&self.fresh_nonce(now_secs())?);
+            seed.extend_from_slice(&random32()?);
             let e = self
                 .devices
                 .send(Timed {
@@ -1244,6 +1274,12 @@ fn attested_sign_count(auth_data: &[u8]) -> u32 {
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_be_bytes)
         .unwrap_or(0)
+}
+
+fn random32() -> Result<[u8; 32], CeremonyError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| CeremonyError::Internal(format!("OS RNG: {e}")))?;
+    Ok(b)
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {

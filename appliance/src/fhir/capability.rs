@@ -59,7 +59,7 @@ fn param_type(k: ParamKind) -> &'static str {
 
 /// The CapabilityStatement; `base` is the absolute `/fhir` URL.
 pub fn capability_statement(base: &str) -> Value {
-    let resources: Vec<Value> = served_types()
+    let mut resources: Vec<Value> = served_types()
         .into_iter()
         .map(|ty| {
             let writable = client_writable(ty);
@@ -88,6 +88,7 @@ pub fn capability_statement(base: &str) -> Value {
             })
         })
         .collect();
+    crate::consent::capability_operations(&mut resources);
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
