@@ -424,6 +424,19 @@ fn wrong_unenrolled_and_other_patients_cards_are_refused() {
     s.present(stranger);
     let r = s.consent(&a, vec![]);
     assert_eq!((r.status, r.code()), (403, "wrong-credential".into()));
+    // A card that needs a PIN cannot be enrolled at the desk.
+    let pin_card = s
+        .sim("/sim/cards", json!({"model": "ed25519", "pin": "1234"}))
+        .json()["card"]
+        .as_u64()
+        .unwrap() as u32;
+    s.present(pin_card);
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{nobody}/$enroll-card"),
+        &params(vec![]),
+    );
+    assert_eq!((r.status, r.code()), (403, "declined".into()));
     // A patient without a card.
     let r = s.consent(&nobody, vec![]);
     assert_eq!((r.status, r.code()), (422, "not-enrolled".into()));
@@ -525,7 +538,8 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
             break r.clone();
         }
         assert!(Instant::now() < deadline, "no pending request appeared");
-        std::thread::yield_now();
+        // Poll interval only: correctness does not depend on it.
+        std::thread::sleep(Duration::from_millis(5));
     };
     assert_eq!(pending["kind"], "consent");
     assert_eq!(pending["patient"], format!("Patient/{p}"));
@@ -541,6 +555,9 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
     );
     assert!(pending["until"].is_string());
     assert!(pending["progress"]["state"].is_string(), "{pending}");
+    // The reader is busy with that ceremony: a second one is refused at once.
+    let r = s.consent(&p, vec![]);
+    assert_eq!((r.status, r.code()), (409, "device-busy".into()));
     s.present(card);
     let r = t.join().unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
@@ -882,6 +899,13 @@ fn login_and_the_patients_access_list() {
     assert_eq!(em["emergency"], true);
     assert_eq!(em["facility"], "Organization/fac-b");
     assert!(em["text"].as_str().unwrap().contains("EMERGENCY"), "{em}");
+    // The login itself is in the list: the session's read of its own Patient resource.
+    assert!(
+        accesses
+            .iter()
+            .any(|a| a["client"] == "patient-session" && a["what"] == "read"),
+        "{list}"
+    );
     let whens: Vec<&str> = accesses
         .iter()
         .map(|a| a["when"].as_str().unwrap())

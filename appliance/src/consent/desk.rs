@@ -242,6 +242,13 @@ impl Ceremonies {
                         let (dev, _) = self
                             .accept_card_assertion(&ch, &a, chunk, now_secs())
                             .await?;
+                        // The login is recorded as the session's read of its own Patient
+                        // resource (an AuditEvent by `patient-session`), which also checks
+                        // the patient still exists.
+                        let id = dev.patient.trim_start_matches("Patient/");
+                        self.store
+                            .read(&self.session_ctx(&dev.patient), "Patient", id)
+                            .await?;
                         return Ok(dev.patient);
                     }
                     Err(e @ CeremonyError::WrongCredential(_)) => last = e,
