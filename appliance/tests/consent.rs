@@ -502,6 +502,17 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
     let r = s.fhir("POST", &format!("/fhir/Patient/{p}/$consent"), &bad);
     assert_eq!(r.status, 400);
 
+    // The grantee is in the local registry: the desk names it.
+    let r = s.fhir(
+        "PUT",
+        "/fhir/Organization/fac-b",
+        &json!({"resourceType": "Organization", "id": "fac-b", "name": "Kibagabaga District Hospital"}),
+    );
+    assert!(
+        r.status == 201 || r.status == 200,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     // A ceremony in flight is listed, in plain words, until the card is tapped.
     let addr = s.http.addr;
     let auth = s.all.clone();

@@ -671,6 +671,57 @@ impl Ceremonies {
         Ok(a)
     }
 
+    /// The name of a registry entry held here (`Organization.name`, a Practitioner's
+    /// first name), for the front desk; `None` when it is not in this appliance's registry.
+    async fn display_name(&self, ty: &str, id: &str) -> Option<String> {
+        let rec = self.store.read(&self.system(), ty, id).await.ok()?;
+        let r = &rec.resource;
+        let name = match ty {
+            "Organization" => r.get("name")?.as_str()?.to_owned(),
+            _ => {
+                let n = r.get("name")?.get(0)?;
+                match n.get("text").and_then(Value::as_str) {
+                    Some(t) => t.to_owned(),
+                    None => {
+                        let mut parts: Vec<&str> = n
+                            .get("given")
+                            .and_then(Value::as_array)
+                            .map(|g| g.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        parts.extend(n.get("family").and_then(Value::as_str));
+                        parts.join(" ")
+                    }
+                }
+            }
+        };
+        let name: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+        (!name.trim().is_empty()).then_some(name)
+    }
+
+    /// The plain-words sentence and the JSON view of `t` for the front desk.
+    async fn describe(&self, t: &Terms, revocation: bool) -> (String, Value) {
+        let org = self.display_name("Organization", &t.organization).await;
+        let prac = match &t.practitioner {
+            Some(p) => self.display_name("Practitioner", p).await,
+            None => None,
+        };
+        let label = |name: &Option<String>, r: String| match name {
+            Some(n) => format!("{n} ({r})"),
+            None => r,
+        };
+        let org_label = label(&org, format!("Organization/{}", t.organization));
+        let who = match &t.practitioner {
+            Some(p) => format!(
+                "{} of {org_label}",
+                label(&prac, format!("Practitioner/{p}"))
+            ),
+            None => org_label,
+        };
+        let mut view = self.terms_view(t);
+        view["granteeNames"] = json!([org, prac]);
+        (self.terms_text(t, &who, revocation), view)
+    }
+
     fn terms_view(&self, t: &Terms) -> Value {
         let mut grantee = vec![format!("Organization/{}", t.organization)];
         if let Some(p) = &t.practitioner {
@@ -693,11 +744,7 @@ impl Ceremonies {
         v
     }
 
-    fn terms_text(&self, t: &Terms, revocation: bool) -> String {
-        let who = match &t.practitioner {
-            Some(p) => format!("Practitioner/{p} of Organization/{}", t.organization),
-            None => format!("Organization/{}", t.organization),
-        };
+    fn terms_text(&self, t: &Terms, who: &str, revocation: bool) -> String {
         let what = if t.classes.is_empty() {
             "all your clinical records".to_owned()
         } else {
@@ -820,13 +867,14 @@ impl Ceremonies {
                 if finger { "fingerprint" } else { "card" }
             )));
         }
+        let (text, terms_view) = self.describe(&terms, false).await;
         let view = json!({
             "kind": "consent",
             "method": if finger { "fingerprint" } else { "card" },
             "patient": format!("Patient/{patient_id}"),
             "askedBy": {"client": requester.client_id, "facility": format!("Organization/{}", requester.facility_id)},
-            "text": self.terms_text(&terms, false),
-            "terms": self.terms_view(&terms),
+            "text": text,
+            "terms": terms_view,
         });
         let reader = if finger {
             ReaderKind::Fingerprint
@@ -1031,13 +1079,14 @@ impl Ceremonies {
                 terms.patient_id
             )));
         }
+        let (text, terms_view) = self.describe(&terms, true).await;
         let view = json!({
             "kind": "revocation",
             "method": "card",
             "patient": format!("Patient/{}", terms.patient_id),
             "askedBy": {"client": requester.client_id, "facility": format!("Organization/{}", requester.facility_id)},
-            "text": self.terms_text(&terms, true),
-            "terms": self.terms_view(&terms),
+            "text": text,
+            "terms": terms_view,
         });
         let guard = self.register_request(ReaderKind::Card, view, timeout);
         let r = async {
