@@ -955,6 +955,24 @@ fn login_and_the_patients_access_list() {
     assert_eq!(r.status, 401);
     let r = s.req("DELETE", "/desk/api/accesses", &[], b"");
     assert_eq!(r.status, 405);
+    // Logout ends the session everywhere it was used.
+    let r = s.req("POST", "/desk/api/logout", &[("Cookie", &cookie_pair)], b"");
+    assert_eq!(r.status, 204);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = s.req(
+        "GET",
+        "/desk/api/accesses",
+        &[("Cookie", &cookie_pair)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    let r = s.req(
+        "GET",
+        &format!("/fhir/AuditEvent?patient={p}"),
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
 }
 
 /// The stored evidence of an Ed25519 and an ES256 card, verified by Yubico's `fido2`.

@@ -49,6 +49,9 @@
 //!    "text": "Organization/fac-b read Observation/o1 for emergency treatment ..."}]}
 //! ```
 //! The same token works as a bearer on `GET /fhir/AuditEvent?patient=<own id>` (only).
+//!
+//! `POST /desk/api/logout` (cookie or bearer): ends the session at once (the next patient at
+//! a shared kiosk cannot see this one's list) and clears the cookie; 204.
 
 pub mod desk;
 pub mod error;
