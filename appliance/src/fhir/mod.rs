@@ -7,6 +7,7 @@
 pub mod access;
 mod bundle;
 pub mod capability;
+mod guard;
 pub mod outcome;
 pub mod query;
 mod smart;
@@ -345,12 +346,16 @@ impl FhirApi {
                 .into_response();
             }
         };
+        let justification = match guard::justification(&caller, r.header(guard::JUSTIFICATION)) {
+            Ok(j) => j,
+            Err(e) => return e.into_response(),
+        };
         let ctx = AccessContext {
             client_id: caller.client_id.clone(),
             facility_id: caller.facility_id.clone(),
             practitioner: None,
             purpose_of_use: purpose,
-            justification: None,
+            justification,
             patient_session: None,
         };
         let c = Call {
