@@ -492,6 +492,27 @@ impl Call<'_> {
                     "GET, HEAD, POST, PUT (with search criteria)",
                 )),
             },
+            [ty, id, op] if crate::consent::required_scope(ty, op).is_some() => {
+                if *m != Method::POST {
+                    return Ok(method_not_allowed(m, "POST"));
+                }
+                let Some(c) = &self.api.ceremonies else {
+                    return Err(ApiError::not_supported(
+                        "unsupported-operation",
+                        "consent ceremonies are not enabled on this appliance",
+                    ));
+                };
+                if let Some((scope_ty, i)) = crate::consent::required_scope(ty, op) {
+                    self.allow(scope_ty, i)?;
+                }
+                let who = crate::consent::Requester {
+                    client_id: self.caller.client_id.clone(),
+                    facility_id: self.caller.facility_id.clone(),
+                };
+                c.operation(&who, ty, id, op, &r.body, &r.base)
+                    .await
+                    .map_err(|e| e.to_api())
+            }
             [ty, op] if op.starts_with('$') => self.operation(r, ty, None, op).await,
             [ty, id, op] if op.starts_with('$') => self.operation(r, ty, Some(id), op).await,
             [ty, "_search"] => {
@@ -518,27 +539,6 @@ impl Call<'_> {
                 Method::DELETE => self.delete(ty, id).await,
                 _ => Ok(method_not_allowed(m, "GET, HEAD, PUT, DELETE")),
             },
-            [ty, id, op] if crate::consent::required_scope(ty, op).is_some() => {
-                if *m != Method::POST {
-                    return Ok(method_not_allowed(m, "POST"));
-                }
-                let Some(c) = &self.api.ceremonies else {
-                    return Err(ApiError::not_supported(
-                        "unsupported-operation",
-                        "consent ceremonies are not enabled on this appliance",
-                    ));
-                };
-                if let Some((scope_ty, i)) = crate::consent::required_scope(ty, op) {
-                    self.allow(scope_ty, i)?;
-                }
-                let who = crate::consent::Requester {
-                    client_id: self.caller.client_id.clone(),
-                    facility_id: self.caller.facility_id.clone(),
-                };
-                c.operation(&who, ty, id, op, &r.body, &r.base)
-                    .await
-                    .map_err(|e| e.to_api())
-            }
             [ty, id, "_history"] => {
                 if !get {
                     return Ok(method_not_allowed(m, "GET, HEAD"));
