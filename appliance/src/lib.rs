@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod devices;
 pub mod fhir;
 pub mod http;
+pub mod ratelimit;
 pub mod sim_api;
 
 use hexa_actors::handle::StoreHandle;
