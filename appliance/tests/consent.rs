@@ -115,8 +115,10 @@ impl Server {
             all: String::new(),
             read: String::new(),
         };
-        s.all = s.token("emr-all", "fac-a", "system/*.cruds");
-        s.read = s.token("emr-read", "fac-a", "system/*.rs");
+        // The appliance's own facility: it authors the enrolments and consents, so its
+        // clients may read them back.
+        s.all = s.token("emr-all", "demo-facility", "system/*.cruds");
+        s.read = s.token("emr-read", "demo-facility", "system/*.rs");
         s
     }
 
@@ -137,7 +139,7 @@ impl Server {
         let header = b64(&json!({"alg": "EdDSA", "typ": "JWT", "kid": public.kid()}));
         let t = now();
         let claims = b64(&json!({
-            "iss": client_id, "sub": client_id, "aud": "http://127.0.0.1/fhir/token",
+            "iss": client_id, "sub": client_id, "aud": format!("http://{}/fhir/token", self.http.addr),
             "iat": t, "exp": t + 120,
             "jti": format!("jti-{t}-{}", JTI.fetch_add(1, Ordering::Relaxed)),
         }));
@@ -868,10 +870,17 @@ fn login_and_the_patients_access_list() {
     let r = s.req(
         "GET",
         &format!("/fhir/Patient/{p}"),
-        &[("Authorization", &emr_b), ("X-Purpose-Of-Use", "ETREAT")],
+        &[
+            ("Authorization", &emr_b),
+            ("X-Purpose-Of-Use", "ETREAT"),
+            (
+                "X-Access-Justification",
+                "unconscious on arrival, allergies unknown",
+            ),
+        ],
         b"",
     );
-    let _ = r.status; // the enforcement helper decides; the access is audited either way
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     // An unenrolled card cannot log in.
     let stranger = s.new_card("ed25519");
@@ -910,6 +919,11 @@ fn login_and_the_patients_access_list() {
     assert_eq!(em["emergency"], true);
     assert_eq!(em["facility"], "Organization/fac-b");
     assert!(em["text"].as_str().unwrap().contains("EMERGENCY"), "{em}");
+    assert_eq!(
+        em["justification"],
+        "unconscious on arrival, allergies unknown"
+    );
+    assert_eq!(em["basis"][0], "emergency");
     // The login itself is in the list: the session's read of its own Patient resource.
     assert!(
         accesses
