@@ -1057,3 +1057,23 @@ fn stored_evidence_verifies_with_python_fido2() {
     let out = run(&json!({"consents": [forged], "algs": [-8]}));
     assert!(!out.status.success(), "a forged signature passed fido2");
 }
+
+/// Login offers the card at most 16 credential IDs at a time: a card enrolled after many
+/// others is still found.
+#[test]
+fn login_finds_a_card_beyond_the_first_allow_list() {
+    let s = Server::start();
+    for i in 0..17 {
+        let p = s.patient(&format!("Crowd{i}"));
+        let c = s.new_card(if i % 2 == 0 { "ed25519" } else { "es256-only" });
+        s.enrol(&p, c);
+    }
+    let me = s.patient("Last");
+    let card = s.new_card("es256-only");
+    s.enrol(&me, card);
+    let r = s.req("POST", "/desk/api/login", &[], b"{}");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["patient"], format!("Patient/{me}"));
+    let r = s.req("POST", "/desk/api/login", &[], br#"{"timeoutSeconds": 0}"#);
+    assert_eq!(r.status, 400);
+}

@@ -541,10 +541,15 @@ pub async fn route(
             let timeout = if body.iter().all(u8::is_ascii_whitespace) {
                 c.config.default_timeout_secs
             } else {
-                match serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("timeoutSeconds").and_then(Value::as_u64))
-                {
+                let parsed = serde_json::from_slice::<Value>(&body).ok();
+                let t = match parsed.as_ref().and_then(Value::as_object) {
+                    Some(o) => match o.get("timeoutSeconds") {
+                        None => Some(c.config.default_timeout_secs),
+                        Some(v) => v.as_u64(),
+                    },
+                    None => None,
+                };
+                match t {
                     Some(t) if t >= 1 && t <= c.config.max_timeout_secs => t,
                     _ => {
                         return err(
