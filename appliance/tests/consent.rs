@@ -802,8 +802,40 @@ fn fingerprint_consent_needs_a_countersignature() {
             .unwrap()
     };
     let slot_p = enrol_finger(&p);
+    // The same finger again (still on the sensor) for another patient: refused.
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{q}/$enroll-finger"),
+        &params(vec![]),
+    );
+    assert_eq!((r.status, r.code()), (409, "wrong-state".into()));
     let slot_q = enrol_finger(&q);
     assert_ne!(slot_p, slot_q);
+    // Re-enrolling Q's own finger as a replacement keeps its template slot.
+    let q_dev = s
+        .fhir(
+            "GET",
+            &format!("/fhir/Device?patient=Patient/{q}&status=active"),
+            &Value::Null,
+        )
+        .json()["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.sim("/sim/fingerprint/place", json!({"template": slot_q}));
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{q}/$enroll-finger"),
+        &params(vec![
+            json!({"name": "replaces", "valueReference": {"reference": format!("Device/{q_dev}")}}),
+        ]),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["identifier"][0]["value"], slot_q.to_string());
+    let old = s
+        .fhir("GET", &format!("/fhir/Device/{q_dev}"), &Value::Null)
+        .json();
+    assert_eq!(old["status"], "inactive");
 
     // Q's finger for P's consent.
     s.sim("/sim/fingerprint/place", json!({"template": slot_q}));

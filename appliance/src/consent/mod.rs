@@ -65,7 +65,7 @@ use std::time::Duration;
 use actix::Addr;
 use bytes::Bytes;
 use hexa_actors::device::{
-    Assert, DeviceActor, EnrollCard, EnrollFinger, IdentifyFinger, ReaderKind, Timed,
+    Assert, DeviceActor, DeviceError, EnrollCard, EnrollFinger, IdentifyFinger, ReaderKind, Timed,
 };
 use hexa_actors::handle::StoreHandle;
 use hexa_actors::store::{AccessContext, Record, StoreError};
@@ -73,6 +73,7 @@ use hexa_crypto::consent::{
     AssertionEvidence, ConsentChallenge, CoseKey, Decision, VerifyParams, verify_assertion,
 };
 use hexa_hal::ctap2::Assertion;
+use hexa_hal::reader::ReaderError;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, ETAG, HeaderValue, LOCATION};
 use hyper::{Response, StatusCode};
@@ -1261,7 +1262,7 @@ impl Ceremonies {
         }
         let old = self.replaced_device(patient_id, p).await?;
         let _slots = self.finger_lock.lock().await;
-        let used: Vec<u16> = self
+        let templates: Vec<(u16, Enrolled)> = self
             .devices(
                 &[(
                     "type",
@@ -1272,17 +1273,11 @@ impl Ceremonies {
             .await?
             .into_iter()
             .filter_map(|d| match d.kind {
-                Enrolment::Finger { template } => Some(template),
+                Enrolment::Finger { template } => Some((template, d)),
                 Enrolment::Card { .. } => None,
             })
             .collect();
-        let slot = (0..self.config.finger_slots)
-            .find(|s| !used.contains(s))
-            .ok_or_else(|| {
-                CeremonyError::WrongState(
-                    "every template slot of the fingerprint module is used".into(),
-                )
-            })?;
+        let free = (0..self.config.finger_slots).find(|s| !templates.iter().any(|(t, _)| t == s));
         let view = json!({
             "kind": "enrol-finger",
             "method": "fingerprint",
@@ -1292,6 +1287,45 @@ impl Ceremonies {
         });
         let guard = self.register_request(ReaderKind::Fingerprint, view, timeout);
         let r = async {
+            // A finger the module already knows must not get a second template: the module
+            // would then match it to either, and a consent could name the wrong patient.
+            let known = match self
+                .devices
+                .send(Timed {
+                    message: IdentifyFinger,
+                    timeout,
+                })
+                .await
+                .map_err(|e| CeremonyError::Internal(format!("device actor: {e}")))?
+            {
+                Ok(m) => Some(m.slot),
+                Err(DeviceError::Reader(ReaderError::Fingerprint(
+                    hexa_hal::fingerprint::Error::Module(_),
+                ))) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let slot = match known {
+                Some(s) => {
+                    let replaced = |d: &Enrolled| old.as_ref().is_some_and(|o| o.id == d.id);
+                    if let Some((_, d)) = templates
+                        .iter()
+                        .find(|(t, d)| *t == s && d.active && !replaced(d))
+                    {
+                        return Err(CeremonyError::WrongState(format!(
+                            "this finger is already enrolled ({}); revoke that enrolment first",
+                            d.versioned()
+                        )));
+                    }
+                    // A template no active enrolment uses (or the one being replaced):
+                    // overwrite it.
+                    s
+                }
+                None => free.ok_or_else(|| {
+                    CeremonyError::WrongState(
+                        "every template slot of the fingerprint module is used".into(),
+                    )
+                })?,
+            };
             let slot = self
                 .devices
                 .send(Timed {
