@@ -8,7 +8,7 @@
 //! | request | what |
 //! | --- | --- |
 //! | `POST /fhir/Patient/{id}/$enroll-card` [Device create] | makeCredential on the reader; Parameters: `practitioner` (enrolled by), `replaces` (Device: the old card becomes inactive), `timeoutSeconds`; 201 + Device |
-//! | `POST /fhir/Patient/{id}/$enroll-finger` [Device create] | enrols the finger on the sensor into a free template slot; 201 + Device |
+//! | `POST /fhir/Patient/{id}/$enroll-finger` [Device create] | identifies, then enrols the finger on the sensor into a free template slot (409 when the module already knows that finger for an active enrolment; `replaces` reuses the old slot); 201 + Device |
 //! | `POST /fhir/Device/{id}/$revoke` [Device update] | a lost card or finger: next version `inactive`; 200 + Device |
 //! | `POST /fhir/Patient/{id}/$consent` [Consent create] | the ceremony; Parameters: `organization`, `practitioner`?, `purpose`, `class`*, `periodStart`?, `periodEnd`, `dataPeriodStart`?, `dataPeriodEnd`?, `decision` permit\|deny, `method` card\|finger, `timeoutSeconds`; 201 + Consent (`active` for a card, `proposed` for a finger) |
 //! | `POST /fhir/Consent/{id}/$countersign` [Consent update] | `practitioner` + `signature` (detached JWS over the challenge bytes); 200 + Consent `active` |
