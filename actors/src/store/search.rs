@@ -577,10 +577,11 @@ impl Store {
                 needs_post |= p;
                 match term {
                     Some(t) => {
-                        let param = clause.def.name;
-                        self.postings(txn, c, "AuditEvent", param, &t, &mut legacy)?;
-                        let blind = self.blind(c, &format!("AuditEvent.{param}"), &t);
-                        self.audit_run_postings(txn, &blind, &mut set)?;
+                        for param in params::posting_params("AuditEvent", clause.def.name) {
+                            self.postings(txn, c, "AuditEvent", param, &t, &mut legacy)?;
+                            let blind = self.blind(c, &format!("AuditEvent.{param}"), &t);
+                            self.audit_run_postings(txn, &blind, &mut set)?;
+                        }
                     }
                     None => usable = false,
                 }
