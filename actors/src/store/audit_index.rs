@@ -14,9 +14,11 @@
 //!   snapshot always sees an index and a watermark that agree. A store without the key
 //!   (format 1, which indexed inline) is fully indexed.
 //! - The writer keeps the tail's index keys in memory ([`AuditIndexer`]; rebuilt from the
-//!   log at start), files up to [`IDLE_CHUNK`] of them whenever its queue is empty, and,
-//!   when the tail grows beyond `StoreConfig::audit_index_lag` (sustained load), files the
-//!   excess inside the next group commits.
+//!   log at start), files up to [`IDLE_CHUNK`] of them whenever its queue is empty and at
+//!   least `StoreConfig::audit_index_idle_run` (default [`IDLE_CHUNK`]) wait, and, when the
+//!   tail grows beyond `StoreConfig::audit_index_lag` (sustained load), files the excess
+//!   inside the next group commits. So under light load a few hundred events may stay
+//!   unfiled for a long time: AuditEvent searches scan them (milliseconds).
 //! - AuditEvent searches read the index below the watermark and *scan* the tail (open and
 //!   post-filter each entry with the same extraction code), so their results are complete
 //!   and exact at every moment; the tail scan is bounded by the lag.
