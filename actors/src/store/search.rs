@@ -567,6 +567,8 @@ impl Store {
         };
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
+            // Format-1 postings (by event id) and the runs' postings (by log index).
+            let mut legacy = BTreeSet::new();
             let mut set = BTreeSet::new();
             let mut usable = true;
             let mut needs_post = false;
@@ -575,7 +577,11 @@ impl Store {
                 needs_post |= p;
                 match term {
                     Some(t) => {
-                        self.postings(txn, c, "AuditEvent", clause.def.name, &t, &mut set)?
+                        for param in params::posting_params("AuditEvent", clause.def.name) {
+                            self.postings(txn, c, "AuditEvent", param, &t, &mut legacy)?;
+                            let blind = self.blind(c, &format!("AuditEvent.{param}"), &t);
+                            self.audit_run_postings(txn, &blind, &mut set)?;
+                        }
                     }
                     None => usable = false,
                 }
@@ -584,7 +590,7 @@ impl Store {
                 post.push(clause);
             }
             if usable {
-                let set: BTreeSet<u64> = to_indexes(&mut set.iter())?;
+                set.extend(to_indexes(&mut legacy.iter())?);
                 candidates = Some(match candidates {
                     Some(prev) => prev.intersection(&set).copied().collect(),
                     None => set,
