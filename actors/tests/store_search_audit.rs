@@ -281,10 +281,20 @@ fn clinical_and_registry_search() {
     let pr = mk(
         json!({"resourceType": "Practitioner", "name": [{"family": "Mugabo", "given": ["Eric"]}], "identifier": [{"value": "MD-9"}]}),
     );
-    let cons = mk(
-        json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p1"},
-        "provision": {"actor": [{"reference": {"reference": format!("Practitioner/{pr}")}}]}}),
-    );
+    // Consents are written by the appliance's own context (the ceremonies) only.
+    let cons = e
+        .create(
+            &hexa_actors::store::AccessContext::system("fac1"),
+            json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p1"},
+            "provision": {"actor": [{"reference": {"reference": format!("Practitioner/{pr}")}}]}}),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id;
     assert_eq!(
         ids(&e, "Organization", &[("name", "chu")]),
         vec![org.clone()]
