@@ -716,3 +716,18 @@ async fn search_totals_and_pages_count_only_permitted_records() {
         .unwrap();
     assert_eq!(bases(&last_audit(h).await), vec!["public"]);
 }
+
+#[actix_rt::test]
+async fn merging_needs_read_access_to_both_patients() {
+    let fx = setup().await;
+    let h = &fx.h;
+    forbidden(
+        h.merge_patients(&f2(), &fx.other_patient, &fx.patient)
+            .await,
+    );
+    let merged = h
+        .merge_patients(&home(), &fx.other_patient, &fx.patient)
+        .await
+        .unwrap();
+    assert_eq!(merged.len(), 2);
+}

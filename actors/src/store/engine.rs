@@ -583,8 +583,13 @@ impl Engine {
             );
         }
         let plan = (|| -> StoreResult<Vec<TxEntry>> {
-            let s = self.store.read("Patient", source)?;
-            let t = self.store.read("Patient", target)?;
+            // Merging returns both records: the reader must be allowed to read them.
+            let s = (self.store)
+                .disclose_one(ctx, self.store.read("Patient", source)?)?
+                .value;
+            let t = (self.store)
+                .disclose_one(ctx, self.store.read("Patient", target)?)?
+                .value;
             let with_links = |r: &Record, other: &str, kind: &str| -> Value {
                 let mut body = r.resource.clone();
                 let other_ref = format!("Patient/{other}");
