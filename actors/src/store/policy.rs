@@ -180,10 +180,12 @@ impl<'s> Policy<'s> {
     /// system context, or a type outside every patient compartment).
     pub fn unrestricted(&self, resource_type: &str) -> bool {
         self.system
-            || (!matches!(
-                component_for(resource_type),
-                Ok(Component::Patient | Component::Shr | Component::Consent | Component::Audit)
-            ) && super::params::param(resource_type, "patient").is_none())
+            || match component_for(resource_type) {
+                Ok(Component::Facility | Component::Worker | Component::Term) => true,
+                // Of the products, only a Device can belong to a patient.
+                Ok(Component::Product) => resource_type != "Device",
+                _ => false,
+            }
     }
 
     /// Decides one record inside `txn`; `None` refuses it.
