@@ -112,7 +112,7 @@ impl Server {
         let header = b64(&json!({"alg": "EdDSA", "typ": "JWT", "kid": public.kid()}));
         let t = now();
         let claims = b64(&json!({
-            "iss": client_id, "sub": client_id, "aud": "http://127.0.0.1/fhir/token",
+            "iss": client_id, "sub": client_id, "aud": format!("http://{}/fhir/token", self.http.addr),
             "iat": t, "exp": t + 120,
             "jti": format!("bypass-{t}-{}", JTI.fetch_add(1, Ordering::Relaxed)),
         }));

@@ -378,6 +378,9 @@ pub(crate) struct AuditAppender {
     pub frontier: Frontier,
     pub last_ckpt_size: u64,
     pub last_ckpt_time: u64,
+    /// Index keys of the entries appended in the current batch (log index, keys): the
+    /// deferred audit indexer ([`super::audit_index`]) files them after the commit.
+    pub fresh: Vec<(u64, Vec<Vec<u8>>)>,
 }
 
 impl AuditAppender {
@@ -402,11 +405,13 @@ impl AuditAppender {
             frontier,
             last_ckpt_size,
             last_ckpt_time,
+            fresh: Vec::new(),
         })
     }
 
     /// Appends one prepared AuditEvent; returns its log index. Its puts are staged for the
-    /// batch's sorted flush (log keys only grow, so the log entry is an `MDB_APPEND`).
+    /// batch's sorted flush (log keys only grow, so the log entry is an `MDB_APPEND`); its
+    /// search index keys go to `fresh`, for the deferred indexer.
     pub fn append<'a>(
         &mut self,
         store: &Store,
@@ -438,7 +443,7 @@ impl AuditAppender {
         id: Cow<'a, [u8]>,
         index_keys: impl Iterator<Item = Cow<'a, [u8]>>,
     ) -> StoreResult<u64> {
-        use std::borrow::Cow::{Borrowed, Owned};
+        use std::borrow::Cow::Owned;
         let index = self.frontier.size();
         let leaf = merkle::leaf_hash(bytes);
         for (level, i, h) in self.frontier.append(leaf) {
@@ -473,11 +478,8 @@ impl AuditAppender {
             id,
             StagedOp::Put(Owned(key.to_vec())),
         );
-        let c = super::Component::Audit;
-        let dbs = store.dbs(c);
-        for k in index_keys {
-            staged.push(slot::index(c), dbs.index, k, StagedOp::Put(Borrowed(&[])));
-        }
+        self.fresh
+            .push((index, index_keys.map(Cow::into_owned).collect()));
         Ok(index)
     }
 

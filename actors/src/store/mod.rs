@@ -8,6 +8,7 @@
 //! transaction per batch.
 
 pub mod audit;
+pub mod audit_index;
 pub mod consent;
 pub mod engine;
 pub mod error;
@@ -56,6 +57,13 @@ pub struct StoreConfig {
     pub checkpoint_every: u64,
     /// ... or when this many milliseconds passed since the last one and the log grew.
     pub checkpoint_interval_ms: u64,
+    /// Most AuditEvents whose search index terms may wait for the writer's idle time
+    /// ([`audit_index`]); beyond it group commits file the excess. 0 files them in the
+    /// group commit that follows the one that logged them.
+    pub audit_index_lag: u64,
+    /// File the unindexed AuditEvents whenever the writer's queue is empty (default). Off,
+    /// they are filed only beyond `audit_index_lag` (tests use it to hold a tail).
+    pub audit_index_idle: bool,
     /// This appliance's id (the `Device` that signs and records).
     pub appliance_id: String,
     /// The facility this appliance serves (names the audit-log origin).
@@ -64,7 +72,7 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
-    /// checkpoints every 1000 entries or 60 s.
+    /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events.
     pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
@@ -72,6 +80,8 @@ impl StoreConfig {
             max_batch: 4096,
             checkpoint_every: 1000,
             checkpoint_interval_ms: 60_000,
+            audit_index_lag: 16_384,
+            audit_index_idle: true,
             appliance_id: appliance_id.to_string(),
             facility_id: facility_id.to_string(),
         }
@@ -305,6 +315,13 @@ impl Store {
                         found,
                         supported: FORMAT_VERSION,
                     });
+                }
+                if found < FORMAT_VERSION {
+                    // Format 1 is format 2 with every audit entry filed (no watermark):
+                    // mark the directory as 2 so an older binary, which would not look at
+                    // the unfiled tail, refuses it from now on.
+                    meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+                    tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
                 }
                 let check = meta
                     .get(&wtxn, META_KEYCHECK)?
