@@ -115,8 +115,10 @@ impl Server {
             all: String::new(),
             read: String::new(),
         };
-        s.all = s.token("emr-all", "fac-a", "system/*.cruds");
-        s.read = s.token("emr-read", "fac-a", "system/*.rs");
+        // The hospital's own EMR: its facility is the appliance's, which authors (through
+        // the ceremonies) the Consents and enrolment Devices it then reads back.
+        s.all = s.token("emr-all", "demo-facility", "system/*.cruds");
+        s.read = s.token("emr-read", "demo-facility", "system/*.rs");
         s
     }
 

@@ -661,12 +661,8 @@ impl Engine {
     /// Read the current version; the AuditEvent is durable before the record is returned.
     pub fn read(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Read, ctx);
-        draft.entities.push(format!("{ty}/{id}"));
-        let r = self
-            .store
-            .read(ty, id)
-            .and_then(|r| self.store.disclose_one(ctx, r));
-        draft.entities.clear();
+        let r = (self.store.read(ty, id))
+            .and_then(|r| self.store.disclose_one_noting(ctx, r, &mut draft));
         self.audited_read(draft, r)
     }
 
@@ -679,11 +675,9 @@ impl Engine {
         version: u64,
     ) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Vread, ctx);
-        let r = self
-            .store
-            .vread(ty, id, version)
-            .and_then(|r| self.store.disclose_one(ctx, r));
-        if r.is_err() {
+        let r = (self.store.vread(ty, id, version))
+            .and_then(|r| self.store.disclose_one_noting(ctx, r, &mut draft));
+        if r.is_err() && draft.entities.is_empty() {
             draft.entities.push(format!("{ty}/{id}/_history/{version}"));
         }
         self.audited_read(draft, r)

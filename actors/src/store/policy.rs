@@ -30,7 +30,7 @@ use heed::RoTxn;
 use hexa_crypto::jcs;
 use serde_json::{Value, json};
 
-use super::audit::{AccessContext, AuditEntry, audit_record, patients_of};
+use super::audit::{AccessContext, AuditDraft, AuditEntry, audit_record, patients_of};
 use super::consent::ConsentRule;
 use super::error::{StoreError, StoreResult};
 use super::pmatch::PatientMatch;
@@ -412,6 +412,31 @@ impl Store {
             records: vec![r.clone()],
             decisions: vec![d],
             value: r,
+        })
+    }
+
+    /// [`Store::disclose_one`] that, on a refusal, names the record and its patients in
+    /// the (failure) AuditEvent, so the patient's access list shows refused attempts too.
+    pub fn disclose_one_noting(
+        &self,
+        ctx: &AccessContext,
+        r: Record,
+        draft: &mut AuditDraft,
+    ) -> StoreResult<Disclosure<Record>> {
+        let (ty, id) = (r.resource_type.clone(), r.id.clone());
+        let patients = match r.resource_type.as_str() {
+            "AuditEvent" | "Provenance" => Vec::new(),
+            _ => compartment_of(&r),
+        };
+        self.disclose_one(ctx, r).inspect_err(|e| {
+            if matches!(e, StoreError::Forbidden(_)) {
+                draft.entities.push(format!("{ty}/{id}"));
+                for p in patients {
+                    if !draft.patients.contains(&p) {
+                        draft.patients.push(p);
+                    }
+                }
+            }
         })
     }
 
