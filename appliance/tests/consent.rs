@@ -115,8 +115,8 @@ impl Server {
             all: String::new(),
             read: String::new(),
         };
-        // The appliance's own facility: it authors the enrolments and consents, so its
-        // clients may read them back.
+        // The hospital's own EMR: its facility is the appliance's, which authors (through
+        // the ceremonies) the Consents and enrolment Devices it then reads back.
         s.all = s.token("emr-all", "demo-facility", "system/*.cruds");
         s.read = s.token("emr-read", "demo-facility", "system/*.rs");
         s

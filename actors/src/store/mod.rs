@@ -754,6 +754,7 @@ impl Store {
         if ty == "Patient" {
             terms.extend(pmatch::match_terms(resource));
         }
+        terms.extend(policy::source_term(ty, resource));
         terms
             .into_iter()
             .map(|(field, term)| {
