@@ -630,11 +630,13 @@ impl Call<'_> {
         let mut offset = 0usize;
         let mut kept = Vec::with_capacity(params.len());
         let mut includes = Vec::new();
+        // Kept apart from the store's query, but repeated in the paging links.
+        let mut include_params = Vec::new();
         for (k, v) in params {
             match k.as_str() {
                 "_include" | "_revinclude" | "_include:iterate" | "_revinclude:iterate" => {
                     includes.push(include::IncludeSpec::parse(&k, &v, ty)?);
-                    kept.push((k, v));
+                    include_params.push((k, v));
                 }
                 "_elements" | "_contained" | "_has" => {
                     return Err(ApiError::not_supported(
@@ -691,6 +693,7 @@ impl Call<'_> {
             .map_err(|e| ApiError::from_store(&e, Op::Read))?;
         let link = |off: usize| {
             let mut p = kept.clone();
+            p.extend(include_params.iter().cloned());
             p.push(("_count".into(), count.to_string()));
             p.push(("_offset".into(), off.to_string()));
             format!("{base}/{ty}?{}", query::encode_pairs(&p))
