@@ -961,3 +961,26 @@ fn metrics_report_the_audit_log() {
     assert!((0.0..60.0).contains(&age), "{age}");
     assert_eq!(value("hexa_actor_restarts_total"), 0.0);
 }
+
+#[test]
+fn slow_bodies_get_408_and_the_connection_closes() {
+    let mut cfg = Config::defaults();
+    cfg.server.body_read_timeout_secs = 1;
+    let s = Server::start_with(cfg);
+    let mut c = std::net::TcpStream::connect(s.http.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{{\"resourceType\"",
+        s.all
+    );
+    c.write_all(head.as_bytes()).unwrap(); // the rest of the body never comes
+    let mut raw = String::new();
+    let _ = c.read_to_string(&mut raw); // returns because the server closes
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(raw.contains("body-timeout"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
+}

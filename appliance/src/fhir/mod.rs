@@ -47,6 +47,8 @@ const MAX_COUNT: usize = 1000;
 pub struct RequestEnv<'a> {
     /// Largest body read.
     pub max_body: usize,
+    /// Time allowed to receive the body (slow senders get 408 and the connection closes).
+    pub body_timeout: std::time::Duration,
     /// Absolute base URL of the server (no trailing slash, no `/fhir`).
     pub base: &'a str,
     /// The peer's address (the token endpoint's rate-limit key).
@@ -253,7 +255,25 @@ impl FhirApi {
         if declared.is_some_and(|n| n > max_body as u64) {
             return too_large();
         }
-        let body = match Limited::new(body, max_body).collect().await {
+        let collected =
+            match tokio::time::timeout(env.body_timeout, Limited::new(body, max_body).collect())
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        "body-timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            env.body_timeout.as_secs()
+                        ),
+                    )
+                    .into_response();
+                }
+            };
+        let body = match collected {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
