@@ -59,6 +59,8 @@ pub struct AppState {
     client_limiter: crate::ratelimit::RateLimiter,
     /// Per-IP rate limit on `/fhir/token`.
     token_limiter: crate::ratelimit::RateLimiter,
+    /// The consent ceremonies, for the front desk's `/desk/api/*`.
+    ceremonies: OnceLock<Arc<crate::consent::Ceremonies>>,
 }
 
 #[derive(Default)]
@@ -106,6 +108,7 @@ impl AppState {
                 server.token_burst,
                 server.rate_limit_max_keys,
             ),
+            ceremonies: OnceLock::new(),
         }
     }
 
@@ -127,6 +130,17 @@ impl AppState {
     /// if one was already mounted.
     pub fn mount_fhir(&self, api: crate::fhir::FhirApi) -> bool {
         self.fhir.set(api).is_ok()
+    }
+
+    /// Serves the consent ceremonies' front-desk API at `/desk/api/*`. A second call is
+    /// ignored.
+    pub fn set_ceremonies(&self, c: Arc<crate::consent::Ceremonies>) {
+        let _ = self.ceremonies.set(c);
+    }
+
+    /// The consent ceremonies, once set.
+    pub fn ceremonies(&self) -> Option<&Arc<crate::consent::Ceremonies>> {
+        self.ceremonies.get()
     }
 
     /// Largest request body accepted, in bytes.
@@ -221,6 +235,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
     let path = req.uri().path();
     let resp = if path.starts_with("/sim/") {
         crate::sim_api::route(req, peer, st.devices.sim.as_ref(), st.max_body_bytes).await
+    } else if path.starts_with("/desk/") {
+        let c = st.ceremonies.get().map(|c| &**c);
+        crate::consent::desk::route(c, req, peer, st.max_body_bytes).await
     } else if path == "/fhir" || path.starts_with("/fhir/") {
         match st.fhir.get() {
             Some(api) => {

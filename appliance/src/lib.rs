@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod datadir;
 pub mod devices;
 pub mod fhir;
@@ -145,7 +146,20 @@ pub fn start(
         auth::Authenticator::open(dir.root(), &format!("urn:hexa:appliance:{node_kid}"))
             .map_err(|e| anyhow::anyhow!("cannot open the client registry: {e}"))?,
     );
-    http.mount_fhir(fhir::FhirApi::new(store.handle().clone(), auth.clone()));
+    let ceremonies = Arc::new(
+        consent::Ceremonies::new(
+            store.handle().clone(),
+            http.device_actor(),
+            &node_kid,
+            &config.facility.id,
+            consent::CeremonyConfig::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start the consent ceremonies: {e}"))?,
+    );
+    http.set_ceremonies(ceremonies.clone());
+    http.mount_fhir(
+        fhir::FhirApi::new(store.handle().clone(), auth.clone()).with_ceremonies(ceremonies),
+    );
     // Ready once the keys, the readers and the store are open.
     http.set_ready(true);
     Ok(Appliance {

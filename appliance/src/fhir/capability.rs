@@ -106,7 +106,7 @@ fn operations_of(ty: &str) -> Vec<Value> {
 
 /// The CapabilityStatement; `base` is the absolute `/fhir` URL.
 pub fn capability_statement(base: &str) -> Value {
-    let resources: Vec<Value> = served_types()
+    let mut resources: Vec<Value> = served_types()
         .into_iter()
         .map(|ty| {
             let writable = client_writable(ty);
@@ -163,6 +163,7 @@ pub fn capability_statement(base: &str) -> Value {
             res
         })
         .collect();
+    crate::consent::capability_operations(&mut resources);
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

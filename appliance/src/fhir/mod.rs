@@ -10,6 +10,7 @@
 pub mod access;
 mod bundle;
 pub mod capability;
+mod guard;
 mod include;
 mod operations;
 pub mod outcome;
@@ -82,6 +83,9 @@ fn too_many(l: crate::ratelimit::Limited, what: &str) -> Resp {
 pub struct FhirApi {
     store: StoreHandle,
     auth: Arc<dyn Authorizer>,
+    /// The consent ceremonies (`$enroll-*`, `$consent`, `$countersign`, `$revoke`) and the
+    /// patient sessions they open.
+    ceremonies: Option<Arc<crate::consent::Ceremonies>>,
 }
 
 /// One parsed request.
@@ -231,7 +235,17 @@ fn etag(version: u64) -> HeaderValue {
 impl FhirApi {
     /// The API over `store`, authenticating every request through `auth`.
     pub fn new(store: StoreHandle, auth: Arc<dyn Authorizer>) -> Self {
-        FhirApi { store, auth }
+        FhirApi {
+            store,
+            auth,
+            ceremonies: None,
+        }
+    }
+
+    /// Serves the consent operations and accepts patient session tokens.
+    pub fn with_ceremonies(mut self, c: Arc<crate::consent::Ceremonies>) -> Self {
+        self.ceremonies = Some(c);
+        self
     }
 
     /// Answers one request to `/fhir...`, reading at most `env.max_body` bytes of body.
@@ -363,10 +377,26 @@ impl FhirApi {
             }
             _ => {}
         }
-        let caller = match self
-            .auth
-            .authenticate(r.header(AUTHORIZATION.as_str()), now_secs())
+        let authorization = r.header(AUTHORIZATION.as_str());
+        if let Some(c) = &self.ceremonies
+            && crate::consent::desk::is_session_bearer(authorization)
         {
+            // A patient's own card-tap session: only its own AuditEvents.
+            return match c.session_caller(authorization, &r.method, &segs, &r.query, now_secs()) {
+                Ok((caller, ctx)) => {
+                    let call = Call {
+                        api: self,
+                        caller: &caller,
+                        ctx: &ctx,
+                    };
+                    call.route(&r, &segs)
+                        .await
+                        .unwrap_or_else(|e| e.into_response())
+                }
+                Err(e) => e.into_response(),
+            };
+        }
+        let caller = match self.auth.authenticate(authorization, now_secs()) {
             Ok(c) => c,
             Err(d) => {
                 let status = d.status;
@@ -401,12 +431,16 @@ impl FhirApi {
                 .into_response();
             }
         };
+        let justification = match guard::justification(&caller, r.header(guard::JUSTIFICATION)) {
+            Ok(j) => j,
+            Err(e) => return e.into_response(),
+        };
         let ctx = AccessContext {
             client_id: caller.client_id.clone(),
             facility_id: caller.facility_id.clone(),
             practitioner: None,
             purpose_of_use: purpose,
-            justification: None,
+            justification,
             patient_session: None,
         };
         let c = Call {
@@ -478,6 +512,27 @@ impl Call<'_> {
                     "GET, HEAD, POST, PUT (with search criteria)",
                 )),
             },
+            [ty, id, op] if crate::consent::required_scope(ty, op).is_some() => {
+                if *m != Method::POST {
+                    return Ok(method_not_allowed(m, "POST"));
+                }
+                let Some(c) = &self.api.ceremonies else {
+                    return Err(ApiError::not_supported(
+                        "unsupported-operation",
+                        "consent ceremonies are not enabled on this appliance",
+                    ));
+                };
+                if let Some((scope_ty, i)) = crate::consent::required_scope(ty, op) {
+                    self.allow(scope_ty, i)?;
+                }
+                let who = crate::consent::Requester {
+                    client_id: self.caller.client_id.clone(),
+                    facility_id: self.caller.facility_id.clone(),
+                };
+                c.operation(&who, ty, id, op, &r.body, &r.base)
+                    .await
+                    .map_err(|e| e.to_api())
+            }
             [ty, op] if op.starts_with('$') => self.operation(r, ty, None, op).await,
             [ty, id, op] if op.starts_with('$') => self.operation(r, ty, Some(id), op).await,
             [ty, "_search"] => {
