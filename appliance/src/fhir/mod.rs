@@ -10,6 +10,7 @@ pub mod capability;
 pub mod outcome;
 pub mod query;
 mod smart;
+pub mod validate;
 
 pub use access::{Authorizer, Caller, Denied, Grants, Interaction};
 
@@ -497,6 +498,7 @@ impl Call<'_> {
         if let Some(o) = res.as_object_mut() {
             o.remove("id");
         }
+        validate::resource(self, &res)?;
         let w = match r.header("if-none-exist") {
             Some(crit) => {
                 let crit = query::form_pairs(crit.trim_start_matches('?'));
@@ -533,6 +535,7 @@ impl Call<'_> {
                 }
             }
         }
+        validate::resource(self, &res)?;
         let if_match = match r.header("if-match") {
             None => None,
             Some(t) => Some(parse_version_tag(t).ok_or_else(|| {
