@@ -273,10 +273,11 @@ impl SchemaValidator {
     }
 }
 
-/// Removes repeated issues (the same problem reached through several schema branches).
+/// Keeps the first issue of each element (a string where a boolean belongs breaks both
+/// `type` and `pattern`; the same problem may be reached through several branches).
 fn dedup(out: &mut Vec<Issue>) {
     let mut seen = HashSet::new();
-    out.retain(|i| seen.insert((i.expression.clone(), i.message.clone())));
+    out.retain(|i| seen.insert(i.expression.clone()));
     out.truncate(MAX_ISSUES);
 }
 
