@@ -577,10 +577,18 @@ pub(super) fn refs(
     .with_issues(issues))
 }
 
-/// Both checks of a resource about to be written by a plain create or update.
+/// Both checks of a resource about to be written by a plain create or update (an update
+/// may refer to the resource itself, which then exists).
 pub(super) fn resource(c: &Call<'_>, resource: &Value) -> ApiResult<()> {
     structure(resource, None)?;
-    refs(c, resource, None, &HashSet::new())
+    let mut own = HashSet::new();
+    if let (Some(ty), Some(id)) = (
+        resource.get("resourceType").and_then(Value::as_str),
+        resource.get("id").and_then(Value::as_str),
+    ) {
+        own.insert((ty.to_string(), id.to_string()));
+    }
+    refs(c, resource, None, &own)
 }
 
 #[cfg(test)]
