@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod query;
 mod smart;
 mod terminology;
+pub mod validate;
 
 pub use access::{Authorizer, Caller, Denied, Grants, Interaction};
 
@@ -614,6 +615,7 @@ impl Call<'_> {
         if let Some(o) = res.as_object_mut() {
             o.remove("id");
         }
+        validate::resource(self, &res)?;
         let w = match r.header("if-none-exist") {
             Some(crit) => {
                 let crit = query::form_pairs(crit.trim_start_matches('?'));
@@ -650,6 +652,7 @@ impl Call<'_> {
                 }
             }
         }
+        validate::resource(self, &res)?;
         let if_match = match r.header("if-match") {
             None => None,
             Some(t) => Some(parse_version_tag(t).ok_or_else(|| {
