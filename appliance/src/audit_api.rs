@@ -17,11 +17,11 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use hexa_actors::handle::StoreHandle;
+use hexa_actors::store::AccessContext;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use hexa_actors::handle::StoreHandle;
-use hexa_actors::store::AccessContext;
 use serde_json::{Value, json};
 
 use crate::fhir::outcome::{ApiError, Op};
@@ -33,7 +33,10 @@ const MAX_NUMBER_DIGITS: usize = 16;
 
 /// Whether `segs` (after `_audit`) is one of the endpoints served without a token.
 pub fn is_public(segs: &[&str]) -> bool {
-    matches!(segs, ["checkpoint"] | ["proof", "inclusion" | "consistency"])
+    matches!(
+        segs,
+        ["checkpoint"] | ["proof", "inclusion" | "consistency"]
+    )
 }
 
 fn not_found(msg: impl Into<String>) -> ApiError {
@@ -60,9 +63,8 @@ fn number(s: &str, what: &str) -> Result<u64, ApiError> {
             format!("{what} must be a non-negative decimal of at most {MAX_NUMBER_DIGITS} digits"),
         ));
     }
-    s.parse().map_err(|_| {
-        ApiError::invalid("bad-audit-number", format!("{what} is out of range"))
-    })
+    s.parse()
+        .map_err(|_| ApiError::invalid("bad-audit-number", format!("{what} is out of range")))
 }
 
 /// The two named numbers of a proof query; anything else is refused.

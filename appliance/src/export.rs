@@ -243,12 +243,18 @@ pub async fn export_patient(
         .await?
         .ok_or(ExportError::NoCheckpoint)?;
     let origin = s.origin().to_string();
-    let (body, _) = open_note(&note, &[NoteVerifier::new(&origin, s.node_public().clone())])
-        .map_err(|e| StoreError::Audit(e.to_string()))?;
+    let (body, _) = open_note(
+        &note,
+        &[NoteVerifier::new(&origin, s.node_public().clone())],
+    )
+    .map_err(|e| StoreError::Audit(e.to_string()))?;
     let cp = Checkpoint::parse_body(&body).map_err(|e| StoreError::Audit(e.to_string()))?;
 
     // The AuditEvents naming the patient, with their positions and proofs.
-    let mut q = SearchQuery::from_pairs("AuditEvent", &[("patient", &format!("Patient/{patient_id}"))])?;
+    let mut q = SearchQuery::from_pairs(
+        "AuditEvent",
+        &[("patient", &format!("Patient/{patient_id}"))],
+    )?;
     q.count = usize::MAX;
     let events = s.search(&q)?.items;
     let mut audit_entries = Vec::new();

@@ -159,10 +159,7 @@ fn enrolled_device<'e>(
 }
 
 fn ext<'v>(r: &'v Value, url: &str) -> Option<&'v Value> {
-    r["extension"]
-        .as_array()?
-        .iter()
-        .find(|e| e["url"] == url)
+    r["extension"].as_array()?.iter().find(|e| e["url"] == url)
 }
 
 /// Checks one Consent version; returns what it grants or why it fails.
@@ -201,7 +198,10 @@ fn check_one(ex: &Export, trust: &Trust, v: &Version) -> Result<ConsentInfo, Str
     // The challenge says what the Consent says.
     let patient = r["patient"]["reference"].as_str().unwrap_or("");
     if ch.patient != patient {
-        return Err(format!("the challenge is for {}, not {patient}", ch.patient));
+        return Err(format!(
+            "the challenge is for {}, not {patient}",
+            ch.patient
+        ));
     }
     let revokes = evidence["revokes"].as_str();
     if let Some(revoked) = revokes {
@@ -218,7 +218,8 @@ fn check_one(ex: &Export, trust: &Trust, v: &Version) -> Result<ConsentInfo, Str
             return Err("the revocation names another grantee".into());
         }
     } else {
-        let mismatch = |what: &str| Err(format!("the challenge's {what} differs from the Consent's"));
+        let mismatch =
+            |what: &str| Err(format!("the challenge's {what} differs from the Consent's"));
         if ch.grantee_organization != info.organization {
             return mismatch("grantee organization");
         }

@@ -20,7 +20,7 @@ use hexa_crypto::consent::Decision;
 use serde_json::Value;
 
 use super::consent::ConsentInfo;
-use super::{AuditItem, Code, Export, Report, Trust, Version, time};
+use super::{AuditItem, Code, Export, Report, Version, time};
 
 /// Types readable by every authenticated client (basis `public`).
 const PUBLIC_TYPES: &[&str] = &[
@@ -177,11 +177,7 @@ fn denied_by<'c>(
             && c.organization.as_deref() == Some(org.as_str())
             && within(c.period, at)
             && ex
-                .in_force_at(
-                    "Consent",
-                    c.id.strip_prefix("Consent/").unwrap_or(""),
-                    at,
-                )
+                .in_force_at("Consent", c.id.strip_prefix("Consent/").unwrap_or(""), at)
                 .is_some_and(|v| v.reference() == c.reference)
     })
 }
@@ -201,12 +197,18 @@ fn check_version(
         return false;
     }
     let Some(at) = a.recorded else {
-        report.fail(Code::Disclosure, subject, "the AuditEvent has no recorded time");
+        report.fail(
+            Code::Disclosure,
+            subject,
+            "the AuditEvent has no recorded time",
+        );
         return false;
     };
     let recorded = |b: &str| a.bases.contains(&b);
     let none_recorded = a.bases.is_empty();
-    if (recorded("system") || none_recorded) && a.client == "hexa-appliance" && a.purpose == "HOPERAT"
+    if (recorded("system") || none_recorded)
+        && a.client == "hexa-appliance"
+        && a.purpose == "HOPERAT"
     {
         return true;
     }
@@ -243,7 +245,10 @@ fn check_version(
             report.fail(
                 Code::Disclosure,
                 subject,
-                format!("{} denied Organization/{} at that time", d.reference, a.facility),
+                format!(
+                    "{} denied Organization/{} at that time",
+                    d.reference, a.facility
+                ),
             );
             return false;
         }
@@ -272,7 +277,10 @@ fn check_version(
                     if none_recorded {
                         report.notice(
                             subject,
-                            format!("covered by {} (inferred: the event records no basis)", c.reference),
+                            format!(
+                                "covered by {} (inferred: the event records no basis)",
+                                c.reference
+                            ),
                         );
                     }
                     return true;
@@ -312,7 +320,6 @@ fn check_version(
 /// Checks every disclosure the exported AuditEvents record.
 pub(crate) fn check_disclosures(
     ex: &Export,
-    _trust: &Trust,
     consents: &BTreeMap<String, ConsentInfo>,
     report: &mut Report,
 ) {
@@ -345,5 +352,216 @@ pub(crate) fn check_disclosures(
                 report.counts.disclosures_covered += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules on AuditEvents that record their basis (contract section 6), over a
+    //! hand-made export: the consent's evidence is taken as verified here (its checks have
+    //! their own tests), so only coverage is judged.
+    use super::*;
+    use serde_json::json;
+
+    const CONSENT: &str = "Consent/c1/_history/1";
+
+    fn bundle(events: Vec<Value>) -> Value {
+        let mut entries = vec![
+            json!({"resource": {"resourceType": "Observation", "id": "o1",
+                "meta": {"versionId": "1", "lastUpdated": "2026-01-01T10:00:00.000Z", "source": "urn:hexa:facility:fac-a"},
+                "subject": {"reference": "Patient/p1"}}}),
+            json!({"resource": {"resourceType": "Consent", "id": "c1",
+                "meta": {"versionId": "1", "lastUpdated": "2026-01-02T00:00:00.000Z", "source": "urn:hexa:facility:fac-a"}}}),
+        ];
+        entries.extend(events.into_iter().map(|e| json!({"resource": e})));
+        json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+    }
+
+    fn event(
+        facility: &str,
+        purpose: &str,
+        when: &str,
+        bases: &[&str],
+        text: Option<&str>,
+    ) -> Value {
+        let mut e = json!({
+            "resourceType": "AuditEvent", "id": format!("e-{facility}-{when}"),
+            "subtype": [{"code": "read"}], "outcome": "0", "recorded": when,
+            "purposeOfEvent": [{"coding": [{"code": purpose}]}],
+            "agent": [{"who": {"identifier": {"value": format!("emr-{facility}")}}},
+                      {"type": {"coding": [{"code": "PROV"}]}, "who": {"reference": format!("Organization/{facility}")}}],
+            "extension": bases.iter().map(|b| json!({"url": "urn:hexa:access-basis", "valueCode": b})).collect::<Vec<_>>(),
+            "entity": [{"what": {"reference": "Patient/p1"}}, {"what": {"reference": "Observation/o1/_history/1"}}]
+        });
+        if bases.contains(&"consent") {
+            e["entity"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"what": {"reference": CONSENT},
+                "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+                "description": "authorizing consent"}));
+        }
+        if let Some(t) = text {
+            e["purposeOfEvent"][0]["text"] = json!(t);
+        }
+        e
+    }
+
+    fn consent(classes: &[&str], decision: Decision) -> BTreeMap<String, ConsentInfo> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            CONSENT.to_string(),
+            ConsentInfo {
+                reference: CONSENT.into(),
+                id: "Consent/c1".into(),
+                status: "active".into(),
+                decision,
+                organization: Some("Organization/fac-b".into()),
+                practitioner: None,
+                purposes: vec!["TREAT".into()],
+                classes: classes.iter().map(|c| c.to_string()).collect(),
+                period: (
+                    time::parse_millis("2026-01-02T00:00:00Z"),
+                    time::parse_millis("2026-02-01T00:00:00Z"),
+                ),
+                data_period: None,
+            },
+        );
+        m
+    }
+
+    fn run(ev: Value, consents: &BTreeMap<String, ConsentInfo>) -> Report {
+        let b = bundle(vec![ev]);
+        let mut report = Report::default();
+        let ex = super::super::parse(&b, &mut report);
+        check_disclosures(&ex, consents, &mut report);
+        report
+    }
+
+    const IN_PERIOD: &str = "2026-01-10T08:00:00.000Z";
+
+    #[test]
+    fn a_recorded_consent_in_force_covers() {
+        let r = run(
+            event("fac-b", "TREAT", IN_PERIOD, &["consent"], None),
+            &consent(&["Observation"], Decision::Permit),
+        );
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.counts.disclosures_covered, 1);
+    }
+
+    #[test]
+    fn consents_that_do_not_cover_are_failures() {
+        let permit = consent(&["Observation"], Decision::Permit);
+        for (ev, consents, why) in [
+            // after the consent's period
+            (
+                event(
+                    "fac-b",
+                    "TREAT",
+                    "2026-03-01T00:00:00.000Z",
+                    &["consent"],
+                    None,
+                ),
+                &permit,
+                "period",
+            ),
+            // before the consent existed
+            (
+                event(
+                    "fac-b",
+                    "TREAT",
+                    "2026-01-01T12:00:00.000Z",
+                    &["consent"],
+                    None,
+                ),
+                &permit,
+                "in force",
+            ),
+            // another purpose
+            (
+                event("fac-b", "HPAYMT", IN_PERIOD, &["consent"], None),
+                &permit,
+                "purpose",
+            ),
+            // another facility
+            (
+                event("fac-x", "TREAT", IN_PERIOD, &["consent"], None),
+                &permit,
+                "Organization/fac-x",
+            ),
+            // another class
+            (
+                event("fac-b", "TREAT", IN_PERIOD, &["consent"], None),
+                &consent(&["Condition"], Decision::Permit),
+                "Observation data",
+            ),
+            // an active deny for the facility
+            (
+                event("fac-b", "TREAT", IN_PERIOD, &["consent"], None),
+                &consent(&[], Decision::Deny),
+                "denied",
+            ),
+            // no consent at all, no basis recorded
+            (
+                event("fac-b", "TREAT", IN_PERIOD, &[], None),
+                &BTreeMap::new(),
+                "no consent",
+            ),
+        ] {
+            let r = run(ev, consents);
+            assert!(
+                r.failures()
+                    .any(|f| f.code == Code::Disclosure && f.message.contains(why)),
+                "{why}: {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn emergency_needs_a_justification_and_is_reported() {
+        let none = BTreeMap::new();
+        let r = run(
+            event(
+                "fac-d",
+                "ETREAT",
+                IN_PERIOD,
+                &["emergency"],
+                Some("cardiac arrest in ER"),
+            ),
+            &none,
+        );
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.counts.emergency, 1);
+        assert!(
+            r.to_string()
+                .contains("EMERGENCY access by Organization/fac-d")
+        );
+        let r = run(
+            event(
+                "fac-d",
+                "ETREAT",
+                IN_PERIOD,
+                &["emergency"],
+                Some("because"),
+            ),
+            &none,
+        );
+        assert!(r.failures().any(|f| f.code == Code::Disclosure), "{r}");
+    }
+
+    #[test]
+    fn author_basis_must_match_meta_source() {
+        let none = BTreeMap::new();
+        assert!(run(event("fac-a", "TREAT", IN_PERIOD, &["author"], None), &none).ok());
+        let r = run(event("fac-b", "TREAT", IN_PERIOD, &["author"], None), &none);
+        assert!(
+            r.failures()
+                .any(|f| f.message.contains("authored by fac-a")),
+            "{r}"
+        );
+        // "public" does not cover clinical data either.
+        let r = run(event("fac-b", "TREAT", IN_PERIOD, &["public"], None), &none);
+        assert!(!r.ok(), "{r}");
     }
 }

@@ -404,7 +404,9 @@ fn parse<'a>(bundle: &'a Value, report: &mut Report) -> Export<'a> {
                     version,
                     resource: r,
                     deleted,
-                    updated: r["meta"]["lastUpdated"].as_str().and_then(time::parse_millis),
+                    updated: r["meta"]["lastUpdated"]
+                        .as_str()
+                        .and_then(time::parse_millis),
                 };
                 let key = v.reference();
                 if ex.versions.insert(key.clone(), v).is_some() {
@@ -525,7 +527,6 @@ fn check_manifest(ex: &Export, trust: &Trust, report: &mut Report) -> Option<Man
 /// checkpoint and the manifest.
 fn check_anchors(
     ex: &Export,
-    bundle: &Value,
     root: &PublicKey,
     now: u64,
     report: &mut Report,
@@ -545,7 +546,6 @@ fn check_anchors(
         .and_then(|d| d["manifest"]["patient"].as_str().map(str::to_string))
         .unwrap_or_else(|| "(unknown patient)".into());
     report.facility = facility.clone();
-    let _ = bundle;
     let roster = match ex.roster.and_then(b64_binary) {
         None => {
             report.fail(Code::Roster, "roster", "the export has no roster");
@@ -573,7 +573,11 @@ fn check_anchors(
     };
     let checkpoint = match (&ex.checkpoint, &manifest) {
         (None, _) => {
-            report.fail(Code::Checkpoint, "checkpoint", "the export has no checkpoint");
+            report.fail(
+                Code::Checkpoint,
+                "checkpoint",
+                "the export has no checkpoint",
+            );
             None
         }
         (Some(_), None) => None,
@@ -791,7 +795,7 @@ fn check_log(
 pub fn verify_export(bundle: &Value, root: &PublicKey, now: u64) -> Report {
     let mut report = Report::default();
     let ex = parse(bundle, &mut report);
-    let (trust, cp, manifest) = check_anchors(&ex, bundle, root, now, &mut report);
+    let (trust, cp, manifest) = check_anchors(&ex, root, now, &mut report);
     if trust.roster.is_none() {
         report.fail(
             Code::Roster,
@@ -803,7 +807,7 @@ pub fn verify_export(bundle: &Value, root: &PublicKey, now: u64) -> Report {
     check_records(&ex, &trust, &mut report);
     let consents = consent::check_consents(&ex, &trust, &mut report);
     check_log(&ex, cp.as_ref(), manifest.as_ref(), &mut report);
-    disclosure::check_disclosures(&ex, &trust, &consents, &mut report);
+    disclosure::check_disclosures(&ex, &consents, &mut report);
     report
 }
 

@@ -119,7 +119,13 @@ mod tests {
         );
         assert_eq!(parse_millis("2023-11-14"), Some(1_699_920_000_000));
         assert_eq!(parse_millis("2023"), parse_millis("2023-01-01"));
-        for bad in ["", "2023-13-01", "23-01-01", "2023-01-01T25:00:00Z", "2023-01-01T10:00"] {
+        for bad in [
+            "",
+            "2023-13-01",
+            "23-01-01",
+            "2023-01-01T25:00:00Z",
+            "2023-01-01T10:00",
+        ] {
             assert_eq!(parse_millis(bad), None, "{bad}");
         }
         assert_eq!(instant(1_700_000_000_123), "2023-11-14T22:13:20Z");
