@@ -840,3 +840,52 @@ pub fn parse_root_key(arg: &str) -> Result<PublicKey, String> {
         .map_err(|_| "root key must be 32 bytes".to_string())?;
     PublicKey::from_bytes(&raw).map_err(|e| format!("root key: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hexa_crypto::keys::SigningKey;
+    use serde_json::json;
+
+    #[test]
+    fn malformed_exports_fail_without_panicking() {
+        let root = SigningKey::generate().unwrap().public();
+        let junk_b64 = json!({"resourceType": "Binary", "data": "!!!"});
+        for bundle in [
+            json!(null),
+            json!([1, 2]),
+            json!({"resourceType": "Bundle", "type": "searchset"}),
+            json!({"resourceType": "Bundle", "type": "collection"}),
+            json!({"resourceType": "Bundle", "type": "collection", "entry": [
+                {"fullUrl": ROSTER_URL, "resource": junk_b64},
+                {"fullUrl": MANIFEST_URL, "resource": junk_b64},
+                {"fullUrl": CHECKPOINT_URL, "resource": junk_b64},
+                {"resource": {"resourceType": "Observation", "id": "x", "meta": {"versionId": "a"}}},
+                {"resource": {"resourceType": "AuditEvent", "id": "e"},
+                 "extension": [{"url": AUDIT_PROOF_EXT, "extension": [
+                     {"url": "index", "valueString": "99999999999999999999999"},
+                     {"url": "hash", "valueBase64Binary": "AAAA"}]}]},
+                {"resource": {"resourceType": "Consent", "id": "c", "meta": {"versionId": "1"},
+                              "sourceAttachment": {"data": 7}}},
+                {"fullUrl": 3},
+            ]}),
+        ] {
+            let r = verify_export(&bundle, &root, 1_700_000_000);
+            assert!(!r.ok(), "{bundle}");
+            assert!(r.to_string().contains("RESULT: FAILED"));
+        }
+    }
+
+    #[test]
+    fn root_keys_are_read_in_three_forms() {
+        let k = SigningKey::generate().unwrap().public();
+        let jwk = k.to_jwk().to_string();
+        assert_eq!(parse_root_key(&jwk).unwrap(), k);
+        let jwks = json!({"keys": [k.to_jwk()]}).to_string();
+        assert_eq!(parse_root_key(&jwks).unwrap(), k);
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.as_bytes());
+        assert_eq!(parse_root_key(&raw).unwrap(), k);
+        assert!(parse_root_key("not a key").is_err());
+        assert!(parse_root_key("{\"kty\": \"RSA\"}").is_err());
+    }
+}
