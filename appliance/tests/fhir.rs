@@ -45,7 +45,7 @@ fn token(s: &Server, client_id: &str, scopes: &str) -> String {
     let claims = b64(&json!({
         "iss": client_id,
         "sub": client_id,
-        "aud": "http://127.0.0.1/fhir/token",
+        "aud": format!("http://{}/fhir/token", s.http.addr),
         "iat": t,
         "exp": t + 120,
         "jti": format!("jti-{}-{}", t, JTI.fetch_add(1, Ordering::Relaxed)),
@@ -234,9 +234,10 @@ fn metadata_and_authentication() {
     assert!(!types.contains(&"Bundle"));
     let smart = s.req("GET", "/fhir/.well-known/smart-configuration", &[], b"");
     assert_eq!(smart.status, 200);
+    // URLs come from the server's own address (no public_base_url configured), never Host.
     assert_eq!(
         smart.json()["token_endpoint"],
-        "http://127.0.0.1/fhir/token"
+        format!("http://{}/fhir/token", s.http.addr)
     );
     // No token, a bad token: 401 with WWW-Authenticate.
     for h in [vec![], vec![("Authorization", "Bearer nope")]] {
@@ -297,7 +298,10 @@ fn crud_history_and_preconditions() {
     assert_eq!(c.status, 201, "{}", String::from_utf8_lossy(&c.body));
     assert_eq!(c.header("etag").unwrap(), "W/\"1\"");
     let loc = c.header("location").unwrap();
-    assert!(loc.starts_with("http://127.0.0.1/fhir/Patient/") && loc.ends_with("/_history/1"));
+    assert!(
+        loc.starts_with(&format!("http://{}/fhir/Patient/", s.http.addr))
+            && loc.ends_with("/_history/1")
+    );
     let created = c.json();
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["meta"]["versionId"], "1");
@@ -503,9 +507,12 @@ fn bad_requests_are_operation_outcomes() {
         &[],
     );
     assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
-    // Unsupported search parameter and _include: 400.
+    // Unsupported search parameter and _include of a non-reference parameter: 400.
     assert_eq!(s.get("/fhir/Patient?shoe-size=42").status, 400);
-    let r = s.get("/fhir/Patient?_include=Patient:organization");
+    let r = s.get("/fhir/Patient?_include=Patient:gender");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "unsupported-include");
+    let r = s.get("/fhir/Patient?_elements=name");
     assert_eq!(r.status, 400);
     assert_eq!(r.code(), "unsupported-search");
     // Bad If-Match syntax.
@@ -554,7 +561,12 @@ fn search_paging_get_and_post() {
             .find(|l| l["relation"] == "next")
             .map(|l| l["url"].as_str().unwrap().to_string());
         match next {
-            Some(n) => url = n.strip_prefix("http://127.0.0.1").unwrap().to_string(),
+            Some(n) => {
+                url = n
+                    .strip_prefix(&format!("http://{}", s.http.addr))
+                    .unwrap()
+                    .to_string()
+            }
             None => break,
         }
     }

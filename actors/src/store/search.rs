@@ -591,9 +591,21 @@ impl Store {
                 });
             }
         }
+        let size = self.frontier_in(txn)?.size();
         let ids: Vec<u64> = match candidates {
-            Some(s) => s.into_iter().collect(),
-            None => (0..self.frontier_in(txn)?.size()).collect(),
+            Some(mut s) => {
+                // The tail the deferred indexer has not filed yet: scanned, so the result
+                // is exact (see `audit_index`).
+                for i in self.audit_indexed_in(txn, size)?..size {
+                    let r = audit::audit_record(self.audit_entry_in(txn, i)?)?;
+                    let id_ok = q.ids.as_ref().is_none_or(|ids| ids.contains(&r.id));
+                    if id_ok && q.clauses.iter().all(|c| clause_matches(c, &r.resource)) {
+                        s.insert(i);
+                    }
+                }
+                s.into_iter().collect()
+            }
+            None => (0..size).collect(),
         };
         let mut records = Vec::new();
         let unfiltered = post.is_empty() && q.last_updated.is_empty();
