@@ -471,6 +471,8 @@ fn export_verifies_and_every_tamper_is_named() {
         "{text}"
     );
     assert!(text.contains("RESULT: OK"), "{text}");
+    // The store records the basis of every disclosure: nothing had to be inferred.
+    assert!(!text.contains("inferred"), "{text}");
 
     // An edited resource: the Observation's value changed after signing.
     let mut t = bundle.clone();
@@ -635,7 +637,7 @@ fn token(fx: &Fx, client_id: &str, facility: &str, scopes: &str) -> String {
     let header = b64(&json!({"alg": "EdDSA", "typ": "JWT", "kid": key.public().kid()}));
     let t = now();
     let claims = b64(
-        &json!({"iss": client_id, "sub": client_id, "aud": "http://127.0.0.1/fhir/token",
+        &json!({"iss": client_id, "sub": client_id, "aud": format!("http://{}/fhir/token", fx.http.addr),
                              "iat": t, "exp": t + 120, "jti": format!("jti-{client_id}-{t}")}),
     );
     let input = format!("{header}.{claims}");
@@ -849,6 +851,19 @@ fn the_audit_log_is_served_with_proofs_that_verify() {
     assert_eq!(s, 400);
     let (s, _, _) = http(addr, "POST", "/fhir/_audit/checkpoint", &[], b"");
     assert_eq!(s, 405);
+    // Another facility may read its own events, not fac-a's.
+    let tok_b = token(&fx, "auditor-b", "fac-b", "system/AuditEvent.rs");
+    let own_b = (0..cp1.size)
+        .find(|i| {
+            let e = fx.store().store().audit_entry(*i).unwrap();
+            String::from_utf8_lossy(&e.bytes).contains("\"Organization/fac-b\"")
+        })
+        .unwrap();
+    let (s, _, b) = get(&format!("/fhir/_audit/entry/{own_b}"), Some(&tok_b));
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let (s, _, b) = get(&format!("/fhir/_audit/entry/{}", own[0]), Some(&tok_b));
+    assert_eq!(s, 403, "{}", String::from_utf8_lossy(&b));
+    assert!(!String::from_utf8_lossy(&b).contains(&w.patient));
     // A token without AuditEvent scopes gets 403.
     let tok2 = token(&fx, "emr-obs", FAC_A, "system/Observation.rs");
     let (s, _, _) = get("/fhir/_audit/entry/0", Some(&tok2));
@@ -951,4 +966,205 @@ fn hexa_export_and_verify_on_the_command_line() {
         text.contains(&format!("Condition/{}", w.condition)),
         "{text}"
     );
+}
+
+/// An authenticated FHIR call over HTTP; returns (status, JSON body or Null).
+fn fhir(fx: &Fx, auth: &str, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let b = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(body).unwrap()
+    };
+    let (s, _, out) = http(
+        fx.http.addr,
+        method,
+        path,
+        &[
+            ("Authorization", auth),
+            ("Content-Type", "application/fhir+json"),
+        ],
+        &b,
+    );
+    (s, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}
+
+fn sim(fx: &Fx, path: &str, body: Value) -> Value {
+    let (s, _, out) = http(
+        fx.http.addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert!(
+        s == 201 || s == 204,
+        "{path}: {}",
+        String::from_utf8_lossy(&out)
+    );
+    serde_json::from_slice(&out).unwrap_or(Value::Null)
+}
+
+fn params(p: Vec<Value>) -> Value {
+    json!({"resourceType": "Parameters", "parameter": p})
+}
+
+/// The consents the appliance's own ceremonies store (card Ed25519 and ES256, revocation,
+/// card replacement, fingerprint with countersignature) verify offline, and the reads
+/// they allowed are covered.
+#[test]
+fn consents_made_by_the_real_ceremonies_verify() {
+    let fx = Fx::start();
+    let all = token(&fx, "emr-a", FAC_A, "system/*.cruds");
+    let b = token(&fx, "emr-b", "fac-b", "system/*.rs");
+    let created = |ty: &str, body: Value| {
+        let (s, v) = fhir(&fx, &all, "POST", &format!("/fhir/{ty}"), &body);
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    let nurse = SigningKey::generate().unwrap();
+    let nurse_id = created(
+        "Practitioner",
+        json!({"resourceType": "Practitioner", "name": [{"family": "Nurse"}],
+               "extension": [{"url": "urn:hexa:public-jwk", "valueString": nurse.public().to_jwk().to_string()}]}),
+    );
+    let p = created(
+        "Patient",
+        json!({"resourceType": "Patient", "name": [{"family": "Ceremony", "given": ["Real"]}]}),
+    );
+    let obs = created(
+        "Observation",
+        json!({"resourceType": "Observation", "status": "final", "subject": {"reference": format!("Patient/{p}")},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}, "valueQuantity": {"value": 80}}),
+    );
+    let consent = |extra: Vec<Value>| {
+        let mut ps = vec![
+            json!({"name": "organization", "valueReference": {"reference": "Organization/fac-b"}}),
+            json!({"name": "purpose", "valueCode": "TREAT"}),
+            json!({"name": "class", "valueCode": "Observation"}),
+            json!({"name": "periodEnd", "valueDateTime": "2099-01-01T00:00:00Z"}),
+            json!({"name": "timeoutSeconds", "valueInteger": 10}),
+        ];
+        ps.retain(|d| !extra.iter().any(|e| e["name"] == d["name"]));
+        ps.extend(extra);
+        let (s, v) = fhir(
+            &fx,
+            &all,
+            "POST",
+            &format!("/fhir/Patient/{p}/$consent"),
+            &params(ps),
+        );
+        assert_eq!(s, 201, "{v}");
+        v
+    };
+    let card = sim(&fx, "/sim/cards", json!({"model": "ed25519"}))["card"].clone();
+    sim(&fx, "/sim/reader/present", json!({"card": card}));
+    let (s, dev) = fhir(
+        &fx,
+        &all,
+        "POST",
+        &format!("/fhir/Patient/{p}/$enroll-card"),
+        &params(vec![]),
+    );
+    assert_eq!(s, 201, "{dev}");
+    let c1 = consent(vec![]);
+    let c1_id = c1["id"].as_str().unwrap();
+    // fac-b reads under the consent, then the patient revokes it.
+    let (s, _) = fhir(
+        &fx,
+        &b,
+        "GET",
+        &format!("/fhir/Observation/{obs}"),
+        &Value::Null,
+    );
+    assert_eq!(s, 200);
+    let (s, v) = fhir(
+        &fx,
+        &all,
+        "POST",
+        &format!("/fhir/Consent/{c1_id}/$revoke"),
+        &params(vec![]),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = fhir(
+        &fx,
+        &b,
+        "GET",
+        &format!("/fhir/Observation/{obs}"),
+        &Value::Null,
+    );
+    assert_eq!(s, 403);
+    // The card is replaced by an ES256-only card, which consents again.
+    let card2 = sim(&fx, "/sim/cards", json!({"model": "es256-only"}))["card"].clone();
+    sim(&fx, "/sim/reader/present", json!({"card": card2}));
+    let old = dev["id"].as_str().unwrap();
+    let (s, v) = fhir(
+        &fx,
+        &all,
+        "POST",
+        &format!("/fhir/Patient/{p}/$enroll-card"),
+        &params(vec![
+            json!({"name": "replaces", "valueReference": {"reference": format!("Device/{old}")}}),
+        ]),
+    );
+    assert_eq!(s, 201, "{v}");
+    consent(vec![]);
+    let (s, _) = fhir(
+        &fx,
+        &b,
+        "GET",
+        &format!("/fhir/Observation/{obs}"),
+        &Value::Null,
+    );
+    assert_eq!(s, 200);
+    // A fingerprint consent, countersigned by the nurse.
+    sim(&fx, "/sim/fingerprint/place", json!({"unknown": true}));
+    let (s, fdev) = fhir(
+        &fx,
+        &all,
+        "POST",
+        &format!("/fhir/Patient/{p}/$enroll-finger"),
+        &params(vec![
+            json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{nurse_id}")}}),
+        ]),
+    );
+    assert_eq!(s, 201, "{fdev}");
+    let slot: u64 = fdev["identifier"][0]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    sim(&fx, "/sim/fingerprint/place", json!({"template": slot}));
+    let fc = consent(vec![
+        json!({"name": "method", "valueCode": "finger"}),
+        json!({"name": "organization", "valueReference": {"reference": "Organization/fac-c"}}),
+    ]);
+    let ev: Value = serde_json::from_slice(
+        &STANDARD
+            .decode(fc["sourceAttachment"]["data"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let ch = URL_SAFE_NO_PAD
+        .decode(ev["challenge"].as_str().unwrap())
+        .unwrap();
+    let fc_id = fc["id"].as_str().unwrap();
+    let (s, v) = fhir(
+        &fx,
+        &all,
+        "POST",
+        &format!("/fhir/Consent/{fc_id}/$countersign"),
+        &params(vec![
+            json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{nurse_id}")}}),
+            json!({"name": "signature", "valueString": jws::sign_detached(&nurse, &ch)}),
+        ]),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    let report = verify(&fx, &fx.export(&p));
+    assert!(report.ok(), "{report}");
+    // Card consent v1, its revocation v2, the ES256 consent, the fingerprint consent
+    // proposed then countersigned.
+    assert_eq!(report.counts.consents, 5, "{report}");
+    assert!(report.counts.disclosures_covered >= 2, "{report}");
+    assert!(!report.to_string().contains("inferred"), "{report}");
 }
