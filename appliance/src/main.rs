@@ -67,7 +67,8 @@ enum Command {
     Verify {
         /// The export Bundle.
         file: PathBuf,
-        /// Ministry root public key: a JWK (inline or a file) or base64url raw Ed25519 key.
+        /// Ministry root public key: a JWK (inline or a file) or base64url raw Ed25519 key
+        /// (write `--root=KEY` when the key starts with '-').
         #[arg(long)]
         root: String,
     },

@@ -929,7 +929,8 @@ fn hexa_export_and_verify_on_the_command_line() {
     let raw_root = URL_SAFE_NO_PAD.encode(root_pub.as_bytes());
     for root in [root_file.to_str().unwrap(), raw_root.as_str()] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_hexa"))
-            .args(["verify", out.to_str().unwrap(), "--root", root])
+            // `--root=` keeps a base64url key starting with '-' from parsing as a flag.
+            .args(["verify", out.to_str().unwrap(), &format!("--root={root}")])
             .current_dir(tmp.path())
             .output()
             .unwrap();
