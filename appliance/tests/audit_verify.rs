@@ -564,7 +564,7 @@ fn export_verifies_and_every_tamper_is_named() {
         &sys(),
         json!({"resourceType": "Patient", "meta": source(), "name": [{"family": "Habimana"}]}),
     );
-    let enrolled = SoftCard::new();
+    let mut enrolled = SoftCard::new();
     let device = fx.create(&sys(), card_device(&p2, &enrolled, "nobody"));
     let mut forger = SoftCard::new();
     forger.credential_id = enrolled.credential_id.clone();
@@ -586,6 +586,45 @@ fn export_verifies_and_every_tamper_is_named() {
     assert!(
         r.failures().any(|f| f.subject.contains(&forged2)
             && f.message.contains("assertion signature does not verify")),
+        "{r}"
+    );
+
+    // A consent naming an enrolment version later superseded only by a counter bump is
+    // fine; one made after the card was revoked is not.
+    let mut bumped = card_device(&p2, &enrolled, "nobody");
+    bumped["id"] = json!(device);
+    bumped["extension"][1]["valueUnsignedInt"] = json!(5);
+    fx.rt
+        .block_on(
+            fx.store()
+                .update(&sys(), "Device", &device, bumped.clone(), Some(1), None),
+        )
+        .unwrap();
+    // (issued now: before the revocation below, at or after the bump)
+    let ch = challenge(&fx, &p2, "fac-b", &[], (t0 - 60, t0 + 60), Decision::Permit);
+    let ev = card_evidence(&ch, &mut enrolled, &device, None);
+    let after_bump = fx.create(&sys(), consent(&ch, "active", "card", &ev));
+    bumped["status"] = json!("inactive");
+    fx.rt
+        .block_on(
+            fx.store()
+                .update(&sys(), "Device", &device, bumped, Some(2), None),
+        )
+        .unwrap();
+    // (issued in the next second: after the revocation's commit)
+    let mut ch = challenge(&fx, &p2, "fac-b", &[], (t0 - 60, t0 + 60), Decision::Permit);
+    ch.issued_at = now() + 1;
+    let ev = card_evidence(&ch, &mut enrolled, &device, None);
+    let after_revoke = fx.create(&sys(), consent(&ch, "active", "card", &ev));
+    let r = verify(&fx, &fx.export(&p2));
+    assert!(
+        !r.failures().any(|f| f.subject.contains(&after_bump)),
+        "{r}"
+    );
+    assert!(
+        r.failures()
+            .any(|f| f.subject.contains(&after_revoke)
+                && f.message.contains("superseded by version 3")),
         "{r}"
     );
 }

@@ -146,11 +146,16 @@ fn enrolled_device<'e>(
     if d["status"] != "active" {
         return Err(format!("{reference} is not an active enrolment"));
     }
+    // A later version in force at the ceremony may only bump the signature counter: an
+    // inactive status or another credential means the card was revoked or replaced.
     if let Some(now) = ex.in_force_at(&v.ty, &v.id, issued_at_ms)
         && now.version > v.version
+        && (now.resource["status"] != "active"
+            || ext(now.resource, "urn:hexa:cose-key") != ext(d, "urn:hexa:cose-key")
+            || now.resource["identifier"] != d["identifier"])
     {
         return Err(format!(
-            "{reference} was superseded by version {} (revoked or replaced card) before the \
+            "{reference} was superseded by version {} (revoked or replaced) before the \
              ceremony",
             now.version
         ));
