@@ -352,6 +352,9 @@ impl FhirApi {
                     method_not_allowed(&r.method, "GET, HEAD")
                 };
             }
+            ["_audit", rest @ ..] if crate::audit_api::is_public(rest) => {
+                return crate::audit_api::public(&self.store, &r.method, rest, &r.query).await;
+            }
             ["token"] => {
                 if r.method != Method::POST {
                     return method_not_allowed(&r.method, "POST");
@@ -504,6 +507,10 @@ impl Call<'_> {
                 }
                 _ => Ok(method_not_allowed(m, "POST")),
             },
+            ["_audit", "entry", index] => {
+                self.allow("AuditEvent", Interaction::Read)?;
+                crate::audit_api::entry(self.store(), self.ctx, m, index, &r.query).await
+            }
             [ty] => match *m {
                 Method::GET | Method::HEAD => self.search(r, ty, r.query.clone()).await,
                 Method::POST => self.create(r, ty).await,
