@@ -11,6 +11,7 @@ pub mod datadir;
 pub mod devices;
 pub mod fhir;
 pub mod http;
+pub mod sdnotify;
 pub mod sim_api;
 
 use hexa_actors::handle::StoreHandle;
