@@ -49,10 +49,13 @@ kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print 
 if ! ls "$cache/kernel/${kpkg}"_*.deb >/dev/null 2>&1; then
 	(cd "$cache/kernel" && apt-get download -q "$kpkg" systemd-boot-efi)
 fi
-mkdir -p "$out/kernel"
-dpkg-deb -x "$(ls "$cache/kernel/${kpkg}"_*.deb | tail -n1)" "$out/kernel"
-kver=$(ls "$out/kernel/lib/modules")
-depmod -b "$out/kernel" "$kver"
+# Unpacked in the root's /tmp so the root's own depmod indexes it, then moved out: the
+# kernel package itself is not installed in the root (the image is updated as a whole).
+mkdir -p "$root/tmp/kernel"
+dpkg-deb -x "$(ls "$cache/kernel/${kpkg}"_*.deb | tail -n1)" "$root/tmp/kernel"
+kver=$(ls "$root/tmp/kernel/lib/modules")
+chroot "$root" depmod -b /tmp/kernel "$kver"
+mv "$root/tmp/kernel" "$out/kernel"
 cp "$out/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 
 # Modules: the boot set goes into the initramfs, the boot set plus networking, netfilter
@@ -87,7 +90,7 @@ modclosure $root_mods | while read -r m; do
 	install -Dm644 "$out/kernel/lib/modules/$kver/$m" "$root/usr/lib/modules/$kver/$m"
 done
 cp "$out/kernel/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$root/usr/lib/modules/$kver/"
-depmod -b "$root" "$kver"
+chroot "$root" depmod "$kver"
 
 log "hardening"
 install -Dm644 "$here/hexa.nft" "$root/etc/nftables.conf"
@@ -140,8 +143,6 @@ for b in /usr/sbin/veritysetup /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/blkid
 		cp -L "$root$lib" "$ir$lib"
 	done
 done
-# busybox's blkid is enough and the real one would shadow it in /sbin: keep busybox's.
-rm -f "$ir/sbin/blkid"
 modclosure $boot_mods | while read -r m; do
 	install -Dm644 "$out/kernel/lib/modules/$kver/$m" "$ir/lib/modules/$m"
 	echo "$m"
