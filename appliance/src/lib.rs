@@ -16,6 +16,7 @@ pub mod export;
 pub mod fhir;
 pub mod http;
 pub mod ratelimit;
+pub mod sdnotify;
 pub mod sim_api;
 pub mod verify;
 

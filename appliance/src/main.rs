@@ -286,6 +286,8 @@ fn main() -> anyhow::Result<()> {
                     node_kid = %app.node_kid,
                     "hexa serving"
                 );
+                // Under systemd: READY=1, then WATCHDOG=1 while /readyz answers.
+                hexa_appliance::sdnotify::start(listener.local_addr()?);
                 hexa_appliance::http::run(listener, app.http.clone(), shutdown_signal()).await?;
                 tracing::info!("hexa stopped");
                 anyhow::Ok(())
