@@ -21,8 +21,8 @@
 use super::outcome::{ApiError, Issue};
 use super::{ApiResult, Call};
 use hyper::StatusCode;
-use jsonschema::paths::LocationSegment;
 use jsonschema::error::ValidationErrorKind;
+use jsonschema::paths::LocationSegment;
 use jsonschema::{Draft, ValidationError};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -203,7 +203,10 @@ impl SchemaValidator {
                     out.push(Issue::new(
                         "structure",
                         format!("{path}.{name}"),
-                        format!("`{name}` is not an element of {}", definition_or(&definition, &path)),
+                        format!(
+                            "`{name}` is not an element of {}",
+                            definition_or(&definition, &path)
+                        ),
                     ));
                 }
             }
@@ -516,14 +519,15 @@ pub(super) fn structure(resource: &Value, prefix: Option<&str>) -> ApiResult<()>
         )
     })?;
     let mut issues = Vec::new();
-    v.validate_into(resource, prefix, &mut issues).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            "schema-unavailable",
-            e.to_string(),
-        )
-    })?;
+    v.validate_into(resource, prefix, &mut issues)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "schema-unavailable",
+                e.to_string(),
+            )
+        })?;
     if issues.is_empty() {
         return Ok(());
     }
