@@ -157,8 +157,8 @@ mod tests {
             assert!(l.tracked() <= 64);
         }
         assert_eq!(l.tracked(), 64);
-        // A limited key stays limited while the table churns below it? It was evicted as
-        // the oldest, so it starts again with a full bucket: documented, never a refusal.
+        // k0 was evicted as the oldest, so it starts again with a full bucket (the
+        // documented price of a bounded table), never a refusal.
         assert!(l.check_at("k0", t0 + Duration::from_millis(20)).is_ok());
     }
 

@@ -7,7 +7,7 @@
 mod common;
 mod fhir_common;
 
-use fhir_common::{Server, token};
+use fhir_common::{Server, token, token_for};
 use hexa_appliance::config::Config;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -984,4 +984,55 @@ fn slow_bodies_get_408_and_the_connection_closes() {
         raw.to_ascii_lowercase().contains("connection: close"),
         "{raw}"
     );
+}
+
+/// Consent enforcement meets includes: a record the caller may not see (another
+/// facility's patient, no consent) is left out of `_include`/`_revinclude` silently, while
+/// a direct read of it is 403.
+#[test]
+fn includes_drop_what_the_consent_policy_refuses() {
+    let s = Server::start();
+    // Facility fac-test (the `all` client) registers a patient.
+    let pid = created(
+        &s,
+        "Patient",
+        &patient("Private", "Pat", "PV1", "1990-01-01"),
+    );
+    // A client of another facility writes an Observation about that patient.
+    let other = token_for(&s, "emr-other", "fac-other", "system/*.cruds");
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+                     "subject": {"reference": format!("Patient/{pid}")}});
+    let r = s.req(
+        "POST",
+        "/fhir/Observation",
+        &[
+            ("Authorization", other.as_str()),
+            ("Content-Type", "application/fhir+json"),
+        ],
+        &serde_json::to_vec(&obs).unwrap(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let oid = r.json()["id"].as_str().unwrap().to_string();
+    let get = |path: &str| s.req("GET", path, &[("Authorization", other.as_str())], b"");
+    // Without a consent the other facility may not read the patient...
+    assert_eq!(get(&format!("/fhir/Patient/{pid}")).status, 403);
+    // ...so including it drops it, and the search itself still succeeds.
+    let r = get(&format!(
+        "/fhir/Observation?_id={oid}&_include=Observation:patient&_revinclude=Provenance:target"
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let m = modes(&r.json());
+    assert_eq!(m[0], ("match".into(), format!("Observation/{oid}")));
+    assert!(!m.iter().any(|(_, k)| k.starts_with("Patient/")), "{m:?}");
+    // The other way round: the patient's facility revincludes observations, but the one
+    // written by fac-other is not its to see (no consent): the patient alone comes back.
+    let r = s.get(&format!(
+        "/fhir/Patient?_id={pid}&_revinclude=Observation:patient"
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        modes(&r.json()),
+        [("match".to_string(), format!("Patient/{pid}"))]
+    );
+    assert_eq!(s.get(&format!("/fhir/Observation/{oid}")).status, 403);
 }

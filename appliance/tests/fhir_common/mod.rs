@@ -28,13 +28,18 @@ fn now() -> u64 {
 /// Registers `client_id` with an Ed25519 key and `scopes`, signs a client assertion with
 /// hexa-crypto and exchanges it at `POST /fhir/token`; returns `Bearer <token>`.
 pub fn token(s: &Server, client_id: &str, scopes: &str) -> String {
+    token_for(s, client_id, "fac-test", scopes)
+}
+
+/// [`token`] for a client acting for `facility`.
+pub fn token_for(s: &Server, client_id: &str, facility: &str, scopes: &str) -> String {
     let key = SigningKey::generate().unwrap();
     let public = key.public();
     s.app
         .auth
         .register_client(ClientRegistration {
             client_id: client_id.into(),
-            facility_id: "fac-test".into(),
+            facility_id: facility.into(),
             jwks: json!({"keys": [public.to_jwk()]}),
             scopes: scopes.into(),
         })
