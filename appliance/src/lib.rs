@@ -8,6 +8,7 @@
 
 pub mod audit_api;
 pub mod auth;
+pub mod clientkeys;
 pub mod config;
 pub mod consent;
 pub mod datadir;
@@ -54,12 +55,37 @@ pub struct StoreService {
     users: std::sync::Weak<http::AppState>,
     system: actix::System,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The exclusive lock on `<data dir>/store.lock`, held while the service lives: one
+    /// process at a time owns a store (its writer keeps the Merkle frontier in memory).
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive, non-blocking lock of the data directory `dir`'s store (creating
+/// the directory and the lock file if needed). The kernel releases it when the process dies, so a crash
+/// never leaves a stale lock.
+fn lock_store_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("store.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "the store in {} is in use by another hexa process (is `hexa serve` running? stop it first)",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
 }
 
 impl StoreService {
     /// Opens the store of the data directory rooted at `config.data_dir` and starts its
     /// registry actors on a dedicated actix system thread.
     pub fn start(config: StoreConfig, secrets: ApplianceSecrets) -> anyhow::Result<Self> {
+        let lock = lock_store_dir(&config.data_dir)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("hexa-store".into())
@@ -83,6 +109,7 @@ impl StoreService {
             users: std::sync::Weak::new(),
             system,
             thread: Some(thread),
+            _lock: lock,
         })
     }
 

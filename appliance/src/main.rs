@@ -52,8 +52,9 @@ enum Command {
     },
     /// Write an auditor's export of one patient's record (FHIR Bundle): every version with
     /// its signatures, consents with evidence, the AuditEvents naming the patient with
-    /// inclusion proofs, a fresh checkpoint, the roster and a signed manifest. Run it while
-    /// `serve` is stopped (or on a restored backup): it appends the export's AuditEvent.
+    /// inclusion proofs, a fresh checkpoint, the roster and a signed manifest. It appends the
+    /// export's own AuditEvent, so it needs the store to itself: while `serve` runs it is
+    /// refused (the store lock), run it with `serve` stopped or on a restored backup.
     Export {
         /// Patient id.
         #[arg(long)]
@@ -95,28 +96,51 @@ enum RosterCommand {
 
 #[derive(Subcommand)]
 enum ClientCommand {
-    /// Register (or replace) a client with its public keys and maximum scopes.
+    /// Register (or replace) a client with its public key and maximum scopes. Without
+    /// `--jwk`, generates an Ed25519 key pair and writes the private JWK to `--key-out`
+    /// (mode 0600), printing its path.
     Add {
-        /// Client ID (the `iss`/`sub` of its assertions).
-        #[arg(long)]
-        id: String,
+        /// Client name: its ID, the `iss`/`sub` of its assertions.
+        #[arg(long, alias = "id")]
+        name: String,
         /// The facility (Organization id) the client acts for.
         #[arg(long)]
         facility: String,
-        /// File holding the client's public JWK Set (or a single public JWK).
+        /// The client's public key: a JWK, a JWK Set, or a PEM public key (Ed25519, P-256,
+        /// P-384, RSA).
+        #[arg(long, alias = "jwks")]
+        jwk: Option<PathBuf>,
+        /// Where a generated private JWK is written (default `./<name>.private.jwk`).
         #[arg(long)]
-        jwks: PathBuf,
+        key_out: Option<PathBuf>,
         /// The most it may be granted, e.g. "system/Patient.cruds system/Observation.rs".
-        #[arg(long)]
-        scopes: String,
+        #[arg(long, alias = "scopes")]
+        scope: String,
     },
     /// List registered clients.
     List,
-    /// Remove a client.
-    Remove {
-        /// Client ID.
+    /// Revoke (remove) a client.
+    #[command(alias = "remove")]
+    Revoke {
+        /// Client name.
+        #[arg(long = "name", alias = "id", value_name = "NAME")]
+        flag: Option<String>,
+        /// Client name (positional form: `hexa client revoke NAME`).
+        name: Option<String>,
+    },
+    /// Print a signed client assertion for `POST /fhir/token` (RFC 7523, EdDSA) made with
+    /// a private JWK written by `client add`: for curl sessions and smoke tests.
+    Assertion {
+        /// Client name.
         #[arg(long)]
-        id: String,
+        name: String,
+        /// The private JWK file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The token endpoint URL (default: the configured public base URL, or the listen
+        /// address, + `/fhir/token`).
+        #[arg(long)]
+        aud: Option<String>,
     },
 }
 
@@ -167,34 +191,75 @@ fn main() -> anyhow::Result<()> {
             let auth = hexa_appliance::auth::Authenticator::open(dir.root(), "urn:hexa:cli")?;
             match action {
                 ClientCommand::Add {
-                    id,
+                    name,
                     facility,
-                    jwks,
-                    scopes,
+                    jwk,
+                    key_out,
+                    scope,
                 } => {
-                    let text = std::fs::read_to_string(&jwks)
-                        .with_context(|| format!("cannot read {}", jwks.display()))?;
-                    let jwks: serde_json::Value = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not JSON", jwks.display()))?;
-                    auth.register_client(hexa_appliance::auth::ClientRegistration {
-                        client_id: id.clone(),
-                        facility_id: facility,
-                        jwks,
-                        scopes,
-                    })?;
-                    println!("registered client {id}; restart `hexa serve` to apply");
+                    let (jwks, written) = match jwk {
+                        Some(path) => (hexa_appliance::clientkeys::read_public_keys(&path)?, None),
+                        None => {
+                            let path = key_out
+                                .unwrap_or_else(|| PathBuf::from(format!("{name}.private.jwk")));
+                            (
+                                hexa_appliance::clientkeys::generate_private_jwk(&path)?,
+                                Some(path),
+                            )
+                        }
+                    };
+                    let registered =
+                        auth.register_client(hexa_appliance::auth::ClientRegistration {
+                            client_id: name.clone(),
+                            facility_id: facility,
+                            jwks,
+                            scopes: scope,
+                        });
+                    if let Err(e) = registered {
+                        // A key file made for a refused registration is useless: remove it.
+                        if let Some(p) = &written {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        return Err(e.into());
+                    }
+                    if let Some(p) = written {
+                        println!("private key written to {} (mode 0600)", p.display());
+                    }
+                    println!("registered client {name}; restart `hexa serve` to apply");
                 }
                 ClientCommand::List => {
                     for c in auth.clients() {
                         println!("{}\t{}\t{}", c.client_id, c.facility_id, c.scopes);
                     }
                 }
-                ClientCommand::Remove { id } => {
+                ClientCommand::Revoke { flag, name } => {
+                    let Some(id) = flag.or(name) else {
+                        anyhow::bail!("name the client to revoke: `hexa client revoke NAME`");
+                    };
                     if auth.revoke_client(&id)? {
-                        println!("removed client {id}; restart `hexa serve` to apply");
+                        println!("revoked client {id}; restart `hexa serve` to apply");
                     } else {
                         anyhow::bail!("no client {id}");
                     }
+                }
+                ClientCommand::Assertion { name, key, aud } => {
+                    let cfg = Config::load(&dir.config_path())?;
+                    let aud = aud.unwrap_or_else(|| {
+                        let base = cfg
+                            .server
+                            .public_base_url
+                            .clone()
+                            .unwrap_or_else(|| format!("http://{}", cfg.server.listen));
+                        format!("{base}/fhir/token")
+                    });
+                    let key = hexa_appliance::clientkeys::read_private_jwk(&key)?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs();
+                    println!(
+                        "{}",
+                        hexa_appliance::clientkeys::client_assertion(&key, &name, &aud, now)?
+                    );
                 }
             }
             Ok(())

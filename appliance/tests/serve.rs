@@ -224,6 +224,20 @@ fn binary_serves_and_stops_on_sigterm() {
     };
     let (st, _, _) = http(addr, "GET", "/readyz", b"");
     assert_eq!(st, 200);
+    // While it serves, no second process may open its store (an export would append to
+    // the audit log behind the server's back).
+    let out = Command::new(env!("CARGO_BIN_EXE_hexa"))
+        .args(["export", "--patient", "nobody", "--out"])
+        .arg(tmp.path().join("export.json"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .env_remove("HEXA_KEY_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another hexa process"), "{err}");
+    assert!(!tmp.path().join("export.json").exists());
     let rc = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -505,4 +519,149 @@ fn client_registry_from_the_command_line() {
             .trim()
             .is_empty()
     );
+}
+
+/// The README's session: `client add` without a key generates one (private JWK 0600),
+/// `client assertion` signs the RFC 7523 assertion, and the running binary exchanges it
+/// for a token that creates and finds a Patient; `client revoke NAME` then removes it.
+#[test]
+fn generated_client_key_to_a_created_patient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hexa = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hexa"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .current_dir(tmp.path())
+            .env_remove("HEXA_KEY_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    // Pick a free port for the whole session: the assertion names it as its audience.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    assert!(hexa(&["init", "--listen", &listen]).status.success());
+    let out = hexa(&[
+        "client",
+        "add",
+        "--name",
+        "emr-1",
+        "--facility",
+        "demo-facility",
+        "--scope",
+        "system/Patient.cruds",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("emr-1.private.jwk"), "{said}");
+    let key_path = tmp.path().join("emr-1.private.jwk");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A second add with the same default key file is refused before registering.
+    let again = hexa(&[
+        "client",
+        "add",
+        "--name",
+        "emr-1",
+        "--facility",
+        "demo-facility",
+        "--scope",
+        "system/Patient.cruds",
+    ]);
+    assert!(!again.status.success());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hexa"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .env_remove("HEXA_KEY_PASSPHRASE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("hexa exited before serving").unwrap();
+        if let Some(i) = line.find("addr=") {
+            let rest = &line[i + 5..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            break rest[..end].parse().unwrap();
+        }
+    };
+    assert_eq!(addr.port(), port);
+    let out = hexa(&[
+        "client",
+        "assertion",
+        "--name",
+        "emr-1",
+        "--key",
+        key_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let assertion = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let form = format!(
+        "grant_type=client_credentials&scope=system%2FPatient.cruds&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+    );
+    let token = {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /fhir/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    };
+    let fhir = |method: &str, path: &str, body: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    let created = fhir(
+        "POST",
+        "/fhir/Patient",
+        r#"{"resourceType":"Patient","name":[{"family":"Uwimana","given":["Grace"]}],"gender":"female"}"#,
+    );
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let found = fhir("GET", "/fhir/Patient?family=Uwimana", "");
+    assert!(found.starts_with("HTTP/1.1 200"), "{found}");
+    assert!(found.contains("\"total\":1"), "{found}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+
+    assert!(hexa(&["client", "revoke", "emr-1"]).status.success());
+    assert!(!hexa(&["client", "revoke", "emr-1"]).status.success());
 }

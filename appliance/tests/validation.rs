@@ -131,6 +131,16 @@ fn update_and_conditional_create_are_validated() {
         &s.send("PUT", "/fhir/Patient/p-upd", &bad, &[]),
         &["Patient.telecom[0].system"],
     );
+    // A conditional update (PUT with search criteria) is validated too.
+    assert_invalid(
+        &s.send(
+            "PUT",
+            "/fhir/Patient?identifier=urn:rw:nid|1199080012345678",
+            &bad,
+            &[],
+        ),
+        &["Patient.telecom[0].system"],
+    );
     assert_eq!(
         s.get("/fhir/Patient/p-upd").json()["meta"]["versionId"],
         "1"

@@ -855,6 +855,7 @@ impl Call<'_> {
         self.allow(ty, Interaction::Search)?;
         self.require_json(r)?;
         let mut res = parse_resource(&r.body, Some(ty))?;
+        validate::resource(self, &res)?;
         let mut crit: Vec<(String, String)> = Vec::new();
         for (k, v) in &r.query {
             if k.starts_with('_') && k != "_id" && k != "_lastUpdated" {
