@@ -71,8 +71,7 @@ fn local_targets(v: &Value) -> BTreeSet<Key> {
 
 /// Whether clients may write resources of type `t` through this server.
 fn writable(t: &str) -> bool {
-    hexa_actors::store::component_for(t).is_ok()
-        && hexa_actors::store::route::client_writable(t)
+    hexa_actors::store::component_for(t).is_ok() && hexa_actors::store::route::client_writable(t)
 }
 
 /// The smallest schema-valid resource of type `ty` with id `id`: its required elements
@@ -165,7 +164,8 @@ fn every_official_example_passes_the_schema() {
 
 #[test]
 fn official_examples_load_through_the_api_and_read_back_equal() {
-    let schema: Value = serde_json::from_str(include_str!("../resources/fhir.schema.json")).unwrap();
+    let schema: Value =
+        serde_json::from_str(include_str!("../resources/fhir.schema.json")).unwrap();
     let all = examples();
     let by_key: BTreeMap<Key, Value> = all
         .iter()
@@ -187,10 +187,7 @@ fn official_examples_load_through_the_api_and_read_back_equal() {
     loop {
         let newly: Vec<Key> = loadable
             .iter()
-            .filter(|(_, deps)| {
-                deps.iter()
-                    .any(|d| !writable(&d.0) || refused.contains(d))
-            })
+            .filter(|(_, deps)| deps.iter().any(|d| !writable(&d.0) || refused.contains(d)))
             .map(|(k, _)| k.clone())
             .collect();
         if newly.is_empty() {
@@ -296,7 +293,11 @@ fn official_examples_load_through_the_api_and_read_back_equal() {
         refused.len(),
         refused_names
     );
-    assert!(loadable.len() >= 250, "too few examples loaded: {}", loadable.len());
+    assert!(
+        loadable.len() >= 250,
+        "too few examples loaded: {}",
+        loadable.len()
+    );
 }
 
 #[test]
@@ -308,13 +309,19 @@ fn the_hla_transaction_example_commits() {
         .unwrap();
     // Its entries' references either use urn:uuid (resolved in the transaction) or point
     // at resources outside the bundle: give those stand-ins first.
-    let schema: Value = serde_json::from_str(include_str!("../resources/fhir.schema.json")).unwrap();
+    let schema: Value =
+        serde_json::from_str(include_str!("../resources/fhir.schema.json")).unwrap();
     let mut targets = BTreeSet::new();
     for e in b["entry"].as_array().unwrap() {
         targets.extend(local_targets(&e["resource"]));
     }
     for (ty, id) in &targets {
-        let r = s.send("PUT", &format!("/fhir/{ty}/{id}"), &stand_in(&schema, ty, id), &[]);
+        let r = s.send(
+            "PUT",
+            &format!("/fhir/{ty}/{id}"),
+            &stand_in(&schema, ty, id),
+            &[],
+        );
         assert_eq!(r.status, 201, "{}", r.text());
     }
     let r = s.send("POST", "/fhir", &b, &[]);

@@ -14,7 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn script() -> PathBuf {
@@ -47,7 +50,11 @@ fn python_fhir_clients_conform() {
     let data = tmp.path().join("data");
     let keys = tmp.path().join("client");
     let out = hexa(&data, &["init", "--facility-id", "rw-dh-conformance"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = Command::new("python3")
         .arg(script())
@@ -76,7 +83,11 @@ fn python_fhir_clients_conform() {
             "system/*.cruds",
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_hexa"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -125,8 +136,16 @@ fn python_fhir_clients_conform() {
     let mut stdout = String::new();
     let mut stderr = String::new();
     use std::io::Read;
-    run.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    run.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    run.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    run.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = run.wait().unwrap();
     let _ = done_tx.send(());
     watchdog.join().unwrap();

@@ -163,7 +163,12 @@ fn valid_resources_are_stored_as_sent() {
 #[test]
 fn broken_references_are_422() {
     let s = Server::start();
-    let r = s.send("POST", "/fhir/Observation", &observation("Patient/nobody"), &[]);
+    let r = s.send(
+        "POST",
+        "/fhir/Observation",
+        &observation("Patient/nobody"),
+        &[],
+    );
     assert_eq!(r.status, 422, "{}", r.text());
     assert_eq!(r.code(), "broken-reference");
     assert_eq!(r.expressions(), vec!["Observation.subject.reference"]);
@@ -174,7 +179,10 @@ fn broken_references_are_422() {
     o["derivedFrom"] = json!([{"reference": "Questionnaire/q1"}]);
     let r = s.send("POST", "/fhir/Observation", &o, &[]);
     assert_eq!(r.status, 422, "{}", r.text());
-    assert_eq!(r.expressions(), vec!["Observation.derivedFrom[0].reference"]);
+    assert_eq!(
+        r.expressions(),
+        vec!["Observation.derivedFrom[0].reference"]
+    );
 
     // A `#id` that names no contained resource.
     let r = s.send("POST", "/fhir/Observation", &observation("#ghost"), &[]);
@@ -184,7 +192,12 @@ fn broken_references_are_422() {
     // references are not this server's to resolve.
     let r = s.send("PUT", "/fhir/Patient/pt-1", &patient(), &[]);
     assert_eq!(r.status, 201, "{}", r.text());
-    let r = s.send("POST", "/fhir/Observation", &observation("Patient/pt-1"), &[]);
+    let r = s.send(
+        "POST",
+        "/fhir/Observation",
+        &observation("Patient/pt-1"),
+        &[],
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let mut o = observation("Patient/pt-1");
     o["performer"] = json!([
@@ -201,7 +214,12 @@ fn broken_references_are_422() {
         b"",
     );
     assert_eq!(r.status, 204);
-    let r = s.send("POST", "/fhir/Observation", &observation("Patient/pt-1"), &[]);
+    let r = s.send(
+        "POST",
+        "/fhir/Observation",
+        &observation("Patient/pt-1"),
+        &[],
+    );
     assert_eq!(r.status, 422, "{}", r.text());
     let r = s.send(
         "POST",
@@ -225,9 +243,7 @@ fn transactions_are_validated_as_a_whole() {
     let mut bad = patient();
     bad["gender"] = json!("woman");
     let tx = |entries: Vec<Value>| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-    let post = |res: Value, full: &str| {
-        json!({"fullUrl": full, "resource": res, "request": {"method": "POST", "url": res["resourceType"]}})
-    };
+    let post = |res: Value, full: &str| json!({"fullUrl": full, "resource": res, "request": {"method": "POST", "url": res["resourceType"]}});
     // One invalid entry: 400 naming it, nothing committed.
     let r = s.send(
         "POST",
@@ -252,7 +268,10 @@ fn transactions_are_validated_as_a_whole() {
         "/fhir",
         &tx(vec![
             put_patient.clone(),
-            post(observation("Patient/none"), "urn:uuid:00000000-0000-4000-8000-000000000003"),
+            post(
+                observation("Patient/none"),
+                "urn:uuid:00000000-0000-4000-8000-000000000003",
+            ),
         ]),
         &[],
     );
@@ -267,7 +286,10 @@ fn transactions_are_validated_as_a_whole() {
         "/fhir",
         &tx(vec![
             put_patient,
-            post(observation("Patient/tx-p"), "urn:uuid:00000000-0000-4000-8000-000000000004"),
+            post(
+                observation("Patient/tx-p"),
+                "urn:uuid:00000000-0000-4000-8000-000000000004",
+            ),
             post(patient(), "urn:uuid:00000000-0000-4000-8000-000000000005"),
             post(
                 observation("urn:uuid:00000000-0000-4000-8000-000000000005"),

@@ -30,7 +30,8 @@ fn bench(c: &mut Criterion) {
         "valueQuantity": {"value": 61.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
     });
     let mut with_contained = observation.clone();
-    with_contained["contained"] = json!([{"resourceType": "Practitioner", "id": "pr", "name": [{"family": "Habimana"}]}]);
+    with_contained["contained"] =
+        json!([{"resourceType": "Practitioner", "id": "pr", "name": [{"family": "Habimana"}]}]);
     with_contained["performer"] = json!([{"reference": "#pr"}]);
     let mut invalid = patient.clone();
     invalid["gender"] = json!("woman");

@@ -26,8 +26,8 @@
 use super::outcome::{ApiError, Issue};
 use super::{ApiResult, Call};
 use hyper::StatusCode;
-use jsonschema::paths::LocationSegment;
 use jsonschema::error::ValidationErrorKind;
+use jsonschema::paths::LocationSegment;
 use jsonschema::{Draft, ValidationError};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -219,7 +219,10 @@ impl SchemaValidator {
                     out.push(Issue::new(
                         "structure",
                         format!("{path}.{name}"),
-                        format!("`{name}` is not an element of {}", definition_or(&definition, &path)),
+                        format!(
+                            "`{name}` is not an element of {}",
+                            definition_or(&definition, &path)
+                        ),
                     ));
                 }
             }
@@ -520,6 +523,9 @@ fn contained_ids(resource: &Value) -> HashSet<&str> {
         .unwrap_or_default()
 }
 
+/// Answers whether `(type, id, version)` exists; `Err` says why it cannot be checked.
+pub type ExistsFn<'a> = dyn FnMut(&str, &str, Option<u64>) -> Result<bool, String> + 'a;
+
 /// At most this many references are checked in one resource.
 pub const MAX_REFERENCES: usize = 1000;
 
@@ -531,7 +537,7 @@ pub fn check_references(
     root: &str,
     known: &dyn Fn(&str) -> bool,
     pending: &HashSet<(String, String)>,
-    exists: &mut dyn FnMut(&str, &str, Option<u64>) -> Result<bool, String>,
+    exists: &mut ExistsFn<'_>,
 ) -> Vec<Issue> {
     let contained = contained_ids(resource);
     let mut out = Vec::new();
@@ -588,14 +594,15 @@ pub(super) fn structure(resource: &Value, prefix: Option<&str>) -> ApiResult<()>
         )
     })?;
     let mut issues = Vec::new();
-    v.validate_into(resource, prefix, &mut issues).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            "schema-unavailable",
-            e.to_string(),
-        )
-    })?;
+    v.validate_into(resource, prefix, &mut issues)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "schema-unavailable",
+                e.to_string(),
+            )
+        })?;
     if issues.is_empty() {
         return Ok(());
     }
