@@ -558,7 +558,7 @@ fn newer_format_is_refused() {
         err,
         StoreError::UnsupportedFormat {
             found: 99,
-            supported: 1
+            supported: hexa_actors::store::format::FORMAT_VERSION
         }
     );
     assert!(err.to_string().contains("upgrade hexa"));

@@ -70,6 +70,14 @@ fn fixture_at(path: &Path) -> Fixture {
     let sys = actix_rt::System::new();
     let mut cfg = StoreConfig::new(path, "bench-node", "fac");
     cfg.initial_map_size = 1 << 30;
+    // `HEXA_BENCH_AUDIT_LAG`: how many AuditEvents may wait for their index terms (default:
+    // the store's); 0 files them in the next group commit, as close to inline as it gets.
+    if let Some(lag) = std::env::var("HEXA_BENCH_AUDIT_LAG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.audit_index_lag = lag;
+    }
     let handle = sys
         .block_on(async { StoreHandle::start(cfg, secrets(), 2) })
         .expect("start store");
@@ -80,8 +88,9 @@ fn fixture_at(path: &Path) -> Fixture {
     }
 }
 
-/// Version of the cached population layout (bump when the bench's data changes).
-const POPULATION_CACHE: u32 = 1;
+/// Version of the cached population layout (bump when the bench's data changes; 2: versions
+/// carry `meta.source` and its `_source` index term).
+const POPULATION_CACHE: u32 = 2;
 
 /// Patients per FHIR transaction when loading a population.
 const LOAD_TX: usize = 500;
@@ -181,20 +190,24 @@ where
     })
 }
 
-/// Snapshot of the writer's counters: (commits, members, apply ns, commit ns).
-fn writer_counters(f: &Fixture) -> [u64; 4] {
+/// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
+/// filed in the index, idle filing commits, idle filing ns).
+fn writer_counters(f: &Fixture) -> [u64; 7] {
     let st = f.handle.engine().writer.stats();
     [
         st.commits.load(Ordering::Relaxed),
         st.members.load(Ordering::Relaxed),
         st.apply_nanos.load(Ordering::Relaxed),
         st.commit_nanos.load(Ordering::Relaxed),
+        st.audit_indexed.load(Ordering::Relaxed),
+        st.index_commits.load(Ordering::Relaxed),
+        st.index_nanos.load(Ordering::Relaxed),
     ]
 }
 
 /// Prints what the writer did between two snapshots (where a group commit's time goes).
-fn report_writer(label: &str, before: [u64; 4], after: [u64; 4], wall: Duration) {
-    let [commits, members, apply, commit] =
+fn report_writer(label: &str, before: [u64; 7], after: [u64; 7], wall: Duration) {
+    let [commits, members, apply, commit, filed, idle_commits, idle] =
         std::array::from_fn(|i| after[i].saturating_sub(before[i]));
     if members == 0 {
         return; // filtered out
@@ -202,12 +215,14 @@ fn report_writer(label: &str, before: [u64; 4], after: [u64; 4], wall: Duration)
     let (c, m) = (commits.max(1) as f64, members.max(1) as f64);
     eprintln!(
         "writer[{label}]: {members} members in {commits} commits ({:.1}/commit), apply {:.1} µs/member, \
-         commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s",
+         commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
+         ({idle_commits} idle commits, {:.0} ms)",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
-        (apply + commit) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
-        wall.as_secs_f64()
+        (apply + commit + idle) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
+        wall.as_secs_f64(),
+        idle as f64 / 1e6
     );
 }
 
@@ -283,7 +298,9 @@ fn reads_search_match(c: &mut Criterion) {
         let ids = ids.clone();
         let per = if conc == 1 { 1 } else { BURST };
         g.throughput(Throughput::Elements(per));
-        g.bench_function(format!("audited_read_{conc}_concurrent"), |b| {
+        let name = format!("audited_read_{conc}_concurrent");
+        let (before, t) = (writer_counters(&f), Instant::now());
+        g.bench_function(&name, |b| {
             b.iter_custom(|k| {
                 let ids = ids.clone();
                 run_concurrent(&f, k * per, conc, move |h, i| {
@@ -294,7 +311,35 @@ fn reads_search_match(c: &mut Criterion) {
                 })
             })
         });
+        report_writer(&name, before, writer_counters(&f), t.elapsed());
     }
+    // Audited searches by identifier (`system|value` of random patients), 256 in flight:
+    // each returns one Patient after its AuditEvent's commit.
+    let idents: Arc<Vec<(String, String)>> = Arc::new(
+        people
+            .iter()
+            .filter_map(|p| {
+                let idf = &p["identifier"][0];
+                let (sys, value) = (idf["system"].as_str()?, idf["value"].as_str()?);
+                Some(("identifier".to_string(), format!("{sys}|{value}")))
+            })
+            .collect(),
+    );
+    g.throughput(Throughput::Elements(BURST));
+    let name = "audited_identifier_search_256_concurrent";
+    let (before, t) = (writer_counters(&f), Instant::now());
+    g.bench_function(name, |b| {
+        b.iter_custom(|k| {
+            let idents = idents.clone();
+            run_concurrent(&f, k * BURST, 256, move |h, i| {
+                let pair = idents[(i as usize * 7919) % idents.len()].clone();
+                async move {
+                    h.search(&ctx(), "Patient", &[pair]).await.expect("search");
+                }
+            })
+        })
+    });
+    report_writer(name, before, writer_counters(&f), t.elapsed());
     g.finish();
 
     let mut g = c.benchmark_group(format!("store_search_{n}"));

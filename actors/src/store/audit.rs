@@ -17,6 +17,7 @@ use hexa_crypto::seal::Aad;
 use serde_json::{Value, json};
 
 use super::error::{StoreError, StoreResult};
+use super::policy::{BASIS_EXTENSION, Basis, Decision};
 use super::writer::{Staged, StagedOp};
 use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, slot, time};
 
@@ -38,17 +39,28 @@ pub struct AccessContext {
     pub patient_session: Option<String>,
 }
 
+/// Client id of the appliance's own context ([`AccessContext::system`]); the HTTP layer
+/// refuses integrator clients registered under it.
+pub const SYSTEM_CLIENT_ID: &str = "hexa-appliance";
+
 impl AccessContext {
     /// A context for the appliance's own operations (`HOPERAT`).
     pub fn system(facility_id: &str) -> Self {
         AccessContext {
-            client_id: "hexa-appliance".into(),
+            client_id: SYSTEM_CLIENT_ID.into(),
             facility_id: facility_id.into(),
             practitioner: None,
             purpose_of_use: "HOPERAT".into(),
             justification: None,
             patient_session: None,
         }
+    }
+
+    /// Whether this is the appliance's own context (access basis `system`).
+    pub fn is_system(&self) -> bool {
+        self.client_id == SYSTEM_CLIENT_ID
+            && self.purpose_of_use == "HOPERAT"
+            && self.patient_session.is_none()
     }
 }
 
@@ -120,6 +132,10 @@ pub struct AuditDraft {
     pub query: Option<String>,
     /// Why the interaction failed (None = success).
     pub failure: Option<String>,
+    /// Access bases of the disclosure (`urn:hexa:access-basis` extensions), each once.
+    pub bases: Vec<Basis>,
+    /// Consents that authorized it (`Consent/id/_history/v`), each once.
+    pub consents: Vec<String>,
 }
 
 impl AuditDraft {
@@ -133,6 +149,20 @@ impl AuditDraft {
             patients: Vec::new(),
             query: None,
             failure: None,
+            bases: Vec::new(),
+            consents: Vec::new(),
+        }
+    }
+
+    /// Records the policy decision that let a record out.
+    pub fn decided(&mut self, d: &Decision) {
+        if !self.bases.contains(&d.basis) {
+            self.bases.push(d.basis);
+        }
+        for c in &d.consents {
+            if !self.consents.contains(c) {
+                self.consents.push(c.clone());
+            }
         }
     }
 
@@ -199,6 +229,11 @@ pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&s
         entities.push(json!({"what": {"reference": e},
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
     }
+    for c in &d.consents {
+        entities.push(json!({"what": {"reference": c},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+            "description": "authorizing consent"}));
+    }
     if let Some(q) = &d.query {
         entities.push(json!({
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
@@ -218,6 +253,14 @@ pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&s
         "source": {"site": d.ctx.facility_id, "observer": {"reference": format!("Device/{}", store.config.appliance_id)}},
         "entity": entities
     });
+    if let (false, Some(obj)) = (d.bases.is_empty(), ev.as_object_mut()) {
+        let ext: Vec<Value> = d
+            .bases
+            .iter()
+            .map(|b| json!({"url": BASIS_EXTENSION, "valueCode": b.code()}))
+            .collect();
+        obj.insert("extension".into(), Value::Array(ext));
+    }
     if let (Some(f), Some(obj)) = (failure, ev.as_object_mut()) {
         obj.insert("outcomeDesc".into(), json!(f));
     }
@@ -283,17 +326,18 @@ pub(crate) fn provenance_json(store: &Store, r: &Record, id: &str, author: Optio
     })
 }
 
-/// An AuditEvent ready for the log: id, exact JCS bytes and blind index keys. Built on the
-/// registry threads so the single writer only hashes, seals and puts.
+/// An AuditEvent ready for the log: id, exact JCS bytes, Merkle leaf hash and blinded
+/// search terms. Built on the registry threads so the single writer only seals and puts.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedAudit {
     pub id: String,
     pub bytes: Vec<u8>,
-    pub index_keys: Vec<Vec<u8>>,
+    pub leaf: Hash,
+    pub terms: Vec<[u8; 32]>,
 }
 
 /// Builds the AuditEvent of `d` (with a fresh UUID id), canonicalises it and computes its
-/// index keys.
+/// leaf hash and blinded search terms.
 pub(crate) fn prepare_audit(
     store: &Store,
     d: &AuditDraft,
@@ -305,14 +349,12 @@ pub(crate) fn prepare_audit(
         obj.insert("id".into(), json!(id));
     }
     let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let index_keys = store
-        .index_keys(super::Component::Audit, "AuditEvent", &id, &event)
-        .into_iter()
-        .collect();
+    let terms = super::audit_index::event_terms(store, &event);
     Ok(PreparedAudit {
         id,
+        leaf: merkle::leaf_hash(&bytes),
         bytes,
-        index_keys,
+        terms,
     })
 }
 
@@ -335,6 +377,9 @@ pub(crate) struct AuditAppender {
     pub frontier: Frontier,
     pub last_ckpt_size: u64,
     pub last_ckpt_time: u64,
+    /// Index keys of the entries appended in the current batch (log index, keys): the
+    /// deferred audit indexer ([`super::audit_index`]) files them after the commit.
+    pub fresh: Vec<(u64, Vec<[u8; 32]>)>,
 }
 
 impl AuditAppender {
@@ -359,11 +404,13 @@ impl AuditAppender {
             frontier,
             last_ckpt_size,
             last_ckpt_time,
+            fresh: Vec::new(),
         })
     }
 
     /// Appends one prepared AuditEvent; returns its log index. Its puts are staged for the
-    /// batch's sorted flush (log keys only grow, so the log entry is an `MDB_APPEND`).
+    /// batch's sorted flush (log keys only grow, so the log entry is an `MDB_APPEND`); its
+    /// search index keys go to `fresh`, for the deferred indexer.
     pub fn append<'a>(
         &mut self,
         store: &Store,
@@ -371,8 +418,8 @@ impl AuditAppender {
         ev: &'a PreparedAudit,
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Borrowed;
-        let keys = ev.index_keys.iter().map(|k| Borrowed(k.as_slice()));
-        self.append_parts(store, staged, &ev.bytes, Borrowed(ev.id.as_bytes()), keys)
+        let id = Borrowed(ev.id.as_bytes());
+        self.append_parts(store, staged, &ev.bytes, ev.leaf, id, ev.terms.clone())
     }
 
     /// [`AuditAppender::append`] of an event built in the writer (failure audits).
@@ -383,8 +430,8 @@ impl AuditAppender {
         ev: PreparedAudit,
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Owned;
-        let keys = ev.index_keys.into_iter().map(Owned);
-        self.append_parts(store, staged, &ev.bytes, Owned(ev.id.into_bytes()), keys)
+        let id = Owned(ev.id.into_bytes());
+        self.append_parts(store, staged, &ev.bytes, ev.leaf, id, ev.terms)
     }
 
     fn append_parts<'a>(
@@ -392,12 +439,12 @@ impl AuditAppender {
         store: &Store,
         staged: &mut Staged<'a>,
         bytes: &[u8],
+        leaf: Hash,
         id: Cow<'a, [u8]>,
-        index_keys: impl Iterator<Item = Cow<'a, [u8]>>,
+        terms: Vec<[u8; 32]>,
     ) -> StoreResult<u64> {
-        use std::borrow::Cow::{Borrowed, Owned};
+        use std::borrow::Cow::Owned;
         let index = self.frontier.size();
-        let leaf = merkle::leaf_hash(bytes);
         for (level, i, h) in self.frontier.append(leaf) {
             staged.push(
                 slot::TREE,
@@ -430,11 +477,7 @@ impl AuditAppender {
             id,
             StagedOp::Put(Owned(key.to_vec())),
         );
-        let c = super::Component::Audit;
-        let dbs = store.dbs(c);
-        for k in index_keys {
-            staged.push(slot::index(c), dbs.index, k, StagedOp::Put(Borrowed(&[])));
-        }
+        self.fresh.push((index, terms));
         Ok(index)
     }
 
@@ -660,6 +703,12 @@ impl Store {
             .get(txn, id.as_bytes())?
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes))
+    }
+
+    /// Log index of the AuditEvent with id `id`, if it is in the log (auditors' exports
+    /// pair each event with its inclusion proof).
+    pub fn audit_index(&self, id: &str) -> StoreResult<Option<u64>> {
+        self.with_read(|txn| self.audit_index_of(txn, id))
     }
 
     /// Provenance stored under a version key.

@@ -10,14 +10,19 @@
 //! `audit.tree` (level u8 + index u64 BE -> subtree hash), `audit.checkpoints`
 //! (size BE -> signed note), `audit.ids` (AuditEvent id -> entry index BE),
 //! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed Provenance JSON) and
-//! `audit.provids` (Provenance id -> its `audit.provenance` key).
+//! `audit.provids` (Provenance id -> its `audit.provenance` key); `meta` holds the format,
+//! the key check, the Merkle frontier, the last checkpoint and the audit index watermark.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{StoreError, StoreResult};
 
 /// Current on-disk format version.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: AuditEvent search terms are filed after the event's commit (the `audit-indexed`
+/// watermark in `meta`, see [`super::audit_index`]); a format-1 directory (every entry
+/// filed inline, no watermark) is read as fully filed and upgraded in place on open.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One stored version of a resource (postcard-encoded, then sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

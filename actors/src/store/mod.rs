@@ -8,6 +8,8 @@
 //! transaction per batch.
 
 pub mod audit;
+pub mod audit_index;
+pub mod consent;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -55,6 +57,14 @@ pub struct StoreConfig {
     pub checkpoint_every: u64,
     /// ... or when this many milliseconds passed since the last one and the log grew.
     pub checkpoint_interval_ms: u64,
+    /// Most AuditEvents whose search index terms may wait for the writer's idle time
+    /// ([`audit_index`]); beyond it group commits file the excess. 0 files them in the
+    /// group commit that follows the one that logged them.
+    pub audit_index_lag: u64,
+    /// When the writer's queue is empty and at least this many AuditEvents wait for their
+    /// index terms, it files them (runs of up to 1024 events per commit). Smaller runs make
+    /// AuditEvent searches seek more; 0 never files at idle time (only beyond the lag).
+    pub audit_index_idle_run: u64,
     /// This appliance's id (the `Device` that signs and records).
     pub appliance_id: String,
     /// The facility this appliance serves (names the audit-log origin).
@@ -63,7 +73,7 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
-    /// checkpoints every 1000 entries or 60 s.
+    /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events.
     pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
@@ -71,6 +81,8 @@ impl StoreConfig {
             max_batch: 4096,
             checkpoint_every: 1000,
             checkpoint_interval_ms: 60_000,
+            audit_index_lag: 16_384,
+            audit_index_idle_run: audit_index::IDLE_CHUNK as u64,
             appliance_id: appliance_id.to_string(),
             facility_id: facility_id.to_string(),
         }
@@ -304,6 +316,13 @@ impl Store {
                         found,
                         supported: FORMAT_VERSION,
                     });
+                }
+                if found < FORMAT_VERSION {
+                    // Format 1 is format 2 with every audit entry filed (no watermark):
+                    // mark the directory as 2 so an older binary, which would not look at
+                    // the unfiled tail, refuses it from now on.
+                    meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+                    tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
                 }
                 let check = meta
                     .get(&wtxn, META_KEYCHECK)?
@@ -625,6 +644,7 @@ impl Store {
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
         let version = spec.base + 1;
+        self.authorize_write(txn, spec.system, ty, &spec.id, spec.base, &spec.resource)?;
         let mut resource = spec.resource;
         {
             let obj = resource
@@ -638,6 +658,7 @@ impl Store {
                 .ok_or_else(|| StoreError::Invalid("meta must be an object".into()))?;
             meta.insert("versionId".into(), json!(version.to_string()));
             meta.insert("lastUpdated".into(), json!(time::instant(spec.now)));
+            meta.insert("source".into(), json!(policy::source_of(&spec.source)));
         }
         let canonical =
             jcs::canonicalize(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -733,6 +754,7 @@ impl Store {
         if ty == "Patient" {
             terms.extend(pmatch::match_terms(resource));
         }
+        terms.extend(policy::source_term(ty, resource));
         terms
             .into_iter()
             .map(|(field, term)| {
@@ -761,6 +783,10 @@ pub(crate) struct VersionSpec {
     /// Reference of the author (`Practitioner/..`) named in the Provenance.
     pub author: Option<String>,
     pub now: u64,
+    /// Facility writing the version (stamped as `meta.source`).
+    pub source: String,
+    /// Written by the appliance's own context (may write Consents and enrolment Devices).
+    pub system: bool,
 }
 
 /// A version prepared on a registry thread: what the writer needs, and the record the

@@ -13,17 +13,24 @@
 //! right; the audit log (ever-growing keys) is appended with `MDB_APPEND`. Only the
 //! current-version pointers are written at once, because later members' checks read them;
 //! a conditional create flushes the stage before its search.
+//!
+//! AuditEvents' search index terms are filed later, from the log ([`super::audit_index`]):
+//! when the queue is empty and at least `StoreConfig::audit_index_idle_run` wait, the writer
+//! commits up to `IDLE_CHUNK` of them at a time, and
+//! when the unindexed tail exceeds `StoreConfig::audit_index_lag` a group commit also files
+//! the excess.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
 use heed::{PutFlags, RwTxn};
 use tokio::sync::oneshot;
 
 use super::audit::{AuditAppender, AuditDraft, PreparedAudit, prepare_audit};
+use super::audit_index::{AuditIndexer, IDLE_CHUNK};
 use super::error::{StoreError, StoreResult};
 use super::search::SearchQuery;
 use super::{Db, PreparedWrite, Record, Store, put_prepared, time};
@@ -94,6 +101,12 @@ pub struct WriterStats {
     pub apply_nanos: std::sync::atomic::AtomicU64,
     /// Nanoseconds spent in commit (fsync).
     pub commit_nanos: std::sync::atomic::AtomicU64,
+    /// AuditEvents whose search index terms were filed (deferred indexing).
+    pub audit_indexed: std::sync::atomic::AtomicU64,
+    /// Idle-time indexing commits done.
+    pub index_commits: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent in idle-time indexing commits (apply and commit).
+    pub index_nanos: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to the writer thread. Dropping every handle stops the thread after it drained
@@ -117,13 +130,17 @@ const QUEUE: usize = 65_536;
 impl Writer {
     /// Starts the writer thread for `store`.
     pub fn start(store: Arc<Store>) -> StoreResult<Writer> {
-        let appender = store.with_read(|txn| AuditAppender::load(&store, txn))?;
+        let (appender, indexer) = store.with_read(|txn| {
+            let appender = AuditAppender::load(&store, txn)?;
+            let indexer = AuditIndexer::load(&store, txn, appender.frontier.size())?;
+            Ok((appender, indexer))
+        })?;
         let (tx, rx) = sync_channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("hexa-store-writer".into())
-            .spawn(move || run(store, rx, appender, st))?;
+            .spawn(move || run(store, rx, appender, indexer, st))?;
         Ok(Writer {
             tx,
             stats,
@@ -171,7 +188,13 @@ impl Writer {
     }
 }
 
-fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats: Arc<WriterStats>) {
+fn run(
+    store: Arc<Store>,
+    rx: Receiver<Job>,
+    mut appender: AuditAppender,
+    mut indexer: AuditIndexer,
+    stats: Arc<WriterStats>,
+) {
     let max = store.config.max_batch.max(1);
     // Freeing a batch's buffers is real work; a janitor thread does it off the commit path.
     let (janitor, garbage) = std::sync::mpsc::channel::<Vec<Member>>();
@@ -180,8 +203,39 @@ fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats:
         .spawn(move || while garbage.recv().is_ok() {})
         .ok();
     let mut stop = false;
+    // Idle-time indexing stops after a failure until the next group commit succeeds.
+    let mut index_ok = true;
+    let idle_run = store.config.audit_index_idle_run;
     while !stop {
-        let Ok(job) = rx.recv() else { break };
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Empty)
+                if idle_run > 0 && index_ok && indexer.tail() as u64 >= idle_run =>
+            {
+                // Nothing queued: file a chunk of the audit tail, then look again.
+                let t0 = std::time::Instant::now();
+                match index_idle(&store, &mut indexer) {
+                    Ok(n) => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        stats.audit_indexed.fetch_add(n as u64, Relaxed);
+                        stats.index_commits.fetch_add(1, Relaxed);
+                        stats
+                            .index_nanos
+                            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit indexing failed");
+                        index_ok = false;
+                    }
+                }
+                continue;
+            }
+            Err(TryRecvError::Empty) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Err(TryRecvError::Disconnected) => break,
+        };
         let mut jobs = Vec::new();
         let mut next = Some(job);
         while let Some(j) = next.take() {
@@ -195,7 +249,8 @@ fn run(store: Arc<Store>, rx: Receiver<Job>, mut appender: AuditAppender, stats:
             }
         }
         if !jobs.is_empty() {
-            let done = process(&store, &mut appender, jobs, &stats);
+            let (done, ok) = process(&store, &mut appender, &mut indexer, jobs, &stats);
+            index_ok |= ok;
             if janitor_thread.is_some() {
                 let _ = janitor.send(done);
             }
@@ -212,13 +267,45 @@ enum Res {
     Checkpoint,
 }
 
-/// Applies and commits one batch, replies, and returns the members for freeing.
+/// Files the oldest tail entries (at most [`IDLE_CHUNK`]) in their own commit; returns how
+/// many.
+fn index_idle(store: &Store, indexer: &mut AuditIndexer) -> StoreResult<usize> {
+    let n = indexer.tail().min(IDLE_CHUNK);
+    let mut attempt = 0;
+    loop {
+        if let Err(e) = store.grow_if_needed(n * 2048 + (1 << 20)) {
+            tracing::error!(error = %e, "map growth failed");
+        }
+        let res = (|| -> StoreResult<()> {
+            let mut wtxn = store.env.write_txn()?;
+            let mut staged = Staged::default();
+            indexer.stage(store, &mut wtxn, &mut staged, n)?;
+            staged.flush(&mut wtxn)?;
+            wtxn.commit()?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => break,
+            Err(StoreError::MapFull) if attempt < 4 => {
+                attempt += 1;
+                store.grow_after_full()?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    indexer.filed(n, Vec::new());
+    Ok(n)
+}
+
+/// Applies and commits one batch, replies, and returns the members for freeing and whether
+/// the commit succeeded.
 fn process(
     store: &Store,
     appender: &mut AuditAppender,
+    indexer: &mut AuditIndexer,
     jobs: Vec<Job>,
     stats: &WriterStats,
-) -> Vec<Member> {
+) -> (Vec<Member>, bool) {
     let mut done = Vec::with_capacity(jobs.len());
     use std::sync::atomic::Ordering::Relaxed;
     let bytes: usize = jobs
@@ -238,7 +325,7 @@ fn process(
         }
         let saved = appender.clone();
         let t0 = std::time::Instant::now();
-        result = apply(store, appender, &jobs, stats, t0);
+        result = apply(store, appender, indexer, &jobs, stats, t0);
         match &result {
             Err(StoreError::MapFull) => {
                 *appender = saved;
@@ -251,15 +338,18 @@ fn process(
                 *appender = saved;
                 break;
             }
-            Ok(_) => {
+            Ok((_, filed)) => {
                 stats.commits.fetch_add(1, Relaxed);
                 stats.members.fetch_add(jobs.len() as u64, Relaxed);
+                stats.audit_indexed.fetch_add(*filed as u64, Relaxed);
+                indexer.filed(*filed, std::mem::take(&mut appender.fresh));
                 break;
             }
         }
     }
+    let ok = result.is_ok();
     match result {
-        Ok(results) => {
+        Ok((results, _)) => {
             let latest = results
                 .iter()
                 .any(|r| matches!(r, Res::Checkpoint))
@@ -295,16 +385,19 @@ fn process(
             }
         }
     }
-    done
+    (done, ok)
 }
 
-fn apply(
+/// Applies one batch in one transaction and commits it; returns the members' results and
+/// how many audit tail entries it filed.
+fn apply<'a>(
     store: &Store,
     appender: &mut AuditAppender,
-    jobs: &[Job],
+    indexer: &'a AuditIndexer,
+    jobs: &'a [Job],
     stats: &WriterStats,
     t0: std::time::Instant,
-) -> StoreResult<Vec<Res>> {
+) -> StoreResult<(Vec<Res>, usize)> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut wtxn = store.env.write_txn()?;
     let mut staged = Staged::default();
@@ -326,6 +419,9 @@ fn apply(
             Job::Shutdown => results.push(Res::Checkpoint),
         }
     }
+    // Audit tail beyond the lag: file the excess in this commit.
+    let filed = indexer.forced(appender.frontier.size(), store.config.audit_index_lag);
+    indexer.stage(store, &mut wtxn, &mut staged, filed)?;
     staged.flush(&mut wtxn)?;
     appender.persist(store, &mut wtxn)?;
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
@@ -337,7 +433,7 @@ fn apply(
     stats
         .commit_nanos
         .fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
-    Ok(results)
+    Ok((results, filed))
 }
 
 /// Applies one member. Outer error: fatal for the batch; inner: this member is rejected.
