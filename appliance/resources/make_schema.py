@@ -8,8 +8,9 @@ to R4:
   `VisionPrescription_Prism`, the last R4 definition), also from `oneOf`,
   `ResourceList` and the discriminator mapping; they refer to definitions the schema does
   not contain (`Resource`, `integer64`), so the schema does not compile with them;
-- `Meta.project`, `Meta.author`, `Meta.account`, `Meta.compartment` and
-  `Reference.resource`, which are not elements of R4.
+- `Meta.project`, `Meta.author`, `Meta.account`, `Meta.compartment`,
+  `Reference.resource`, `OperationOutcome.status` and `OperationOutcome.resource`, which
+  are not elements of R4.
 
 Usage: python3 make_schema.py SOURCE DEST
 """
@@ -17,7 +18,11 @@ import json
 import sys
 
 LAST_R4_DEFINITION = "VisionPrescription_Prism"
-NOT_R4 = {"Meta": ["project", "author", "account", "compartment"], "Reference": ["resource"]}
+NOT_R4 = {
+    "Meta": ["project", "author", "account", "compartment"],
+    "Reference": ["resource"],
+    "OperationOutcome": ["status", "resource"],
+}
 
 
 def main(src, dest):

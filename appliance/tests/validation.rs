@@ -103,7 +103,7 @@ fn structural_errors_are_400_and_name_the_element() {
 }
 
 #[test]
-fn update_and_conditional_create_are_validated() {
+fn update_conditional_create_and_conditional_update_are_validated() {
     let s = Server::start();
     let mut p = patient();
     p["gender"] = json!("F");
@@ -118,6 +118,15 @@ fn update_and_conditional_create_are_validated() {
             "/fhir/Patient",
             &p,
             &[("If-None-Exist", "identifier=urn:rw:nid|1199080012345678")],
+        ),
+        &["Patient.gender"],
+    );
+    assert_invalid(
+        &s.send(
+            "PUT",
+            "/fhir/Patient?identifier=urn:rw:nid|1199080012345678",
+            &p,
+            &[],
         ),
         &["Patient.gender"],
     );

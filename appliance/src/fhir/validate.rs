@@ -14,7 +14,12 @@
 //! The schema is parsed and indexed once per process (lazily, on the first write), and one
 //! validator is compiled per resource type on first use (`{"$ref":
 //! "<schema id>#/definitions/<Type>"}`), so a Patient is checked against the Patient
-//! definition only instead of the schema's 140-branch `oneOf`. The raw JSON stays the stored
+//! definition only instead of the schema's 146-branch `oneOf`. The same `oneOf`
+//! (`ResourceList`) is where the schema puts nested resources (`contained`,
+//! `Bundle.entry.resource`, `Bundle.entry.response.outcome`, `Parameters.parameter.resource`);
+//! compiled as is, every type's validator would hold every other type. It is therefore
+//! replaced, at load, by "an object with a resourceType", and each nested resource is
+//! validated with the validator of its own type ([`NESTED`]). The raw JSON stays the stored
 //! truth: validation never rewrites the resource. Messages never echo the submitted values
 //! (they may be patient data); they name the element and what it must be.
 
@@ -90,6 +95,12 @@ impl SchemaValidator {
             .filter(|(_, d)| d.pointer("/properties/resourceType/const").is_some())
             .map(|(k, _)| k.clone())
             .collect();
+        let mut root = root;
+        root["definitions"]["ResourceList"] = serde_json::json!({
+            "type": "object",
+            "required": ["resourceType"],
+            "properties": {"resourceType": {"type": "string"}}
+        });
         let registry = jsonschema::Registry::new()
             .draft(Draft::Draft6)
             .add(SCHEMA_ID, root)
@@ -170,14 +181,19 @@ impl SchemaValidator {
             ));
             return Ok(());
         };
-        if v.is_valid(resource) {
-            return Ok(());
+        if !v.is_valid(resource) {
+            for e in v.iter_errors(resource) {
+                if out.len() >= MAX_ISSUES {
+                    break;
+                }
+                self.describe(&e, resource, &root, out)?;
+            }
         }
-        for e in v.iter_errors(resource) {
+        for (path, nested) in nested_resources(resource, &root) {
             if out.len() >= MAX_ISSUES {
                 break;
             }
-            self.describe(&e, resource, &root, out)?;
+            self.validate_into(nested, Some(&path), out)?;
         }
         dedup(out);
         Ok(())
@@ -274,6 +290,62 @@ impl SchemaValidator {
         }
         Ok(())
     }
+}
+
+/// Where resources nest inside a resource of a type (`*`: any type), as paths of object
+/// keys (`*` = every item of an array). Parameters also nest them in `part`s, to any depth.
+pub const NESTED: &[(&str, &[&str])] = &[
+    ("*", &["contained", "*"]),
+    ("Bundle", &["entry", "*", "resource"]),
+    ("Bundle", &["entry", "*", "response", "outcome"]),
+];
+
+/// The resources nested in `resource` (one level: each validates its own nested ones),
+/// with their FHIRPath.
+fn nested_resources<'a>(resource: &'a Value, root: &str) -> Vec<(String, &'a Value)> {
+    fn walk<'a>(v: &'a Value, keys: &[&str], path: String, out: &mut Vec<(String, &'a Value)>) {
+        match keys.split_first() {
+            None => {
+                if v.is_object() {
+                    out.push((path, v));
+                }
+            }
+            Some((&"*", rest)) => {
+                for (i, x) in v.as_array().into_iter().flatten().enumerate() {
+                    walk(x, rest, format!("{path}[{i}]"), out);
+                }
+            }
+            Some((k, rest)) => {
+                if let Some(x) = v.get(*k) {
+                    walk(x, rest, format!("{path}.{k}"), out);
+                }
+            }
+        }
+    }
+    fn parts<'a>(params: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+        for (i, p) in params.as_array().into_iter().flatten().enumerate() {
+            let here = format!("{path}[{i}]");
+            if let Some(r) = p.get("resource").filter(|r| r.is_object()) {
+                out.push((format!("{here}.resource"), r));
+            }
+            if let Some(sub) = p.get("part") {
+                parts(sub, format!("{here}.part"), out);
+            }
+        }
+    }
+    let ty = resource.get("resourceType").and_then(Value::as_str);
+    let mut out = Vec::new();
+    for (t, keys) in NESTED {
+        if *t == "*" || Some(*t) == ty {
+            walk(resource, keys, root.to_string(), &mut out);
+        }
+    }
+    if ty == Some("Parameters")
+        && let Some(p) = resource.get("parameter")
+    {
+        parts(p, format!("{root}.parameter"), &mut out);
+    }
+    out
 }
 
 /// Keeps the first issue of each element (a string where a boolean belongs breaks both
@@ -451,6 +523,9 @@ fn contained_ids(resource: &Value) -> HashSet<&str> {
         .unwrap_or_default()
 }
 
+/// Answers whether `(type, id, version)` exists; `Err` says why it cannot be checked.
+pub type ExistsFn<'a> = dyn FnMut(&str, &str, Option<u64>) -> Result<bool, String> + 'a;
+
 /// At most this many references are checked in one resource.
 pub const MAX_REFERENCES: usize = 1000;
 
@@ -462,7 +537,7 @@ pub fn check_references(
     root: &str,
     known: &dyn Fn(&str) -> bool,
     pending: &HashSet<(String, String)>,
-    exists: &mut dyn FnMut(&str, &str, Option<u64>) -> Result<bool, String>,
+    exists: &mut ExistsFn<'_>,
 ) -> Vec<Issue> {
     let contained = contained_ids(resource);
     let mut out = Vec::new();
@@ -662,6 +737,41 @@ mod tests {
             exprs(&issues),
             vec!["Observation.contained[0].gender"],
             "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn bundle_and_parameters_resources_are_validated_as_their_type() {
+        let v = schema().unwrap();
+        let b = json!({
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "gender": "x"}},
+                {"response": {"status": "400", "outcome": {"resourceType": "OperationOutcome", "issue": [{"severity": "bad"}]}}},
+                {"resource": {"resourceType": "Spaceship"}}
+            ]
+        });
+        let issues = v.validate(&b).unwrap();
+        assert_eq!(
+            exprs(&issues),
+            vec![
+                "Bundle.entry[0].resource.gender",
+                "Bundle.entry[2].resource",
+                "Bundle.entry[1].response.outcome.issue[0].severity",
+            ],
+            "{issues:?}"
+        );
+        let p = json!({
+            "resourceType": "Parameters",
+            "parameter": [{"name": "a", "part": [
+                {"name": "b", "resource": {"resourceType": "Patient", "birthDate": "soon"}}
+            ]}]
+        });
+        let issues = v.validate(&p).unwrap();
+        assert_eq!(
+            exprs(&issues),
+            vec!["Parameters.parameter[0].part[0].resource.birthDate"]
         );
     }
 

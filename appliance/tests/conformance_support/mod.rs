@@ -119,7 +119,7 @@ impl Server {
         let header = b64(&json!({"alg": "EdDSA", "typ": "JWT", "kid": public.kid()}));
         let claims = b64(&json!({
             "iss": client_id, "sub": client_id,
-            "aud": "http://127.0.0.1/fhir/token",
+            "aud": format!("http://{}/fhir/token", self.http.addr),
             "iat": now, "exp": now + 120,
             "jti": format!("{client_id}-{now}"),
         }));
@@ -147,7 +147,8 @@ impl Server {
         let mut s = TcpStream::connect(self.http.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut h = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.http.addr,
             body.len()
         );
         for (k, v) in headers {
