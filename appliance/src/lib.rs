@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod consent;
 pub mod datadir;
+pub mod desk;
 pub mod devices;
 pub mod fhir;
 pub mod http;

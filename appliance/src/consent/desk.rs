@@ -283,7 +283,9 @@ impl Ceremonies {
         let mut list: Vec<Value> = events.iter().map(|e| access_view(e, patient)).collect();
         list.sort_by(|a, b| b["when"].as_str().cmp(&a["when"].as_str()));
         list.truncate(MAX_ACCESSES);
-        Ok(json!({"patient": patient, "total": list.len(), "accesses": list}))
+        let mut v = json!({"patient": patient, "total": list.len(), "accesses": list});
+        self.add_access_names(&mut v).await;
+        Ok(v)
     }
 }
 
@@ -555,7 +557,22 @@ pub async fn route(
                 Err(e) => outcome(e.to_api()),
             }
         }
-        (_, "/desk/api/requests" | "/desk/api/accesses" | "/desk/api/login") => err(
+        (&Method::POST, "/desk/api/logout") => {
+            // Ends the page's session: the browser drops the cookie at once.
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r.headers_mut().insert(
+                SET_COOKIE,
+                HeaderValue::from_static(
+                    "hexa_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                ),
+            );
+            r
+        }
+        (
+            _,
+            "/desk/api/requests" | "/desk/api/accesses" | "/desk/api/login" | "/desk/api/logout",
+        ) => err(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
             "method-not-allowed",

@@ -34,6 +34,10 @@
 //!    "result": {"reference": "Consent/c1/_history/1"} | {"code": "wrong-credential", "reason": "..."}}]}
 //! ```
 //! Pending requests come first, then the 20 most recent finished ones, newest first.
+//! Consent and revocation requests also carry `"names": {"Organization/fac-b": "Kigali
+//! University Teaching Hospital", ...}` for their grantees and asking facility (see
+//! [`names`]); the access list carries the same `names` for its facilities and practitioners.
+//! `POST /desk/api/logout` (204) drops the session cookie.
 //!
 //! `POST /desk/api/login` (body empty, or `{"timeoutSeconds": n}`): a card tap; 200
 //! `{"patient": "Patient/p1", "token": "...", "expires": "<RFC 3339>"}` and a cookie
@@ -52,6 +56,7 @@
 
 pub mod desk;
 pub mod error;
+pub mod names;
 pub mod params;
 pub mod records;
 
@@ -820,7 +825,7 @@ impl Ceremonies {
                 if finger { "fingerprint" } else { "card" }
             )));
         }
-        let view = json!({
+        let mut view = json!({
             "kind": "consent",
             "method": if finger { "fingerprint" } else { "card" },
             "patient": format!("Patient/{patient_id}"),
@@ -833,6 +838,7 @@ impl Ceremonies {
         } else {
             ReaderKind::Card
         };
+        self.add_names(&mut view).await;
         let guard = self.register_request(reader, view, timeout);
         let r = if finger {
             self.finger_consent(&terms, &enrolled, timeout, now).await
@@ -1031,7 +1037,7 @@ impl Ceremonies {
                 terms.patient_id
             )));
         }
-        let view = json!({
+        let mut view = json!({
             "kind": "revocation",
             "method": "card",
             "patient": format!("Patient/{}", terms.patient_id),
@@ -1039,6 +1045,7 @@ impl Ceremonies {
             "text": self.terms_text(&terms, true),
             "terms": self.terms_view(&terms),
         });
+        self.add_names(&mut view).await;
         let guard = self.register_request(ReaderKind::Card, view, timeout);
         let r = async {
             let now = now_secs();
