@@ -124,14 +124,14 @@ try {
       ],
     },
   });
-  await waitText(`${GRANTEE_NAME} asks to read the patient's test results and measurements, allergies`);
+  await waitText(`${GRANTEE_NAME} asks to read the patient's test results and allergies`);
   await waitText("Waiting: please tap your consent card on the reader.");
   {
     const t = await visible();
     for (const want of [
       `Who would read ${GRANTEE_NAME}`,
       "What for Treatment (TREAT)",
-      "Which records Test results and measurements, allergies (Observation, AllergyIntolerance)",
+      "Which records Test results and allergies (Observation, AllergyIntolerance)",
       "Only records written from 1 January 2024",
       "Allowed until 30 June 2027",
       "Asked by Kibagabaga District Hospital",
@@ -179,11 +179,11 @@ try {
     const t = await visible();
     for (const want of [
       "Health facilities used your record 4 times. One of them was an emergency. Newest first:",
-      "Kibagabaga District Hospital added new test results and measurements to your record.",
+      "Kibagabaga District Hospital added new test results to your record.",
       `${GRANTEE_NAME} looked at your personal details.`,
       `Reason they gave: “${JUSTIFICATION}”`,
       "for emergency treatment",
-      `${GRANTEE_NAME} searched your test results and measurements.`,
+      `${GRANTEE_NAME} searched your test results.`,
       "for treatment · reason allowed: allowed by your permission",
       "This appliance's own work on your record",
     ]) {

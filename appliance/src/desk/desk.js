@@ -25,7 +25,7 @@
     MedicationDispense: "medicines handed out",
     MedicationRequest: "prescriptions",
     MedicationStatement: "medicines taken",
-    Observation: "test results and measurements",
+    Observation: "test results",
     Patient: "personal details",
     Procedure: "operations and procedures",
     ServiceRequest: "referrals and test orders",
@@ -108,13 +108,19 @@
     return String(ref);
   }
 
+  // ["a", "b", "c"] -> "a, b and c"
+  function joinWords(words) {
+    if (words.length <= 1) return words.join("");
+    return words.slice(0, -1).join(", ") + " and " + words[words.length - 1];
+  }
+
   function typeWords(t) {
     return TYPE_WORDS[t] || t;
   }
 
   function scopeWords(scope) {
     if (!Array.isArray(scope)) return "All of the patient's health records";
-    return capital(scope.map(typeWords).join(", "));
+    return capital(joinWords(scope.map(typeWords)));
   }
 
   // ---- Permission requests -------------------------------------------------------------
@@ -134,7 +140,7 @@
     const names = r.names || {};
     const t = r.terms || {};
     const what = Array.isArray(t.scope)
-      ? "the patient's " + t.scope.map(typeWords).join(", ")
+      ? "the patient's " + joinWords(t.scope.map(typeWords))
       : "all of the patient's health records";
     switch (r.kind) {
       case "consent":
@@ -335,7 +341,7 @@
       const t = String(r).split("/")[0];
       if (!types.includes(t)) types.push(t);
     }
-    return types.map(typeWords).join(", ");
+    return joinWords(types.map(typeWords));
   }
 
   function accessItem(a, names) {
