@@ -32,8 +32,7 @@ impl Ceremonies {
             let Some((ty, id)) = r.split_once('/') else {
                 continue;
             };
-            if !matches!(ty, "Organization" | "Practitioner") || id.is_empty() || id.contains('/')
-            {
+            if !matches!(ty, "Organization" | "Practitioner") || id.is_empty() || id.contains('/') {
                 continue;
             }
             let Ok(rec) = self.store.read(&self.system(), ty, id).await else {
