@@ -3,8 +3,8 @@
 //! readers), registers two integrator clients with `hexa client add`, creates the
 //! facilities, a patient with an Observation and an enrolled simulated card, then runs
 //! `tests/browser/desk.mjs` (Node + playwright-core driving Debian's `/usr/bin/chromium`),
-//! which opens `/desk`, starts a consent request through the FHIR API, taps the card
-//! through `/sim`, logs the patient in by a card tap and checks the access list, asserting
+//! which opens `/desk`, starts a consent request through the FHIR API, taps a stranger's
+//! card (refused) then the enrolled card through `/sim`, logs the patient in by a card tap and checks the access list, asserting
 //! on the visible text and saving a screenshot of each step under
 //! `$CARGO_TARGET_TMPDIR/desk-browser/` (the path is printed).
 //!
@@ -343,10 +343,11 @@ fn front_desk_page_in_headless_chromium() {
         [
             "01-idle.png",
             "02-request-waiting-for-card.png",
-            "03-request-granted.png",
-            "04-login-waiting-for-card.png",
-            "05-patient-access-list.png",
-            "06-finished.png"
+            "03-request-refused-wrong-card.png",
+            "04-request-granted.png",
+            "05-login-waiting-for-card.png",
+            "06-patient-access-list.png",
+            "07-finished.png"
         ],
         "a screenshot of each step"
     );

@@ -109,21 +109,23 @@ try {
   await shot("idle");
 
   // 2. A health worker's system asks for consent through the FHIR API while the page is open.
-  const consent = api("POST", `/fhir/Patient/${PATIENT}/$consent`, {
-    token: TOKEN_A,
-    body: {
-      resourceType: "Parameters",
-      parameter: [
-        { name: "organization", valueReference: { reference: `Organization/${GRANTEE}` } },
-        { name: "purpose", valueCode: "TREAT" },
-        { name: "class", valueCode: "Observation" },
-        { name: "class", valueCode: "AllergyIntolerance" },
-        { name: "periodEnd", valueDateTime: "2027-06-30T00:00:00Z" },
-        { name: "dataPeriodStart", valueDateTime: "2024-01-01T00:00:00Z" },
-        { name: "timeoutSeconds", valueInteger: 110 },
-      ],
-    },
-  });
+  const askConsent = () =>
+    api("POST", `/fhir/Patient/${PATIENT}/$consent`, {
+      token: TOKEN_A,
+      body: {
+        resourceType: "Parameters",
+        parameter: [
+          { name: "organization", valueReference: { reference: `Organization/${GRANTEE}` } },
+          { name: "purpose", valueCode: "TREAT" },
+          { name: "class", valueCode: "Observation" },
+          { name: "class", valueCode: "AllergyIntolerance" },
+          { name: "periodEnd", valueDateTime: "2027-06-30T00:00:00Z" },
+          { name: "dataPeriodStart", valueDateTime: "2024-01-01T00:00:00Z" },
+          { name: "timeoutSeconds", valueInteger: 110 },
+        ],
+      },
+    });
+  let consent = askConsent();
   await waitText(`${GRANTEE_NAME} asks to read the patient's test results and allergies`);
   await waitText("Waiting: please tap your consent card on the reader.");
   {
@@ -144,7 +146,22 @@ try {
   }
   await shot("request-waiting-for-card");
 
-  // 3. The patient taps the enrolled card: the page shows the result.
+  // 3. Someone else's card is tapped: refused, and the page says so.
+  const r = await api("POST", "/sim/cards", { body: { model: "ed25519" } });
+  check(r.status === 201, `a second card: ${r.text}`);
+  await sim("/sim/reader/present", { card: r.json.card });
+  const refused = await consent;
+  check(refused.status === 403, `a stranger's card is refused: ${refused.status} ${refused.text}`);
+  await waitText("✗ Not done.");
+  await waitText("This card is not the patient's enrolled card. Nothing was changed.");
+  await shot("request-refused-wrong-card");
+  await sim("/sim/reader/lift", {});
+
+  // The request is made again; the page shows the new one waiting.
+  consent = askConsent();
+  await waitText("Waiting: please tap your consent card on the reader.");
+
+  // 4. The patient taps the enrolled card: the page shows the result.
   await sim("/sim/reader/present", { card: CARD });
   const c = await consent;
   check(c.status === 201, `$consent answered ${c.status}: ${c.text}`);
@@ -156,7 +173,7 @@ try {
   }
   await shot("request-granted");
 
-  // 4. The grantee reads under the consent, and another of its clients in an emergency.
+  // 5. The grantee reads under the consent, and another of its clients in an emergency.
   const read = await api("GET", `/fhir/Observation?patient=${PATIENT}`, {
     token: TOKEN_B,
     headers: { "X-Purpose-Of-Use": "TREAT" },
@@ -168,7 +185,7 @@ try {
   });
   check(em.status === 200, `justified emergency read: ${em.status} ${em.text}`);
 
-  // 5. The patient logs in by tapping the card and sees who accessed the record.
+  // 6. The patient logs in by tapping the card and sees who accessed the record.
   await sim("/sim/reader/lift", {});
   await page.getByRole("button", { name: "Tap my card to see who read my record" }).click();
   await waitText("Please tap your consent card on the reader now.");
@@ -195,7 +212,7 @@ try {
   }
   await shot("patient-access-list");
 
-  // 6. Finished: the list is hidden and the session cookie dropped.
+  // 7. Finished: the list is hidden and the session cookie dropped.
   await page.getByRole("button", { name: "Finished: hide my list" }).click();
   await page.locator("#accesses").waitFor({ state: "hidden", timeout: WAIT_MS });
   await waitText("Tap my card to see who read my record");
