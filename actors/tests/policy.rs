@@ -650,3 +650,84 @@ async fn generic_writes_of_consents_and_enrolment_devices_are_refused() {
         .await;
     forbidden(r);
 }
+
+#[actix_rt::test]
+async fn search_totals_and_pages_count_only_permitted_records() {
+    let fx = setup().await;
+    let h = &fx.h;
+    // The patient's record holds versions authored by two facilities.
+    for i in 0..3 {
+        let day = format!("2024-02-0{}", i + 1);
+        h.create(&f2(), observation(&fx.patient, "8867-4", &day), None)
+            .await
+            .unwrap();
+    }
+    let q = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut v = vec![("patient".to_string(), fx.patient.clone())];
+        v.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+        v
+    };
+    // Each facility sees its own: totals, pages and _summary=count (count 0) agree.
+    let mine = h.search(&f2(), "Observation", &q(&[])).await.unwrap();
+    assert_eq!((mine.total, mine.items.len()), (3, 3));
+    let home_page = h.search(&home(), "Observation", &q(&[])).await.unwrap();
+    assert_eq!((home_page.total, home_page.items.len()), (1, 1));
+    let count = h
+        .search(&f2(), "Observation", &q(&[("_count", "0")]))
+        .await
+        .unwrap();
+    assert_eq!((count.total, count.items.len()), (3, 0));
+    let mut seen = Vec::new();
+    for off in 0..3 {
+        let off = off.to_string();
+        let p = h
+            .search(
+                &f2(),
+                "Observation",
+                &q(&[("_count", "1"), ("_offset", &off), ("_sort", "date")]),
+            )
+            .await
+            .unwrap();
+        assert_eq!((p.total, p.items.len()), (3, 1));
+        seen.push(p.items[0].resource["effectiveDateTime"].clone());
+    }
+    assert_eq!(seen, vec!["2024-02-01", "2024-02-02", "2024-02-03"]);
+    // With a consent of the patient, f2 also sees the home facility's observation, and the
+    // AuditEvent names both bases.
+    grant(&fx, ConsentSpec::default()).await;
+    let all = h.search(&f2(), "Observation", &q(&[])).await.unwrap();
+    assert_eq!(all.total, 4);
+    let mut b = bases(&last_audit(h).await);
+    b.sort();
+    assert_eq!(b, vec!["author", "consent"]);
+    // Public records need no consent.
+    let org = h
+        .create(
+            &home(),
+            json!({"resourceType": "Organization", "name": "CHUK"}),
+            None,
+        )
+        .await
+        .unwrap()
+        .record
+        .id;
+    h.read(&reader("f9", "TREAT"), "Organization", &org)
+        .await
+        .unwrap();
+    assert_eq!(bases(&last_audit(h).await), vec!["public"]);
+}
+
+#[actix_rt::test]
+async fn merging_needs_read_access_to_both_patients() {
+    let fx = setup().await;
+    let h = &fx.h;
+    forbidden(
+        h.merge_patients(&f2(), &fx.other_patient, &fx.patient)
+            .await,
+    );
+    let merged = h
+        .merge_patients(&home(), &fx.other_patient, &fx.patient)
+        .await
+        .unwrap();
+    assert_eq!(merged.len(), 2);
+}

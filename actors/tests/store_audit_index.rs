@@ -40,7 +40,7 @@ fn snapshot(e: &Engine) -> Vec<(usize, Vec<String>)> {
 /// A held tail: idle filing off, lag above what the test writes.
 fn held(dir: &std::path::Path) -> StoreConfig {
     let mut c = config(dir);
-    c.audit_index_idle = false;
+    c.audit_index_idle_run = 0;
     c.audit_index_lag = 1_000_000;
     c
 }
@@ -142,9 +142,10 @@ fn idle_writer_files_the_tail_and_results_do_not_change() {
     let tail = snapshot(&e);
     assert!(e.store.audit_unindexed().unwrap() > 0);
     close(e);
-    // Default config: the idle writer files the tail before it serves anything else only if
-    // nothing is queued; a checkpoint request queued behind the filing returns after it.
-    let e = open_with(config(dir.path()), 1);
+    // The idle writer files the tail (here from one entry on) whenever nothing is queued.
+    let mut cfg = config(dir.path());
+    cfg.audit_index_idle_run = 1;
+    let e = open_with(cfg, 1);
     let mut filed = false;
     for _ in 0..1000 {
         if e.store.audit_unindexed().unwrap() == 0 {
@@ -250,4 +251,25 @@ fn a_format_1_store_is_read_as_fully_filed_and_upgraded() {
         let v = meta.get(w, b"format").unwrap().unwrap().to_vec();
         assert_eq!(v, hexa_actors::store::format::FORMAT_VERSION.to_be_bytes());
     });
+}
+
+#[test]
+fn an_idle_writer_leaves_a_tail_shorter_than_the_idle_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.audit_index_idle_run = 1000;
+    let e = open_with(cfg, 1);
+    activity(&e);
+    // A checkpoint round trip gives the writer idle moments; nothing is filed, as fewer
+    // events than one run wait (no run of a handful of entries, no extra commit per read).
+    let _ = e.checkpoint().unwrap().blocking_recv();
+    let size = e.store.audit_size().unwrap();
+    assert_eq!(e.store.audit_unindexed().unwrap(), size);
+    let idle_commits = e
+        .writer
+        .stats()
+        .index_commits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(idle_commits, 0);
+    close(e);
 }

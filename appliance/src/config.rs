@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Seconds a client has to send a request body once its headers arrived (408 after).
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_secs: u64,
     /// The absolute URL clients reach this appliance at (`https://hexa.example.rw`),
     /// used for `fullUrl`, `Location` and paging links and as the token endpoint's
     /// audience. The `Host` header is never used (clients control it). Absent: derived
@@ -57,6 +60,9 @@ pub struct ServerConfig {
     pub rate_limit_max_keys: usize,
 }
 
+fn default_body_timeout() -> u64 {
+    30
+}
 fn default_client_rate() -> u32 {
     5_000
 }
@@ -134,6 +140,9 @@ impl Config {
         }
         if self.server.header_read_timeout_secs == 0 || self.server.header_read_timeout_secs > 300 {
             return Err("server.header_read_timeout_secs must be between 1 and 300".into());
+        }
+        if self.server.body_read_timeout_secs == 0 || self.server.body_read_timeout_secs > 600 {
+            return Err("server.body_read_timeout_secs must be between 1 and 600".into());
         }
         if self.server.max_connections == 0 || self.server.max_connections > 65_536 {
             return Err("server.max_connections must be between 1 and 65536".into());
@@ -240,7 +249,10 @@ mod tests {
         let old: String = DEFAULT_CONFIG
             .lines()
             .filter(|l| {
-                !l.contains("rate") && !l.contains("burst") && !l.contains("public_base_url")
+                !l.contains("rate")
+                    && !l.contains("burst")
+                    && !l.contains("public_base_url")
+                    && !l.contains("body_read_timeout")
             })
             .collect::<Vec<_>>()
             .join("\n");

@@ -37,6 +37,8 @@ pub struct AppState {
     max_body_bytes: usize,
     /// Seconds allowed for request headers.
     header_read_timeout: Duration,
+    /// Time allowed for a request body.
+    body_read_timeout: Duration,
     /// Connections served at once.
     max_connections: usize,
     /// Set once everything the API depends on is open.
@@ -83,6 +85,7 @@ impl AppState {
             facility_id,
             max_body_bytes: server.max_body_bytes,
             header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(server.body_read_timeout_secs),
             max_connections: server.max_connections,
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -242,6 +245,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
             Some(api) => {
                 let env = crate::fhir::RequestEnv {
                     max_body: st.max_body_bytes,
+                    body_timeout: st.body_read_timeout,
                     base: st.public_base(),
                     peer: peer.ip(),
                     client_limiter: &st.client_limiter,
@@ -259,7 +263,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
         route(req, st).await
     };
     let mut resp = resp;
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        || resp.status() == StatusCode::REQUEST_TIMEOUT
+    {
         // The rest of the oversized body is still on the wire: close the connection
         // rather than read it.
         resp.headers_mut()

@@ -8,10 +8,6 @@
 //! ceremony stores it, through the store with the appliance's system context) opens the
 //! record, its revocation closes it again, and an emergency access with a justification
 //! works and is flagged in the AuditEvent.
-//!
-//! Paths another helper is still routing (`$everything`, `$match`, `_include`,
-//! `_revinclude`) are probed already: today they answer 400/404 without data, and once
-//! routed they must still leak nothing (`OPERATION_PATHS`, `INCLUDE_PATHS`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -253,14 +249,22 @@ fn empty(what: &str, r: &Resp) {
     leaks_nothing(what, r);
 }
 
-/// A path that is either not routed yet (400/404/405 without data), refused (403), or answers
-/// with nothing of the patient.
-fn nothing_or_unrouted(what: &str, r: &Resp) {
-    match r.status {
-        400 | 403 | 404 | 405 | 422 => leaks_nothing(what, r),
-        200 => leaks_nothing(what, r),
-        s => panic!("{what}: unexpected status {s}: {}", r.text()),
+/// `$match` for another facility's patient: the score and the id, nothing else.
+fn ids_only(what: &str, r: &Resp) {
+    assert_eq!(r.status, 200, "{what}: {}", r.text());
+    let v = r.json();
+    let entries = v["entry"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !entries.is_empty(),
+        "{what}: the candidate is listed by id: {v}"
+    );
+    for e in entries {
+        let res = e["resource"].as_object().unwrap();
+        let mut keys: Vec<&String> = res.keys().collect();
+        keys.sort();
+        assert_eq!(keys, vec!["id", "resourceType"], "{what}: {v}");
     }
+    leaks_nothing(what, r);
 }
 
 struct Record {
@@ -327,27 +331,14 @@ fn consent(s: &Server, patient: &str) -> Value {
             "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]}})
 }
 
-/// `$everything`, `$match` (routed by the API work; probed now).
-fn operation_paths(r: &Record) -> Vec<(String, &'static str, Option<Value>)> {
-    vec![
-        (
-            format!("/fhir/Patient/{}/$everything", r.patient),
-            "GET",
-            None,
-        ),
-        (
-            "/fhir/Patient/$match".into(),
-            "POST",
-            Some(
-                json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
-                "resourceType": "Patient", "identifier": [{"system": "urn:rw:nid", "value": NID}],
-                "name": [{"family": "Mukamana", "given": ["Josiane"]}], "birthDate": "1977-03-14"}}]}),
-            ),
-        ),
-    ]
+/// The `$match` query for the patient (name, identifier, birth date).
+fn match_query() -> Value {
+    json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+        "resourceType": "Patient", "identifier": [{"system": "urn:rw:nid", "value": NID}],
+        "name": [{"family": "Mukamana", "given": ["Josiane"]}], "birthDate": "1977-03-14"}}]})
 }
 
-/// `_include` / `_revinclude` searches (routed by the API work; probed now).
+/// `_include` / `_revinclude` searches reaching the patient's record.
 fn include_paths(r: &Record) -> Vec<String> {
     vec![
         format!(
@@ -368,6 +359,10 @@ fn include_paths(r: &Record) -> Vec<String> {
         ),
         format!(
             "/fhir/Observation?patient={}&_revinclude=Provenance:target",
+            r.patient
+        ),
+        format!(
+            "/fhir/Observation?patient={}&_include=Observation:subject",
             r.patient
         ),
     ]
@@ -452,17 +447,16 @@ fn another_facility_gets_nothing_without_consent_then_exactly_what_consent_allow
         format!("identifier={NID}").as_bytes(),
     );
     empty("POST Patient/_search", &ps);
-    // _include / _revinclude, $everything, $match.
+    // _include / _revinclude, $everything, $match (scores and ids only).
     for path in include_paths(&r) {
-        nothing_or_unrouted(&path, &s.get(&other, &path));
+        empty(&path, &s.get(&other, &path));
     }
-    for (path, method, body) in operation_paths(&r) {
-        let resp = match body {
-            Some(b) => s.send(&other, method, &path, &b),
-            None => s.get(&other, &path),
-        };
-        nothing_or_unrouted(&path, &resp);
-    }
+    let everything = format!("/fhir/Patient/{pid}/$everything");
+    empty("$everything", &s.get(&other, &everything));
+    ids_only(
+        "$match",
+        &s.send(&other, "POST", "/fhir/Patient/$match", &match_query()),
+    );
 
     // ---- batch and transaction GETs ----
     let batch = s.send(
@@ -590,6 +584,15 @@ fn another_facility_gets_nothing_without_consent_then_exactly_what_consent_allow
     assert!(read.text().contains("Mukamana"));
     let obs = s.get(&other, &format!("/fhir/Observation?patient={pid}"));
     assert_eq!(obs.json()["total"], 1);
+    let inc = s.get(
+        &other,
+        &format!("/fhir/Observation?patient={pid}&_include=Observation:subject"),
+    );
+    assert!(inc.text().contains("Mukamana") && inc.text().contains("viral-load-secret-value"));
+    let all = s.get(&other, &everything).text();
+    assert!(all.contains("Mukamana") && all.contains("tuberculosis-secret-note"));
+    let m = s.send(&other, "POST", "/fhir/Patient/$match", &match_query());
+    assert!(m.text().contains("Josiane"), "{}", m.text());
     let events = s.get(
         &other,
         &format!("/fhir/AuditEvent?patient={pid}&_count=1000"),
@@ -613,6 +616,11 @@ fn another_facility_gets_nothing_without_consent_then_exactly_what_consent_allow
     empty(
         "search after revocation",
         &s.get(&other, &format!("/fhir/Observation?patient={pid}")),
+    );
+    empty("$everything after revocation", &s.get(&other, &everything));
+    ids_only(
+        "$match after revocation",
+        &s.send(&other, "POST", "/fhir/Patient/$match", &match_query()),
     );
 
     // ---- emergency: needs a justification; flagged in the AuditEvent ----

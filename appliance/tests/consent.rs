@@ -115,8 +115,10 @@ impl Server {
             all: String::new(),
             read: String::new(),
         };
-        s.all = s.token("emr-all", "fac-a", "system/*.cruds");
-        s.read = s.token("emr-read", "fac-a", "system/*.rs");
+        // The hospital's own EMR: its facility is the appliance's, which authors (through
+        // the ceremonies) the Consents and enrolment Devices it then reads back.
+        s.all = s.token("emr-all", "demo-facility", "system/*.cruds");
+        s.read = s.token("emr-read", "demo-facility", "system/*.rs");
         s
     }
 
@@ -424,6 +426,19 @@ fn wrong_unenrolled_and_other_patients_cards_are_refused() {
     s.present(stranger);
     let r = s.consent(&a, vec![]);
     assert_eq!((r.status, r.code()), (403, "wrong-credential".into()));
+    // A card that needs a PIN cannot be enrolled at the desk.
+    let pin_card = s
+        .sim("/sim/cards", json!({"model": "ed25519", "pin": "1234"}))
+        .json()["card"]
+        .as_u64()
+        .unwrap() as u32;
+    s.present(pin_card);
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{nobody}/$enroll-card"),
+        &params(vec![]),
+    );
+    assert_eq!((r.status, r.code()), (403, "declined".into()));
     // A patient without a card.
     let r = s.consent(&nobody, vec![]);
     assert_eq!((r.status, r.code()), (422, "not-enrolled".into()));
@@ -489,6 +504,17 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
     let r = s.fhir("POST", &format!("/fhir/Patient/{p}/$consent"), &bad);
     assert_eq!(r.status, 400);
 
+    // The grantee is in the local registry: the desk names it.
+    let r = s.fhir(
+        "PUT",
+        "/fhir/Organization/fac-b",
+        &json!({"resourceType": "Organization", "id": "fac-b", "name": "Kibagabaga District Hospital"}),
+    );
+    assert!(
+        r.status == 201 || r.status == 200,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     // A ceremony in flight is listed, in plain words, until the card is tapped.
     let addr = s.http.addr;
     let auth = s.all.clone();
@@ -525,7 +551,8 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
             break r.clone();
         }
         assert!(Instant::now() < deadline, "no pending request appeared");
-        std::thread::yield_now();
+        // Poll interval only: correctness does not depend on it.
+        std::thread::sleep(Duration::from_millis(5));
     };
     assert_eq!(pending["kind"], "consent");
     assert_eq!(pending["patient"], format!("Patient/{p}"));
@@ -541,6 +568,9 @@ fn timeout_then_pending_request_is_visible_at_the_desk() {
     );
     assert!(pending["until"].is_string());
     assert!(pending["progress"]["state"].is_string(), "{pending}");
+    // The reader is busy with that ceremony: a second one is refused at once.
+    let r = s.consent(&p, vec![]);
+    assert_eq!((r.status, r.code()), (409, "device-busy".into()));
     s.present(card);
     let r = t.join().unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
@@ -772,8 +802,40 @@ fn fingerprint_consent_needs_a_countersignature() {
             .unwrap()
     };
     let slot_p = enrol_finger(&p);
+    // The same finger again (still on the sensor) for another patient: refused.
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{q}/$enroll-finger"),
+        &params(vec![]),
+    );
+    assert_eq!((r.status, r.code()), (409, "wrong-state".into()));
     let slot_q = enrol_finger(&q);
     assert_ne!(slot_p, slot_q);
+    // Re-enrolling Q's own finger as a replacement keeps its template slot.
+    let q_dev = s
+        .fhir(
+            "GET",
+            &format!("/fhir/Device?patient=Patient/{q}&status=active"),
+            &Value::Null,
+        )
+        .json()["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.sim("/sim/fingerprint/place", json!({"template": slot_q}));
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{q}/$enroll-finger"),
+        &params(vec![
+            json!({"name": "replaces", "valueReference": {"reference": format!("Device/{q_dev}")}}),
+        ]),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["identifier"][0]["value"], slot_q.to_string());
+    let old = s
+        .fhir("GET", &format!("/fhir/Device/{q_dev}"), &Value::Null)
+        .json();
+    assert_eq!(old["status"], "inactive");
 
     // Q's finger for P's consent.
     s.sim("/sim/fingerprint/place", json!({"template": slot_q}));
@@ -840,10 +902,17 @@ fn login_and_the_patients_access_list() {
     let r = s.req(
         "GET",
         &format!("/fhir/Patient/{p}"),
-        &[("Authorization", &emr_b), ("X-Purpose-Of-Use", "ETREAT")],
+        &[
+            ("Authorization", &emr_b),
+            ("X-Purpose-Of-Use", "ETREAT"),
+            (
+                "X-Access-Justification",
+                "unconscious on arrival, allergies unknown",
+            ),
+        ],
         b"",
     );
-    let _ = r.status; // the enforcement helper decides; the access is audited either way
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     // An unenrolled card cannot log in.
     let stranger = s.new_card("ed25519");
@@ -882,6 +951,18 @@ fn login_and_the_patients_access_list() {
     assert_eq!(em["emergency"], true);
     assert_eq!(em["facility"], "Organization/fac-b");
     assert!(em["text"].as_str().unwrap().contains("EMERGENCY"), "{em}");
+    assert_eq!(
+        em["justification"],
+        "unconscious on arrival, allergies unknown"
+    );
+    assert_eq!(em["basis"][0], "emergency");
+    // The login itself is in the list: the session's read of its own Patient resource.
+    assert!(
+        accesses
+            .iter()
+            .any(|a| a["client"] == "patient-session" && a["what"] == "read"),
+        "{list}"
+    );
     let whens: Vec<&str> = accesses
         .iter()
         .map(|a| a["when"].as_str().unwrap())
@@ -920,6 +1001,24 @@ fn login_and_the_patients_access_list() {
     assert_eq!(r.status, 401);
     let r = s.req("DELETE", "/desk/api/accesses", &[], b"");
     assert_eq!(r.status, 405);
+    // Logout ends the session everywhere it was used.
+    let r = s.req("POST", "/desk/api/logout", &[("Cookie", &cookie_pair)], b"");
+    assert_eq!(r.status, 204);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let r = s.req(
+        "GET",
+        "/desk/api/accesses",
+        &[("Cookie", &cookie_pair)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    let r = s.req(
+        "GET",
+        &format!("/fhir/AuditEvent?patient={p}"),
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 401);
 }
 
 /// The stored evidence of an Ed25519 and an ES256 card, verified by Yubico's `fido2`.
@@ -989,4 +1088,24 @@ fn stored_evidence_verifies_with_python_fido2() {
     forged["sourceAttachment"]["data"] = json!(STANDARD.encode(serde_json::to_vec(&ev).unwrap()));
     let out = run(&json!({"consents": [forged], "algs": [-8]}));
     assert!(!out.status.success(), "a forged signature passed fido2");
+}
+
+/// Login offers the card at most 16 credential IDs at a time: a card enrolled after many
+/// others is still found.
+#[test]
+fn login_finds_a_card_beyond_the_first_allow_list() {
+    let s = Server::start();
+    for i in 0..17 {
+        let p = s.patient(&format!("Crowd{i}"));
+        let c = s.new_card(if i % 2 == 0 { "ed25519" } else { "es256-only" });
+        s.enrol(&p, c);
+    }
+    let me = s.patient("Last");
+    let card = s.new_card("es256-only");
+    s.enrol(&me, card);
+    let r = s.req("POST", "/desk/api/login", &[], b"{}");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["patient"], format!("Patient/{me}"));
+    let r = s.req("POST", "/desk/api/login", &[], br#"{"timeoutSeconds": 0}"#);
+    assert_eq!(r.status, 400);
 }

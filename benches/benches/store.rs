@@ -88,8 +88,9 @@ fn fixture_at(path: &Path) -> Fixture {
     }
 }
 
-/// Version of the cached population layout (bump when the bench's data changes).
-const POPULATION_CACHE: u32 = 1;
+/// Version of the cached population layout (bump when the bench's data changes; 2: versions
+/// carry `meta.source` and its `_source` index term).
+const POPULATION_CACHE: u32 = 2;
 
 /// Patients per FHIR transaction when loading a population.
 const LOAD_TX: usize = 500;
@@ -317,14 +318,10 @@ fn reads_search_match(c: &mut Criterion) {
     let idents: Arc<Vec<(String, String)>> = Arc::new(
         people
             .iter()
-            .map(|p| {
+            .filter_map(|p| {
                 let idf = &p["identifier"][0];
-                let v = format!(
-                    "{}|{}",
-                    idf["system"].as_str().unwrap_or(""),
-                    idf["value"].as_str().unwrap_or("")
-                );
-                ("identifier".to_string(), v)
+                let (sys, value) = (idf["system"].as_str()?, idf["value"].as_str()?);
+                Some(("identifier".to_string(), format!("{sys}|{value}")))
             })
             .collect(),
     );
@@ -337,8 +334,7 @@ fn reads_search_match(c: &mut Criterion) {
             run_concurrent(&f, k * BURST, 256, move |h, i| {
                 let pair = idents[(i as usize * 7919) % idents.len()].clone();
                 async move {
-                    let page = h.search(&ctx(), "Patient", &[pair]).await.expect("search");
-                    assert!(page.total >= 1);
+                    h.search(&ctx(), "Patient", &[pair]).await.expect("search");
                 }
             })
         })

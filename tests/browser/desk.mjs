@@ -202,7 +202,7 @@ try {
       "for emergency treatment",
       `${GRANTEE_NAME} searched your test results.`,
       "for treatment · reason allowed: allowed by your permission",
-      "This appliance's own work on your record",
+      "Your own visits to this desk, and this appliance's own work on your record",
     ]) {
       check(t.includes(want), `the access list shows "${want}" in: ${t}`);
     }

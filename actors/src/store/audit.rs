@@ -326,17 +326,18 @@ pub(crate) fn provenance_json(store: &Store, r: &Record, id: &str, author: Optio
     })
 }
 
-/// An AuditEvent ready for the log: id, exact JCS bytes and blind index keys. Built on the
-/// registry threads so the single writer only hashes, seals and puts.
+/// An AuditEvent ready for the log: id, exact JCS bytes, Merkle leaf hash and blinded
+/// search terms. Built on the registry threads so the single writer only seals and puts.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedAudit {
     pub id: String,
     pub bytes: Vec<u8>,
-    pub index_keys: Vec<Vec<u8>>,
+    pub leaf: Hash,
+    pub terms: Vec<[u8; 32]>,
 }
 
 /// Builds the AuditEvent of `d` (with a fresh UUID id), canonicalises it and computes its
-/// index keys.
+/// leaf hash and blinded search terms.
 pub(crate) fn prepare_audit(
     store: &Store,
     d: &AuditDraft,
@@ -348,14 +349,12 @@ pub(crate) fn prepare_audit(
         obj.insert("id".into(), json!(id));
     }
     let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let index_keys = store
-        .index_keys(super::Component::Audit, "AuditEvent", &id, &event)
-        .into_iter()
-        .collect();
+    let terms = super::audit_index::event_terms(store, &event);
     Ok(PreparedAudit {
         id,
+        leaf: merkle::leaf_hash(&bytes),
         bytes,
-        index_keys,
+        terms,
     })
 }
 
@@ -380,7 +379,7 @@ pub(crate) struct AuditAppender {
     pub last_ckpt_time: u64,
     /// Index keys of the entries appended in the current batch (log index, keys): the
     /// deferred audit indexer ([`super::audit_index`]) files them after the commit.
-    pub fresh: Vec<(u64, Vec<Vec<u8>>)>,
+    pub fresh: Vec<(u64, Vec<[u8; 32]>)>,
 }
 
 impl AuditAppender {
@@ -419,8 +418,8 @@ impl AuditAppender {
         ev: &'a PreparedAudit,
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Borrowed;
-        let keys = ev.index_keys.iter().map(|k| Borrowed(k.as_slice()));
-        self.append_parts(store, staged, &ev.bytes, Borrowed(ev.id.as_bytes()), keys)
+        let id = Borrowed(ev.id.as_bytes());
+        self.append_parts(store, staged, &ev.bytes, ev.leaf, id, ev.terms.clone())
     }
 
     /// [`AuditAppender::append`] of an event built in the writer (failure audits).
@@ -431,8 +430,8 @@ impl AuditAppender {
         ev: PreparedAudit,
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Owned;
-        let keys = ev.index_keys.into_iter().map(Owned);
-        self.append_parts(store, staged, &ev.bytes, Owned(ev.id.into_bytes()), keys)
+        let id = Owned(ev.id.into_bytes());
+        self.append_parts(store, staged, &ev.bytes, ev.leaf, id, ev.terms)
     }
 
     fn append_parts<'a>(
@@ -440,12 +439,12 @@ impl AuditAppender {
         store: &Store,
         staged: &mut Staged<'a>,
         bytes: &[u8],
+        leaf: Hash,
         id: Cow<'a, [u8]>,
-        index_keys: impl Iterator<Item = Cow<'a, [u8]>>,
+        terms: Vec<[u8; 32]>,
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Owned;
         let index = self.frontier.size();
-        let leaf = merkle::leaf_hash(bytes);
         for (level, i, h) in self.frontier.append(leaf) {
             staged.push(
                 slot::TREE,
@@ -478,8 +477,7 @@ impl AuditAppender {
             id,
             StagedOp::Put(Owned(key.to_vec())),
         );
-        self.fresh
-            .push((index, index_keys.map(Cow::into_owned).collect()));
+        self.fresh.push((index, terms));
         Ok(index)
     }
 

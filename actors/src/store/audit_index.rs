@@ -14,14 +14,27 @@
 //!   snapshot always sees an index and a watermark that agree. A store without the key
 //!   (format 1, which indexed inline) is fully indexed.
 //! - The writer keeps the tail's index keys in memory ([`AuditIndexer`]; rebuilt from the
-//!   log at start), files up to [`IDLE_CHUNK`] of them whenever its queue is empty, and,
-//!   when the tail grows beyond `StoreConfig::audit_index_lag` (sustained load), files the
-//!   excess inside the next group commits.
+//!   log at start), files up to [`IDLE_CHUNK`] of them whenever its queue is empty and at
+//!   least `StoreConfig::audit_index_idle_run` (default [`IDLE_CHUNK`]) wait, and, when the
+//!   tail grows beyond `StoreConfig::audit_index_lag` (sustained load), files the excess
+//!   inside the next group commits. So under light load a few hundred events may stay
+//!   unfiled for a long time: AuditEvent searches scan them (milliseconds).
 //! - AuditEvent searches read the index below the watermark and *scan* the tail (open and
 //!   post-filter each entry with the same extraction code), so their results are complete
 //!   and exact at every moment; the tail scan is bounded by the lag.
+//!
+//! **Runs.** A filing commit writes one *run*: the keys of log entries `start..end` as
+//! `0xFF || start:u64 BE || blind:32 || entry:u64 BE`, sorted and put with `MDB_APPEND`
+//! (every run starts after the previous one, and `0xFF` sorts after the `AuditEvent\0...`
+//! postings format 1 wrote). So filing writes new, full pages at the right edge of the
+//! B-tree instead of dirtying one random page per unique term (the entity and patient of
+//! almost every event are unique), and postings carry the log index (no id lookup). A
+//! term lookup reads its postings in every run (two cursor seeks per run); runs hold at
+//! least [`FORCED_MIN`] entries under load, so a million events make a few hundred to a
+//! few thousand runs. Merging old runs into bigger ones is not done yet.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use heed::{RoTxn, RwTxn};
 use serde_json::Value;
@@ -29,7 +42,7 @@ use serde_json::Value;
 use super::error::{StoreError, StoreResult};
 use super::route::Component;
 use super::writer::{Staged, StagedOp};
-use super::{Store, slot};
+use super::{Store, params, slot};
 
 /// `meta` key of the watermark.
 pub(crate) const META_AUDIT_INDEXED: &[u8] = b"audit-indexed";
@@ -38,16 +51,22 @@ pub(crate) const META_AUDIT_INDEXED: &[u8] = b"audit-indexed";
 /// arrives meanwhile waits for the writer).
 pub const IDLE_CHUNK: usize = 1024;
 
-/// Fewest tail entries filed inside a group commit once the tail exceeds the lag.
-pub const FORCED_MIN: u64 = 256;
+/// Fewest tail entries filed inside a group commit once the tail exceeds the lag (the
+/// smallest run under sustained load).
+pub const FORCED_MIN: u64 = 1024;
+
+/// First byte of every run key.
+const RUN_TAG: u8 = 0xFF;
+/// Length of a run key: tag, run start, blind term, entry index.
+const RUN_KEY_LEN: usize = 1 + 8 + 32 + 8;
 
 /// The writer's deferred audit indexer: the watermark and the index keys of the tail.
 #[derive(Debug, Default)]
 pub(crate) struct AuditIndexer {
     /// Every log entry below this index is filed in `audit.index`.
     pub indexed: u64,
-    /// Index keys of the entries `indexed..`, in log order (contiguous).
-    pending: VecDeque<(u64, Vec<Vec<u8>>)>,
+    /// Blinded terms of the entries `indexed..`, in log order (contiguous).
+    pending: VecDeque<(u64, Vec<[u8; 32]>)>,
 }
 
 impl AuditIndexer {
@@ -57,7 +76,9 @@ impl AuditIndexer {
         let mut pending = VecDeque::new();
         for i in indexed..size {
             let entry = store.audit_entry_in(txn, i)?;
-            pending.push_back((i, event_index_keys(store, &entry.bytes)?));
+            let event: Value = serde_json::from_slice(&entry.bytes)
+                .map_err(|e| StoreError::Audit(format!("logged AuditEvent is not JSON: {e}")))?;
+            pending.push_back((i, event_terms(store, &event)));
         }
         Ok(AuditIndexer { indexed, pending })
     }
@@ -77,26 +98,30 @@ impl AuditIndexer {
         ((tail - lag).max(FORCED_MIN) as usize).min(self.pending.len())
     }
 
-    /// Stages the index puts of the oldest `n` tail entries and the moved watermark (to be
+    /// Stages the run of the oldest `n` tail entries and the moved watermark (to be
     /// committed with `wtxn`); [`AuditIndexer::filed`] completes it after the commit.
-    pub fn stage<'a>(
-        &'a self,
+    pub fn stage(
+        &self,
         store: &Store,
         wtxn: &mut RwTxn,
-        staged: &mut Staged<'a>,
+        staged: &mut Staged<'_>,
         n: usize,
     ) -> StoreResult<()> {
-        use std::borrow::Cow::Borrowed;
-        let c = Component::Audit;
-        let db = store.dbs(c).index;
-        for (_, keys) in self.pending.iter().take(n) {
-            for k in keys {
-                staged.push(
-                    slot::index(c),
-                    db,
-                    Borrowed(k.as_slice()),
-                    StagedOp::Put(Borrowed(&[])),
-                );
+        use std::borrow::Cow::{Borrowed, Owned};
+        if n > 0 {
+            let c = Component::Audit;
+            let db = store.dbs(c).index;
+            let start = self.indexed;
+            // The stage sorts by key; every key of this run is above every stored key.
+            for (entry, terms) in self.pending.iter().take(n) {
+                for t in terms {
+                    staged.push(
+                        slot::index(c),
+                        db,
+                        Owned(run_key(start, t, *entry).to_vec()),
+                        StagedOp::Append(Borrowed(&[])),
+                    );
+                }
             }
         }
         self.persist(store, wtxn, self.indexed + n as u64)
@@ -113,25 +138,30 @@ impl AuditIndexer {
 
     /// After a commit: the oldest `n` tail entries were filed, and `fresh` (the batch's
     /// appended entries) joined the tail.
-    pub fn filed(&mut self, n: usize, fresh: Vec<(u64, Vec<Vec<u8>>)>) {
+    pub fn filed(&mut self, n: usize, fresh: Vec<(u64, Vec<[u8; 32]>)>) {
         self.pending.drain(..n.min(self.pending.len()));
         self.indexed += n as u64;
         self.pending.extend(fresh);
     }
 }
 
-/// The blind index keys of a logged AuditEvent (its JCS bytes).
-pub(crate) fn event_index_keys(store: &Store, bytes: &[u8]) -> StoreResult<Vec<Vec<u8>>> {
-    let event: Value = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Audit(format!("logged AuditEvent is not JSON: {e}")))?;
-    let id = event
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| StoreError::Audit("logged AuditEvent has no id".into()))?;
-    Ok(store
-        .index_keys(Component::Audit, "AuditEvent", id, &event)
+/// `0xFF || start || blind || entry`: one posting of run `start`.
+fn run_key(start: u64, blind: &[u8; 32], entry: u64) -> [u8; RUN_KEY_LEN] {
+    let mut k = [0u8; RUN_KEY_LEN];
+    k[0] = RUN_TAG;
+    k[1..9].copy_from_slice(&start.to_be_bytes());
+    k[9..41].copy_from_slice(blind);
+    k[41..].copy_from_slice(&entry.to_be_bytes());
+    k
+}
+
+/// The distinct blinded search terms of an AuditEvent (field `AuditEvent.<param>`).
+pub(crate) fn event_terms(store: &Store, event: &Value) -> Vec<[u8; 32]> {
+    let terms: BTreeSet<[u8; 32]> = params::all_terms("AuditEvent", event)
         .into_iter()
-        .collect())
+        .map(|(field, term)| store.blind(Component::Audit, &field, &term))
+        .collect();
+    terms.into_iter().collect()
 }
 
 impl Store {
@@ -151,6 +181,53 @@ impl Store {
                 Ok(at.min(size))
             }
         }
+    }
+
+    /// Adds the log indexes filed under `blind` in every run.
+    pub(crate) fn audit_run_postings(
+        &self,
+        txn: &RoTxn,
+        blind: &[u8; 32],
+        out: &mut BTreeSet<u64>,
+    ) -> StoreResult<()> {
+        let db = self.dbs(Component::Audit).index;
+        let corrupt = |k: &[u8]| StoreError::Corrupt {
+            database: "audit.index".into(),
+            key: super::format::printable_key(k),
+            reason: "bad run key".into(),
+        };
+        // The first run at or after `from`.
+        let mut from = [RUN_TAG, 0, 0, 0, 0, 0, 0, 0, 0];
+        loop {
+            let start = {
+                let range = (Bound::Included(&from[..]), Bound::Unbounded);
+                let Some(first) = db.range(txn, &range)?.next() else {
+                    break;
+                };
+                let (k, _) = first?;
+                if k.len() != RUN_KEY_LEN || k[0] != RUN_TAG {
+                    return Err(corrupt(k));
+                }
+                u64::from_be_bytes(k[1..9].try_into().map_err(|_| corrupt(k))?)
+            };
+            let mut prefix = [0u8; 41];
+            prefix[0] = RUN_TAG;
+            prefix[1..9].copy_from_slice(&start.to_be_bytes());
+            prefix[9..].copy_from_slice(blind);
+            for item in db.prefix_iter(txn, &prefix)? {
+                let (k, _) = item?;
+                let entry = k
+                    .get(41..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .ok_or_else(|| corrupt(k))?;
+                out.insert(u64::from_be_bytes(entry));
+            }
+            let Some(next) = start.checked_add(1) else {
+                break;
+            };
+            from[1..].copy_from_slice(&next.to_be_bytes());
+        }
+        Ok(())
     }
 
     /// Number of audit log entries not yet filed in the search index (for metrics and tests).

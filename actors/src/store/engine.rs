@@ -583,8 +583,13 @@ impl Engine {
             );
         }
         let plan = (|| -> StoreResult<Vec<TxEntry>> {
-            let s = self.store.read("Patient", source)?;
-            let t = self.store.read("Patient", target)?;
+            // Merging returns both records: the reader must be allowed to read them.
+            let s = (self.store)
+                .disclose_one(ctx, self.store.read("Patient", source)?)?
+                .value;
+            let t = (self.store)
+                .disclose_one(ctx, self.store.read("Patient", target)?)?
+                .value;
             let with_links = |r: &Record, other: &str, kind: &str| -> Value {
                 let mut body = r.resource.clone();
                 let other_ref = format!("Patient/{other}");
@@ -656,12 +661,8 @@ impl Engine {
     /// Read the current version; the AuditEvent is durable before the record is returned.
     pub fn read(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Read, ctx);
-        draft.entities.push(format!("{ty}/{id}"));
-        let r = self
-            .store
-            .read(ty, id)
-            .and_then(|r| self.store.disclose_one(ctx, r));
-        draft.entities.clear();
+        let r = (self.store.read(ty, id))
+            .and_then(|r| self.store.disclose_one_noting(ctx, r, &mut draft));
         self.audited_read(draft, r)
     }
 
@@ -674,11 +675,9 @@ impl Engine {
         version: u64,
     ) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Vread, ctx);
-        let r = self
-            .store
-            .vread(ty, id, version)
-            .and_then(|r| self.store.disclose_one(ctx, r));
-        if r.is_err() {
+        let r = (self.store.vread(ty, id, version))
+            .and_then(|r| self.store.disclose_one_noting(ctx, r, &mut draft));
+        if r.is_err() && draft.entities.is_empty() {
             draft.entities.push(format!("{ty}/{id}/_history/{version}"));
         }
         self.audited_read(draft, r)

@@ -61,9 +61,10 @@ pub struct StoreConfig {
     /// ([`audit_index`]); beyond it group commits file the excess. 0 files them in the
     /// group commit that follows the one that logged them.
     pub audit_index_lag: u64,
-    /// File the unindexed AuditEvents whenever the writer's queue is empty (default). Off,
-    /// they are filed only beyond `audit_index_lag` (tests use it to hold a tail).
-    pub audit_index_idle: bool,
+    /// When the writer's queue is empty and at least this many AuditEvents wait for their
+    /// index terms, it files them (runs of up to 1024 events per commit). Smaller runs make
+    /// AuditEvent searches seek more; 0 never files at idle time (only beyond the lag).
+    pub audit_index_idle_run: u64,
     /// This appliance's id (the `Device` that signs and records).
     pub appliance_id: String,
     /// The facility this appliance serves (names the audit-log origin).
@@ -81,7 +82,7 @@ impl StoreConfig {
             checkpoint_every: 1000,
             checkpoint_interval_ms: 60_000,
             audit_index_lag: 16_384,
-            audit_index_idle: true,
+            audit_index_idle_run: audit_index::IDLE_CHUNK as u64,
             appliance_id: appliance_id.to_string(),
             facility_id: facility_id.to_string(),
         }
@@ -753,6 +754,7 @@ impl Store {
         if ty == "Patient" {
             terms.extend(pmatch::match_terms(resource));
         }
+        terms.extend(policy::source_term(ty, resource));
         terms
             .into_iter()
             .map(|(field, term)| {

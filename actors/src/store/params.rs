@@ -565,11 +565,53 @@ pub fn splits_name(resource_type: &str) -> bool {
     split_parts(resource_type, "name").is_some()
 }
 
+/// Parameters whose values on some paths are a subset of another parameter's terms on the
+/// same paths: (parameter, covering parameter, covered paths). Where a resource type has
+/// both with those paths (see [`covering`]), the parameter's own index leaves the covered
+/// paths out and a search on it also reads the covering parameter's postings: the same
+/// matches, one index term less per value. Exact because every query term of the
+/// parameter is one the covering parameter files for those paths: a `patient` query is
+/// always `r:Patient/<id>`, which the unrestricted `subject`/`agent`/`entity` file for
+/// every reference; `phone` and `telecom` are the same telecom extraction.
+const COVERS: &[(&str, &str, &[&str])] = &[
+    ("patient", "subject", &["subject", "for"]),
+    ("patient", "agent", &["agent.who"]),
+    ("patient", "entity", &["entity.what"]),
+    ("phone", "telecom", &["telecom"]),
+];
+
+/// The (covering parameter, covered paths) pairs that apply to `def` on `resource_type`.
+pub fn covering(
+    resource_type: &str,
+    def: &ParamDef,
+) -> Vec<(&'static str, &'static [&'static str])> {
+    let ps = params_for(resource_type);
+    COVERS
+        .iter()
+        .filter(|(name, by, paths)| {
+            *name == def.name
+                && paths.iter().all(|p| def.paths.contains(p))
+                && ps.iter().any(|c| {
+                    c.name == *by
+                        && paths.iter().all(|p| c.paths.contains(p))
+                        && match (def.kind, c.kind) {
+                            (Ref(Some(_)), Ref(None)) => true,
+                            (a, b) => a == b,
+                        }
+                })
+        })
+        .map(|(_, by, paths)| (*by, *paths))
+        .collect()
+}
+
 /// The parameters whose index postings together answer a search on `param`.
 pub fn posting_params(resource_type: &str, param: &'static str) -> Vec<&'static str> {
     let mut out = vec![param];
     if let Some(parts) = split_parts(resource_type, param) {
         out.extend(parts.iter().map(|(pn, _)| *pn));
+    }
+    if let Some(def) = self::param(resource_type, param) {
+        out.extend(covering(resource_type, def).into_iter().map(|(by, _)| by));
     }
     out
 }
@@ -663,7 +705,20 @@ pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)>
                 .collect();
             terms_of_values(def, stripped.iter().collect())
         } else {
-            index_terms(def, resource)
+            let covered: Vec<&str> = covering(resource_type, def)
+                .into_iter()
+                .flat_map(|(_, paths)| paths.iter().copied())
+                .collect();
+            if covered.is_empty() {
+                index_terms(def, resource)
+            } else {
+                // Only the paths no covering parameter files.
+                let mut vals = Vec::new();
+                for path in def.paths.iter().filter(|p| !covered.contains(p)) {
+                    collect(resource, path, &mut vals);
+                }
+                terms_of_values(def, vals)
+            }
         };
         for t in terms {
             out.push((format!("{resource_type}.{}", def.name), t));
@@ -733,6 +788,47 @@ mod tests {
             .collect();
         assert!(!addr.contains(&"p:kigali"), "{addr:?}");
         assert!(all.contains(&("Patient.address-city".into(), "p:kigali".into())));
+    }
+
+    #[test]
+    fn covered_parameters_leave_their_terms_to_the_covering_one() {
+        let obs = json!({"subject": {"reference": "Patient/p1"}});
+        let all = all_terms("Observation", &obs);
+        assert!(all.contains(&("Observation.subject".into(), "r:Patient/p1".into())));
+        assert!(
+            !all.iter().any(|(f, _)| f == "Observation.patient"),
+            "{all:?}"
+        );
+        assert_eq!(
+            posting_params("Observation", "patient"),
+            ["patient", "subject"]
+        );
+        // Consent has no `subject`: its `patient` is filed as before.
+        let consent = json!({"patient": {"reference": "Patient/p1"}});
+        assert!(
+            all_terms("Consent", &consent)
+                .contains(&("Consent.patient".into(), "r:Patient/p1".into()))
+        );
+        assert_eq!(posting_params("Consent", "patient"), ["patient"]);
+        // A `patient` path `subject` does not cover keeps its own terms.
+        let claim = json!({"patient": {"reference": "Patient/p2"}});
+        assert!(
+            all_terms("Claim", &claim).contains(&("Claim.patient".into(), "r:Patient/p2".into()))
+        );
+        let p = patient();
+        let all = all_terms("Patient", &p);
+        assert!(!all.iter().any(|(f, _)| f == "Patient.phone"), "{all:?}");
+        assert_eq!(posting_params("Patient", "phone"), ["phone", "telecom"]);
+        assert_eq!(
+            posting_params("AuditEvent", "patient"),
+            ["patient", "agent", "entity"]
+        );
+        let ae = json!({"entity": [{"what": {"reference": "Patient/p9"}}]});
+        assert!(
+            !all_terms("AuditEvent", &ae)
+                .iter()
+                .any(|(f, _)| f == "AuditEvent.patient")
+        );
     }
 
     fn terms(ty: &str, name: &str, v: &Value) -> Vec<String> {

@@ -30,7 +30,7 @@ use heed::RoTxn;
 use hexa_crypto::jcs;
 use serde_json::{Value, json};
 
-use super::audit::{AccessContext, AuditEntry, audit_record, patients_of};
+use super::audit::{AccessContext, AuditDraft, AuditEntry, audit_record, patients_of};
 use super::consent::ConsentRule;
 use super::error::{StoreError, StoreResult};
 use super::pmatch::PatientMatch;
@@ -46,6 +46,18 @@ pub const EMERGENCY_PURPOSE: &str = "ETREAT";
 pub const MIN_JUSTIFICATION: usize = 10;
 /// Extension URL of the access basis recorded in AuditEvents.
 pub const BASIS_EXTENSION: &str = "urn:hexa:access-basis";
+
+/// Blind-index parameter under which every version's `meta.source` is filed (`<Type>._source`),
+/// so a search can tell the reader's own records from the index, without opening them.
+pub const SOURCE_PARAM: &str = "_source";
+
+/// The index term of a resource's `meta.source` (none without one).
+pub fn source_term(resource_type: &str, resource: &Value) -> Option<(String, String)> {
+    resource
+        .pointer("/meta/source")
+        .and_then(Value::as_str)
+        .map(|s| (format!("{resource_type}.{SOURCE_PARAM}"), s.to_string()))
+}
 
 /// `meta.source` value of versions written by `facility_id`.
 pub fn source_of(facility_id: &str) -> String {
@@ -168,10 +180,12 @@ impl<'s> Policy<'s> {
     /// system context, or a type outside every patient compartment).
     pub fn unrestricted(&self, resource_type: &str) -> bool {
         self.system
-            || (!matches!(
-                component_for(resource_type),
-                Ok(Component::Patient | Component::Shr | Component::Consent | Component::Audit)
-            ) && super::params::param(resource_type, "patient").is_none())
+            || match component_for(resource_type) {
+                Ok(Component::Facility | Component::Worker | Component::Term) => true,
+                // Of the products, only a Device can belong to a patient.
+                Ok(Component::Product) => resource_type != "Device",
+                _ => false,
+            }
     }
 
     /// Decides one record inside `txn`; `None` refuses it.
@@ -401,6 +415,31 @@ impl Store {
         })
     }
 
+    /// [`Store::disclose_one`] that, on a refusal, names the record and its patients in
+    /// the (failure) AuditEvent, so the patient's access list shows refused attempts too.
+    pub fn disclose_one_noting(
+        &self,
+        ctx: &AccessContext,
+        r: Record,
+        draft: &mut AuditDraft,
+    ) -> StoreResult<Disclosure<Record>> {
+        let (ty, id) = (r.resource_type.clone(), r.id.clone());
+        let patients = match r.resource_type.as_str() {
+            "AuditEvent" | "Provenance" => Vec::new(),
+            _ => compartment_of(&r),
+        };
+        self.disclose_one(ctx, r).inspect_err(|e| {
+            if matches!(e, StoreError::Forbidden(_)) {
+                draft.entities.push(format!("{ty}/{id}"));
+                for p in patients {
+                    if !draft.patients.contains(&p) {
+                        draft.patients.push(p);
+                    }
+                }
+            }
+        })
+    }
+
     /// Instance history: the permitted versions; `Forbidden` when none is.
     pub fn disclose_history(
         &self,
@@ -457,23 +496,61 @@ impl Store {
                     value: page,
                 });
             }
-            let mut all = q.clone();
-            all.count = usize::MAX;
-            all.offset = 0;
-            let hits = self.search_in(txn, &all)?.items;
-            let mut permitted = Vec::new();
-            for r in hits {
-                if let Some(d) = p.decide(txn, &r)? {
-                    permitted.push((r, d));
+            if matches!(q.resource_type.as_str(), "AuditEvent" | "Provenance") {
+                // The audit log's searches read their entries anyway: screen them all.
+                let mut all = q.clone();
+                all.count = usize::MAX;
+                all.offset = 0;
+                let mut permitted = Vec::new();
+                for r in self.search_in(txn, &all)?.items {
+                    if let Some(d) = p.decide(txn, &r)? {
+                        permitted.push((r, d));
+                    }
                 }
+                let total = permitted.len();
+                let (items, decisions): (Vec<Record>, Vec<Decision>) =
+                    permitted.into_iter().skip(q.offset).take(q.count).unzip();
+                return Ok(Disclosure {
+                    records: items.clone(),
+                    decisions,
+                    value: SearchPage { total, items },
+                });
             }
-            let total = permitted.len();
-            let (items, decisions): (Vec<Record>, Vec<Decision>) =
-                permitted.into_iter().skip(q.offset).take(q.count).unzip();
+            // Hits the reader's facility authored are kept from the `_source` index (a
+            // point lookup); only the others are opened and decided.
+            let ty = q.resource_type.clone();
+            let c = component_for(&ty)?;
+            let blind = self.blind(
+                c,
+                &format!("{ty}.{SOURCE_PARAM}"),
+                &source_of(&ctx.facility_id),
+            );
+            let page = {
+                let mut keep =
+                    |txn: &RoTxn, id: &str, loaded: Option<&Record>| -> StoreResult<bool> {
+                        let key = super::format::index_key(&ty, &blind, id);
+                        if self.dbs(c).index.get(txn, &key)?.is_some() {
+                            return Ok(true);
+                        }
+                        let decided = match loaded {
+                            Some(r) => p.decide(txn, r)?,
+                            None => {
+                                let r = self.read_in(txn, &ty, id)?;
+                                p.decide(txn, &r)?
+                            }
+                        };
+                        Ok(decided.is_some())
+                    };
+                self.search_filtered_in(txn, q, Some(&mut keep))?
+            };
+            let mut decisions = Vec::with_capacity(page.items.len());
+            for r in &page.items {
+                decisions.push(p.decide(txn, r)?.ok_or_else(|| p.refused(r))?);
+            }
             Ok(Disclosure {
-                records: items.clone(),
+                records: page.items.clone(),
                 decisions,
-                value: SearchPage { total, items },
+                value: page,
             })
         })
     }

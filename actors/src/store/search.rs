@@ -17,6 +17,10 @@ use super::params::{self, ParamDef, ParamKind};
 use super::route::{Component, component_for};
 use super::{Record, SearchPage, Store, audit, format, time};
 
+/// A filter over search hits: `(txn, id, record if already loaded) -> keep?`.
+pub(crate) type SearchFilter<'a> =
+    &'a mut dyn FnMut(&RoTxn, &str, Option<&Record>) -> StoreResult<bool>;
+
 /// Default page size.
 pub const DEFAULT_COUNT: usize = 50;
 /// Largest page size.
@@ -424,6 +428,17 @@ impl Store {
 
     /// Search inside an existing transaction (the writer uses it for conditional creates).
     pub(crate) fn search_in(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
+        self.search_filtered_in(txn, q, None)
+    }
+
+    /// [`Store::search_in`] keeping only the hits `keep(txn, id, record if loaded)` accepts,
+    /// before counting and paging (the access policy's hook).
+    pub(crate) fn search_filtered_in(
+        &self,
+        txn: &RoTxn,
+        q: &SearchQuery,
+        keep: Option<SearchFilter<'_>>,
+    ) -> StoreResult<SearchPage> {
         let ty = q.resource_type.as_str();
         match ty {
             "Provenance" => return self.search_provenance(txn, q),
@@ -518,6 +533,15 @@ impl Store {
             }
             hits = kept;
         }
+        if let Some(keep) = keep {
+            let mut kept = Vec::with_capacity(hits.len());
+            for h in hits {
+                if keep(txn, &h.id, h.record.as_ref())? {
+                    kept.push(h);
+                }
+            }
+            hits = kept;
+        }
         // 4. Sort, page, load.
         sort_hits(&mut hits, &q.sort);
         let total = hits.len();
@@ -567,6 +591,8 @@ impl Store {
         };
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
+            // Format-1 postings (by event id) and the runs' postings (by log index).
+            let mut legacy = BTreeSet::new();
             let mut set = BTreeSet::new();
             let mut usable = true;
             let mut needs_post = false;
@@ -575,7 +601,11 @@ impl Store {
                 needs_post |= p;
                 match term {
                     Some(t) => {
-                        self.postings(txn, c, "AuditEvent", clause.def.name, &t, &mut set)?
+                        for param in params::posting_params("AuditEvent", clause.def.name) {
+                            self.postings(txn, c, "AuditEvent", param, &t, &mut legacy)?;
+                            let blind = self.blind(c, &format!("AuditEvent.{param}"), &t);
+                            self.audit_run_postings(txn, &blind, &mut set)?;
+                        }
                     }
                     None => usable = false,
                 }
@@ -584,7 +614,7 @@ impl Store {
                 post.push(clause);
             }
             if usable {
-                let set: BTreeSet<u64> = to_indexes(&mut set.iter())?;
+                set.extend(to_indexes(&mut legacy.iter())?);
                 candidates = Some(match candidates {
                     Some(prev) => prev.intersection(&set).copied().collect(),
                     None => set,

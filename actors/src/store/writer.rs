@@ -15,7 +15,8 @@
 //! a conditional create flushes the stage before its search.
 //!
 //! AuditEvents' search index terms are filed later, from the log ([`super::audit_index`]):
-//! when the queue is empty the writer commits up to `IDLE_CHUNK` of them at a time, and
+//! when the queue is empty and at least `StoreConfig::audit_index_idle_run` wait, the writer
+//! commits up to `IDLE_CHUNK` of them at a time, and
 //! when the unindexed tail exceeds `StoreConfig::audit_index_lag` a group commit also files
 //! the excess.
 
@@ -204,11 +205,13 @@ fn run(
     let mut stop = false;
     // Idle-time indexing stops after a failure until the next group commit succeeds.
     let mut index_ok = true;
-    let idle = store.config.audit_index_idle;
+    let idle_run = store.config.audit_index_idle_run;
     while !stop {
         let job = match rx.try_recv() {
             Ok(job) => job,
-            Err(TryRecvError::Empty) if idle && index_ok && indexer.tail() > 0 => {
+            Err(TryRecvError::Empty)
+                if idle_run > 0 && index_ok && indexer.tail() as u64 >= idle_run =>
+            {
                 // Nothing queued: file a chunk of the audit tail, then look again.
                 let t0 = std::time::Instant::now();
                 match index_idle(&store, &mut indexer) {

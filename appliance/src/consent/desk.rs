@@ -39,8 +39,16 @@ const MAX_ACCESSES: usize = 500;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// The key patient session tokens are signed with (random, per start).
-pub struct SessionKey(Zeroizing<[u8; 32]>);
+/// Most ended (logged out, unexpired) sessions remembered.
+const MAX_ENDED_SESSIONS: usize = 10_000;
+
+/// The key patient session tokens are signed with (random, per start), and the sessions
+/// ended by a logout before they expired.
+pub struct SessionKey {
+    key: Zeroizing<[u8; 32]>,
+    /// Token id -> expiry of sessions ended early.
+    ended: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SessionClaims {
@@ -54,11 +62,14 @@ impl SessionKey {
     pub fn generate() -> Result<Self, CeremonyError> {
         let mut k = Zeroizing::new([0u8; 32]);
         getrandom::fill(k.as_mut()).map_err(|e| CeremonyError::Internal(format!("OS RNG: {e}")))?;
-        Ok(SessionKey(k))
+        Ok(SessionKey {
+            key: k,
+            ended: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
     }
 
     fn mac(&self, data: &[u8]) -> HmacSha256 {
-        let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(self.0.as_ref())
+        let mut m = <HmacSha256 as hmac::KeyInit>::new_from_slice(self.key.as_ref())
             .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         m.update(data);
         m
@@ -83,8 +94,7 @@ impl SessionKey {
         Ok(tok)
     }
 
-    /// The patient of a valid, unexpired token.
-    pub fn verify(&self, tok: &str, now: u64) -> Option<String> {
+    fn claims(&self, tok: &str, now: u64) -> Option<SessionClaims> {
         if tok.len() > MAX_TOKEN_LEN || !tok.starts_with(PREFIX) {
             return None;
         }
@@ -93,7 +103,29 @@ impl SessionKey {
         self.mac(signed.as_bytes()).verify_slice(&tag).ok()?;
         let payload = URL_SAFE_NO_PAD.decode(&signed[PREFIX.len()..]).ok()?;
         let c: SessionClaims = serde_json::from_slice(&payload).ok()?;
-        (c.exp > now).then_some(c.pat)
+        let ended = lock(&self.ended).contains_key(&c.jti);
+        (c.exp > now && !ended).then_some(c)
+    }
+
+    /// The patient of a valid, unexpired, not ended token.
+    pub fn verify(&self, tok: &str, now: u64) -> Option<String> {
+        self.claims(tok, now).map(|c| c.pat)
+    }
+
+    /// Ends a session before it expires (logout at a shared kiosk); false when the token
+    /// was not a live session.
+    pub fn end(&self, tok: &str, now: u64) -> bool {
+        let Some(c) = self.claims(tok, now) else {
+            return false;
+        };
+        let mut ended = lock(&self.ended);
+        ended.retain(|_, exp| *exp > now);
+        if ended.len() >= MAX_ENDED_SESSIONS {
+            // Cannot remember more: refuse rather than let a session outlive its logout.
+            return false;
+        }
+        ended.insert(c.jti, c.exp);
+        true
     }
 }
 
@@ -241,6 +273,13 @@ impl Ceremonies {
                     Ok(a) => {
                         let (dev, _) = self
                             .accept_card_assertion(&ch, &a, chunk, now_secs())
+                            .await?;
+                        // The login is recorded as the session's read of its own Patient
+                        // resource (an AuditEvent by `patient-session`), which also checks
+                        // the patient still exists.
+                        let id = dev.patient.trim_start_matches("Patient/");
+                        self.store
+                            .read(&self.session_ctx(&dev.patient), "Patient", id)
                             .await?;
                         return Ok(dev.patient);
                     }
@@ -504,10 +543,15 @@ pub async fn route(
             let timeout = if body.iter().all(u8::is_ascii_whitespace) {
                 c.config.default_timeout_secs
             } else {
-                match serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("timeoutSeconds").and_then(Value::as_u64))
-                {
+                let parsed = serde_json::from_slice::<Value>(&body).ok();
+                let t = match parsed.as_ref().and_then(Value::as_object) {
+                    Some(o) => match o.get("timeoutSeconds") {
+                        None => Some(c.config.default_timeout_secs),
+                        Some(v) => v.as_u64(),
+                    },
+                    None => None,
+                };
+                match t {
                     Some(t) if t >= 1 && t <= c.config.max_timeout_secs => t,
                     _ => {
                         return err(
@@ -558,7 +602,9 @@ pub async fn route(
             }
         }
         (&Method::POST, "/desk/api/logout") => {
-            // Ends the page's session: the browser drops the cookie at once.
+            if let Some(t) = session_token(&headers) {
+                c.sessions.end(&t, now);
+            }
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r.headers_mut().insert(
@@ -602,6 +648,10 @@ mod tests {
         let mut b = t.into_bytes();
         b[PREFIX.len() + 2] ^= 1;
         assert!(k.verify(&String::from_utf8_lossy(&b), 99).is_none());
+        let t2 = k.issue("Patient/p2", 100).unwrap();
+        assert!(k.end(&t2, 50));
+        assert!(k.verify(&t2, 50).is_none(), "ended by logout");
+        assert!(!k.end(&t2, 50));
         assert!(is_session_bearer(Some("Bearer hexas1.x.y")));
         assert!(!is_session_bearer(Some("Bearer hexa1.x.y")));
     }

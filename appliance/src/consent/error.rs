@@ -66,9 +66,14 @@ impl From<DeviceError> for CeremonyError {
                     "the card on the reader holds no credential enrolled for this patient".into(),
                 )
             }
-            DeviceError::Reader(ReaderError::Card(ctap2::Error::Ctap(CtapStatus(
-                0x27 | 0x2D | 0x2F,
-            )))) => CeremonyError::Declined("the patient declined on the card".into()),
+            // CTAP2_ERR_OPERATION_DENIED, CTAP2_ERR_KEEPALIVE_CANCEL.
+            DeviceError::Reader(ReaderError::Card(ctap2::Error::Ctap(CtapStatus(0x27 | 0x2D)))) => {
+                CeremonyError::Declined("the patient declined on the card".into())
+            }
+            // CTAP2_ERR_USER_ACTION_TIMEOUT: the card waited for a touch that did not come.
+            DeviceError::Reader(ReaderError::Card(ctap2::Error::Ctap(CtapStatus(0x2F)))) => {
+                CeremonyError::Timeout
+            }
             DeviceError::Reader(ReaderError::Card(ctap2::Error::PinRequired)) => {
                 CeremonyError::Declined(
                     "the card requires its PIN; PIN entry at the desk is not supported yet".into(),
@@ -143,5 +148,47 @@ impl CeremonyError {
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "exception", "internal", msg)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(status: u8) -> DeviceError {
+        DeviceError::Reader(ReaderError::Card(ctap2::Error::Ctap(CtapStatus(status))))
+    }
+
+    #[test]
+    fn device_errors_map_to_statuses() {
+        let api = |e: DeviceError| CeremonyError::from(e).to_api();
+        assert_eq!(api(card(0x27)).code, "declined");
+        assert_eq!(api(card(0x27)).status, StatusCode::FORBIDDEN);
+        assert_eq!(api(card(0x2F)).status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(api(card(0x2E)).code, "wrong-credential");
+        assert_eq!(api(DeviceError::Timeout).code, "ceremony-timeout");
+        assert_eq!(
+            api(DeviceError::Busy(hexa_actors::device::ReaderKind::Card)).status,
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            api(DeviceError::NoReader(
+                hexa_actors::device::ReaderKind::Fingerprint
+            ))
+            .status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let stale = CeremonyError::from(ConsentError::Expired {
+            issued_at: 1,
+            ttl_secs: 1,
+            now: 9,
+        });
+        assert_eq!(stale.to_api().code, "stale-challenge");
+        assert_eq!(
+            CeremonyError::from(ConsentError::BadSignature)
+                .to_api()
+                .code,
+            "bad-signature"
+        );
     }
 }

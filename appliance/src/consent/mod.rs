@@ -8,7 +8,7 @@
 //! | request | what |
 //! | --- | --- |
 //! | `POST /fhir/Patient/{id}/$enroll-card` [Device create] | makeCredential on the reader; Parameters: `practitioner` (enrolled by), `replaces` (Device: the old card becomes inactive), `timeoutSeconds`; 201 + Device |
-//! | `POST /fhir/Patient/{id}/$enroll-finger` [Device create] | enrols the finger on the sensor into a free template slot; 201 + Device |
+//! | `POST /fhir/Patient/{id}/$enroll-finger` [Device create] | identifies, then enrols the finger on the sensor into a free template slot (409 when the module already knows that finger for an active enrolment; `replaces` reuses the old slot); 201 + Device |
 //! | `POST /fhir/Device/{id}/$revoke` [Device update] | a lost card or finger: next version `inactive`; 200 + Device |
 //! | `POST /fhir/Patient/{id}/$consent` [Consent create] | the ceremony; Parameters: `organization`, `practitioner`?, `purpose`, `class`*, `periodStart`?, `periodEnd`, `dataPeriodStart`?, `dataPeriodEnd`?, `decision` permit\|deny, `method` card\|finger, `timeoutSeconds`; 201 + Consent (`active` for a card, `proposed` for a finger) |
 //! | `POST /fhir/Consent/{id}/$countersign` [Consent update] | `practitioner` + `signature` (detached JWS over the challenge bytes); 200 + Consent `active` |
@@ -37,7 +37,6 @@
 //! Consent and revocation requests also carry `"names": {"Organization/fac-b": "Kigali
 //! University Teaching Hospital", ...}` for their grantees and asking facility (see
 //! [`names`]); the access list carries the same `names` for its facilities and practitioners.
-//! `POST /desk/api/logout` (204) drops the session cookie.
 //!
 //! `POST /desk/api/login` (body empty, or `{"timeoutSeconds": n}`): a card tap; 200
 //! `{"patient": "Patient/p1", "token": "...", "expires": "<RFC 3339>"}` and a cookie
@@ -53,6 +52,9 @@
 //!    "text": "Organization/fac-b read Observation/o1 for emergency treatment ..."}]}
 //! ```
 //! The same token works as a bearer on `GET /fhir/AuditEvent?patient=<own id>` (only).
+//!
+//! `POST /desk/api/logout` (cookie or bearer): ends the session at once (the next patient at
+//! a shared kiosk cannot see this one's list) and clears the cookie; 204.
 
 pub mod desk;
 pub mod error;
@@ -67,7 +69,7 @@ use std::time::Duration;
 use actix::Addr;
 use bytes::Bytes;
 use hexa_actors::device::{
-    Assert, DeviceActor, EnrollCard, EnrollFinger, IdentifyFinger, ReaderKind, Timed,
+    Assert, DeviceActor, DeviceError, EnrollCard, EnrollFinger, IdentifyFinger, ReaderKind, Timed,
 };
 use hexa_actors::handle::StoreHandle;
 use hexa_actors::store::{AccessContext, Record, StoreError};
@@ -75,6 +77,7 @@ use hexa_crypto::consent::{
     AssertionEvidence, ConsentChallenge, CoseKey, Decision, VerifyParams, verify_assertion,
 };
 use hexa_hal::ctap2::Assertion;
+use hexa_hal::reader::ReaderError;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, ETAG, HeaderValue, LOCATION};
 use hyper::{Response, StatusCode};
@@ -676,6 +679,57 @@ impl Ceremonies {
         Ok(a)
     }
 
+    /// The name of a registry entry held here (`Organization.name`, a Practitioner's
+    /// first name), for the front desk; `None` when it is not in this appliance's registry.
+    async fn display_name(&self, ty: &str, id: &str) -> Option<String> {
+        let rec = self.store.read(&self.system(), ty, id).await.ok()?;
+        let r = &rec.resource;
+        let name = match ty {
+            "Organization" => r.get("name")?.as_str()?.to_owned(),
+            _ => {
+                let n = r.get("name")?.get(0)?;
+                match n.get("text").and_then(Value::as_str) {
+                    Some(t) => t.to_owned(),
+                    None => {
+                        let mut parts: Vec<&str> = n
+                            .get("given")
+                            .and_then(Value::as_array)
+                            .map(|g| g.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        parts.extend(n.get("family").and_then(Value::as_str));
+                        parts.join(" ")
+                    }
+                }
+            }
+        };
+        let name: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+        (!name.trim().is_empty()).then_some(name)
+    }
+
+    /// The plain-words sentence and the JSON view of `t` for the front desk.
+    async fn describe(&self, t: &Terms, revocation: bool) -> (String, Value) {
+        let org = self.display_name("Organization", &t.organization).await;
+        let prac = match &t.practitioner {
+            Some(p) => self.display_name("Practitioner", p).await,
+            None => None,
+        };
+        let label = |name: &Option<String>, r: String| match name {
+            Some(n) => format!("{n} ({r})"),
+            None => r,
+        };
+        let org_label = label(&org, format!("Organization/{}", t.organization));
+        let who = match &t.practitioner {
+            Some(p) => format!(
+                "{} of {org_label}",
+                label(&prac, format!("Practitioner/{p}"))
+            ),
+            None => org_label,
+        };
+        let mut view = self.terms_view(t);
+        view["granteeNames"] = json!([org, prac]);
+        (self.terms_text(t, &who, revocation), view)
+    }
+
     fn terms_view(&self, t: &Terms) -> Value {
         let mut grantee = vec![format!("Organization/{}", t.organization)];
         if let Some(p) = &t.practitioner {
@@ -698,11 +752,7 @@ impl Ceremonies {
         v
     }
 
-    fn terms_text(&self, t: &Terms, revocation: bool) -> String {
-        let who = match &t.practitioner {
-            Some(p) => format!("Practitioner/{p} of Organization/{}", t.organization),
-            None => format!("Organization/{}", t.organization),
-        };
+    fn terms_text(&self, t: &Terms, who: &str, revocation: bool) -> String {
         let what = if t.classes.is_empty() {
             "all your clinical records".to_owned()
         } else {
@@ -825,13 +875,14 @@ impl Ceremonies {
                 if finger { "fingerprint" } else { "card" }
             )));
         }
+        let (text, terms_view) = self.describe(&terms, false).await;
         let mut view = json!({
             "kind": "consent",
             "method": if finger { "fingerprint" } else { "card" },
             "patient": format!("Patient/{patient_id}"),
             "askedBy": {"client": requester.client_id, "facility": format!("Organization/{}", requester.facility_id)},
-            "text": self.terms_text(&terms, false),
-            "terms": self.terms_view(&terms),
+            "text": text,
+            "terms": terms_view,
         });
         let reader = if finger {
             ReaderKind::Fingerprint
@@ -1037,13 +1088,14 @@ impl Ceremonies {
                 terms.patient_id
             )));
         }
+        let (text, terms_view) = self.describe(&terms, true).await;
         let mut view = json!({
             "kind": "revocation",
             "method": "card",
             "patient": format!("Patient/{}", terms.patient_id),
             "askedBy": {"client": requester.client_id, "facility": format!("Organization/{}", requester.facility_id)},
-            "text": self.terms_text(&terms, true),
-            "terms": self.terms_view(&terms),
+            "text": text,
+            "terms": terms_view,
         });
         self.add_names(&mut view).await;
         let guard = self.register_request(ReaderKind::Card, view, timeout);
@@ -1216,7 +1268,7 @@ impl Ceremonies {
         }
         let old = self.replaced_device(patient_id, p).await?;
         let _slots = self.finger_lock.lock().await;
-        let used: Vec<u16> = self
+        let templates: Vec<(u16, Enrolled)> = self
             .devices(
                 &[(
                     "type",
@@ -1227,17 +1279,11 @@ impl Ceremonies {
             .await?
             .into_iter()
             .filter_map(|d| match d.kind {
-                Enrolment::Finger { template } => Some(template),
+                Enrolment::Finger { template } => Some((template, d)),
                 Enrolment::Card { .. } => None,
             })
             .collect();
-        let slot = (0..self.config.finger_slots)
-            .find(|s| !used.contains(s))
-            .ok_or_else(|| {
-                CeremonyError::WrongState(
-                    "every template slot of the fingerprint module is used".into(),
-                )
-            })?;
+        let free = (0..self.config.finger_slots).find(|s| !templates.iter().any(|(t, _)| t == s));
         let view = json!({
             "kind": "enrol-finger",
             "method": "fingerprint",
@@ -1247,6 +1293,45 @@ impl Ceremonies {
         });
         let guard = self.register_request(ReaderKind::Fingerprint, view, timeout);
         let r = async {
+            // A finger the module already knows must not get a second template: the module
+            // would then match it to either, and a consent could name the wrong patient.
+            let known = match self
+                .devices
+                .send(Timed {
+                    message: IdentifyFinger,
+                    timeout,
+                })
+                .await
+                .map_err(|e| CeremonyError::Internal(format!("device actor: {e}")))?
+            {
+                Ok(m) => Some(m.slot),
+                Err(DeviceError::Reader(ReaderError::Fingerprint(
+                    hexa_hal::fingerprint::Error::Module(_),
+                ))) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let slot = match known {
+                Some(s) => {
+                    let replaced = |d: &Enrolled| old.as_ref().is_some_and(|o| o.id == d.id);
+                    if let Some((_, d)) = templates
+                        .iter()
+                        .find(|(t, d)| *t == s && d.active && !replaced(d))
+                    {
+                        return Err(CeremonyError::WrongState(format!(
+                            "this finger is already enrolled ({}); revoke that enrolment first",
+                            d.versioned()
+                        )));
+                    }
+                    // A template no active enrolment uses (or the one being replaced):
+                    // overwrite it.
+                    s
+                }
+                None => free.ok_or_else(|| {
+                    CeremonyError::WrongState(
+                        "every template slot of the fingerprint module is used".into(),
+                    )
+                })?,
+            };
             let slot = self
                 .devices
                 .send(Timed {

@@ -48,11 +48,19 @@ impl Ceremonies {
         Value::Object(out)
     }
 
-    /// Adds `names` to a front-desk request view: the names of its grantees
-    /// (`terms.grantee`) and of the facility that asked (`askedBy.facility`).
+    /// Adds `names` to a front-desk request view: the names of its grantees (taken from
+    /// `terms.granteeNames` where the ceremony already looked them up) and of the facility
+    /// that asked (`askedBy.facility`).
     pub(crate) async fn add_names(&self, view: &mut Value) {
-        let refs = refs_of(view, &["/terms/grantee", "/askedBy/facility"]);
-        view["names"] = self.display_names(refs.iter().map(String::as_str)).await;
+        let mut known = known_grantee_names(view);
+        let missing: Vec<String> = refs_of(view, &["/terms/grantee", "/askedBy/facility"])
+            .into_iter()
+            .filter(|r| !known.contains_key(r))
+            .collect();
+        if let Value::Object(found) = self.display_names(missing.iter().map(String::as_str)).await {
+            known.extend(found);
+        }
+        view["names"] = Value::Object(known);
     }
 
     /// Adds `names` to an access list: the names of the facilities and practitioners of
@@ -66,6 +74,23 @@ impl Ceremonies {
         }
         list["names"] = self.display_names(refs.iter().map(String::as_str)).await;
     }
+}
+
+/// `terms.grantee[i]` -> `terms.granteeNames[i]` where that name is a string.
+fn known_grantee_names(view: &Value) -> Map<String, Value> {
+    let refs = view.pointer("/terms/grantee").and_then(Value::as_array);
+    let names = view
+        .pointer("/terms/granteeNames")
+        .and_then(Value::as_array);
+    let mut out = Map::new();
+    if let (Some(refs), Some(names)) = (refs, names) {
+        for (r, n) in refs.iter().zip(names) {
+            if let (Some(r), Some(n)) = (r.as_str(), n.as_str()) {
+                out.insert(r.to_owned(), json!(n));
+            }
+        }
+    }
+    out
 }
 
 /// The distinct string references found at `pointers` (a string or an array of strings).
@@ -151,5 +176,10 @@ mod tests {
             refs_of(&v, &["/terms/grantee", "/askedBy/facility", "/missing"]),
             ["Organization/b", "Practitioner/d"]
         );
+        let v = json!({"terms": {"grantee": ["Organization/b", "Practitioner/d"],
+            "granteeNames": ["Hospital B", null]}});
+        let known = known_grantee_names(&v);
+        assert_eq!(known.len(), 1);
+        assert_eq!(known["Organization/b"], "Hospital B");
     }
 }

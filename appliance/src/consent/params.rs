@@ -256,7 +256,11 @@ pub fn parse_time(s: &str) -> Result<u64, CeremonyError> {
         }
         let off = match rest {
             "Z" => 0,
-            z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) && &z[3..4] == ":" => {
+            z if z.len() == 6
+                && z.is_ascii()
+                && (z.starts_with('+') || z.starts_with('-'))
+                && &z[3..4] == ":" =>
+            {
                 let oh: i64 = z[1..3].parse().map_err(|_| err())?;
                 let om: i64 = z[4..6].parse().map_err(|_| err())?;
                 if oh > 23 || om > 59 {
@@ -321,6 +325,9 @@ mod tests {
             "2026-01-31T00:00:00",
             "1960-01-01",
             "２０２６-01-01",
+            "2026-01-31T00:00:00+1é00",
+            "2026-01-31T00:00:00.é",
+            "2026-01-31Té0:00:00Z",
         ] {
             assert!(parse_time(b).is_err(), "{b}");
         }

@@ -46,8 +46,11 @@
     operation: (w) => "used your " + w,
   };
 
-  // The client id of the appliance's own work (consent ceremonies, enrolments).
+  // The client id of the appliance's own work (consent ceremonies, enrolments), and of the
+  // patient's own card-tap sessions at this desk.
   const APPLIANCE_CLIENT = "hexa-appliance";
+  const SESSION_CLIENT = "patient-session";
+  const isOwn = (a) => a.client === APPLIANCE_CLIENT || a.client === SESSION_CLIENT;
 
   const BASIS_WORDS = {
     author: "they wrote this record themselves",
@@ -352,7 +355,9 @@
     const org = nameOf(a.facility, names);
     const person = a.client === APPLIANCE_CLIENT
       ? "This appliance, at " + org + ","
-      : a.practitioner ? nameOf(a.practitioner, names) + ", of " + org + "," : org;
+      : a.client === SESSION_CLIENT
+        ? "You, at this front desk,"
+        : a.practitioner ? nameOf(a.practitioner, names) + ", of " + org + "," : org;
     const words = recordWords(a);
     const phrase = ACTION_WORDS[a.what] || ((w) => "used your " + w);
     const line =
@@ -376,8 +381,8 @@
   function renderAccesses(v) {
     const list = Array.isArray(v.accesses) ? v.accesses : [];
     const names = v.names || {};
-    const people = list.filter((a) => a.client !== APPLIANCE_CLIENT);
-    const own = list.filter((a) => a.client === APPLIANCE_CLIENT);
+    const people = list.filter((a) => !isOwn(a));
+    const own = list.filter(isOwn);
     const ol = $("access-list");
     clear(ol);
     for (const a of people) ol.appendChild(accessItem(a, names));

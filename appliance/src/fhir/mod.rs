@@ -48,6 +48,8 @@ const MAX_COUNT: usize = 1000;
 pub struct RequestEnv<'a> {
     /// Largest body read.
     pub max_body: usize,
+    /// Time allowed to receive the body (slow senders get 408 and the connection closes).
+    pub body_timeout: std::time::Duration,
     /// Absolute base URL of the server (no trailing slash, no `/fhir`).
     pub base: &'a str,
     /// The peer's address (the token endpoint's rate-limit key).
@@ -267,7 +269,25 @@ impl FhirApi {
         if declared.is_some_and(|n| n > max_body as u64) {
             return too_large();
         }
-        let body = match Limited::new(body, max_body).collect().await {
+        let collected =
+            match tokio::time::timeout(env.body_timeout, Limited::new(body, max_body).collect())
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        "body-timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            env.body_timeout.as_secs()
+                        ),
+                    )
+                    .into_response();
+                }
+            };
+        let body = match collected {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -685,11 +705,13 @@ impl Call<'_> {
         let mut offset = 0usize;
         let mut kept = Vec::with_capacity(params.len());
         let mut includes = Vec::new();
+        // Kept apart from the store's query, but repeated in the paging links.
+        let mut include_params = Vec::new();
         for (k, v) in params {
             match k.as_str() {
                 "_include" | "_revinclude" | "_include:iterate" | "_revinclude:iterate" => {
                     includes.push(include::IncludeSpec::parse(&k, &v, ty)?);
-                    kept.push((k, v));
+                    include_params.push((k, v));
                 }
                 "_elements" | "_contained" | "_has" => {
                     return Err(ApiError::not_supported(
@@ -746,6 +768,7 @@ impl Call<'_> {
             .map_err(|e| ApiError::from_store(&e, Op::Read))?;
         let link = |off: usize| {
             let mut p = kept.clone();
+            p.extend(include_params.iter().cloned());
             p.push(("_count".into(), count.to_string()));
             p.push(("_offset".into(), off.to_string()));
             format!("{base}/{ty}?{}", query::encode_pairs(&p))

@@ -452,16 +452,6 @@ struct Sources {
     value_sets: BTreeMap<String, Option<Value>>,
 }
 
-/// Whether an include needs the whole code system (no explicit concept list).
-fn needs_system(inc: &Value) -> Option<&str> {
-    let sys = inc.get("system").and_then(Value::as_str)?;
-    let has_concepts = inc
-        .get("concept")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty());
-    (!has_concepts).then_some(sys)
-}
-
 fn compose_parts(vs: &Value) -> impl Iterator<Item = &Value> {
     let c = vs.get("compose");
     ["include", "exclude"]
@@ -477,7 +467,8 @@ async fn gather(c: &Call<'_>, root: &Value) -> ApiResult<Sources> {
     while let Some(vs) = queue.pop() {
         let mut want_vs = Vec::new();
         for inc in compose_parts(&vs) {
-            if let Some(sys) = needs_system(inc)
+            // Whole systems are needed; listed concepts take their displays from it.
+            if let Some(sys) = inc.get("system").and_then(Value::as_str)
                 && !src.systems.contains_key(sys)
             {
                 let found = by_url(c, "CodeSystem", sys, None).await?;
