@@ -583,6 +583,34 @@ impl StoreHandle {
         })
     }
 
+    /// Whether `resource_type/id` exists, for reference checks before a write: with
+    /// `version`, whether that version was ever written (a versioned reference may point
+    /// at a superseded or deleted version); without it, whether the current version is
+    /// live (not deleted). Non-disclosing: it reads only the current-version pointer (or,
+    /// for the audit log, its id index), never a sealed value, and answers only a boolean,
+    /// so it is not an audited disclosure. Synchronous: one LMDB read transaction, no
+    /// actor round trip. An unknown resource type is `UnknownResourceType`.
+    pub fn exists(&self, resource_type: &str, id: &str, version: Option<u64>) -> StoreResult<bool> {
+        let c = component_for(resource_type)?;
+        let store = &self.engine.store;
+        store.with_read(|txn| {
+            if c == Component::Audit {
+                let found = match resource_type {
+                    "AuditEvent" => store.audit_index_of(txn, id)?.is_some(),
+                    "Provenance" => store.audit_provids.get(txn, id.as_bytes())?.is_some(),
+                    _ => false,
+                };
+                // Audit resources have a single version.
+                return Ok(found && version.is_none_or(|v| v == 1));
+            }
+            Ok(match (store.current_in(txn, resource_type, id)?, version) {
+                (None, _) => false,
+                (Some(cur), None) => !cur.deleted,
+                (Some(cur), Some(v)) => v >= 1 && v <= cur.version,
+            })
+        })
+    }
+
     /// Forces a checkpoint if the log grew and returns the latest signed note.
     pub async fn audit_checkpoint(&self) -> StoreResult<Option<String>> {
         self.engine

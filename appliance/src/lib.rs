@@ -2,19 +2,24 @@
 //! holds no domain logic: configuration ([`config`]), the data directory with the
 //! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
 //! ([`http`], [`sim_api`]), client authentication ([`auth`]), the FHIR R4 API ([`fhir`]),
-//! the store service
+//! the audit log over HTTP ([`audit_api`]), auditors' exports and their offline
+//! verification ([`export`], [`verify`]), the store service
 //! ([`StoreService`]) and start-up ([`start`]).
 
+pub mod audit_api;
 pub mod auth;
 pub mod config;
 pub mod consent;
 pub mod datadir;
 pub mod desk;
 pub mod devices;
+pub mod export;
 pub mod fhir;
 pub mod http;
 pub mod ratelimit;
+pub mod sdnotify;
 pub mod sim_api;
+pub mod verify;
 
 use hexa_actors::handle::StoreHandle;
 use hexa_actors::store::StoreConfig;

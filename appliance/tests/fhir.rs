@@ -324,7 +324,13 @@ fn bad_requests_are_operation_outcomes() {
     let r = s.send(
         "POST",
         "/fhir/AuditEvent",
-        &json!({"resourceType": "AuditEvent"}),
+        &json!({
+            "resourceType": "AuditEvent",
+            "type": {"code": "rest"},
+            "recorded": "2026-01-01T00:00:00Z",
+            "agent": [{"requestor": true}],
+            "source": {"observer": {"display": "emr"}}
+        }),
         &[],
     );
     assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));

@@ -705,6 +705,12 @@ impl Store {
             .map(u64::from_be_bytes))
     }
 
+    /// Log index of the AuditEvent with id `id`, if it is in the log (auditors' exports
+    /// pair each event with its inclusion proof).
+    pub fn audit_index(&self, id: &str) -> StoreResult<Option<u64>> {
+        self.with_read(|txn| self.audit_index_of(txn, id))
+    }
+
     /// Provenance stored under a version key.
     pub(crate) fn provenance_at(&self, txn: &RoTxn, key: &[u8]) -> StoreResult<Record> {
         let corrupt = |reason: String| StoreError::Corrupt {

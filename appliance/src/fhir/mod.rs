@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod query;
 mod smart;
 mod terminology;
+pub mod validate;
 
 pub use access::{Authorizer, Caller, Denied, Grants, Interaction};
 
@@ -351,6 +352,9 @@ impl FhirApi {
                     method_not_allowed(&r.method, "GET, HEAD")
                 };
             }
+            ["_audit", rest @ ..] if crate::audit_api::is_public(rest) => {
+                return crate::audit_api::public(&self.store, &r.method, rest, &r.query).await;
+            }
             ["token"] => {
                 if r.method != Method::POST {
                     return method_not_allowed(&r.method, "POST");
@@ -503,6 +507,10 @@ impl Call<'_> {
                 }
                 _ => Ok(method_not_allowed(m, "POST")),
             },
+            ["_audit", "entry", index] => {
+                self.allow("AuditEvent", Interaction::Read)?;
+                crate::audit_api::entry(self.store(), self.ctx, m, index, &r.query).await
+            }
             [ty] => match *m {
                 Method::GET | Method::HEAD => self.search(r, ty, r.query.clone()).await,
                 Method::POST => self.create(r, ty).await,
@@ -614,6 +622,7 @@ impl Call<'_> {
         if let Some(o) = res.as_object_mut() {
             o.remove("id");
         }
+        validate::resource(self, &res)?;
         let w = match r.header("if-none-exist") {
             Some(crit) => {
                 let crit = query::form_pairs(crit.trim_start_matches('?'));
@@ -650,6 +659,7 @@ impl Call<'_> {
                 }
             }
         }
+        validate::resource(self, &res)?;
         let if_match = match r.header("if-match") {
             None => None,
             Some(t) => Some(parse_version_tag(t).ok_or_else(|| {
