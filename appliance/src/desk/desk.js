@@ -153,9 +153,13 @@
       case "revocation":
         return "The patient is asked to withdraw the permission of " + who(t, names) + " to read " + what;
       case "enrol-card":
-        return "A new consent card is being enrolled for a patient";
+        return r.state === "pending"
+          ? "A new consent card is being enrolled for a patient"
+          : "Enrolment of a new consent card";
       case "enrol-finger":
-        return "A fingerprint is being enrolled for a patient";
+        return r.state === "pending"
+          ? "A fingerprint is being enrolled for a patient"
+          : "Enrolment of a fingerprint";
       default:
         return r.text || "A request";
     }
@@ -266,11 +270,19 @@
     $("idle").hidden = true;
   }
 
+  // The outcome of a finished request in a few words.
+  function resultWord(r) {
+    if (r.kind === "consent" && r.method === "fingerprint") return "waiting for a countersignature";
+    if (r.kind === "consent") return r.terms && r.terms.decision === "deny" ? "refusal recorded" : "permission granted";
+    if (r.kind === "revocation") return "permission withdrawn";
+    return "done";
+  }
+
   function renderRecent(list) {
     const ul = $("recent");
     clear(ul);
     for (const r of list) {
-      const state = r.state === "done" ? "done" : "not done";
+      const state = r.state === "done" ? resultWord(r) : "not done";
       ul.appendChild(el("li", null, dayTime(r.started) + ": " + headline(r) + " (" + state + ")"));
     }
     $("recent-box").hidden = list.length === 0;
