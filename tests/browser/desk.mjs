@@ -167,6 +167,7 @@ try {
   check(c.status === 201, `$consent answered ${c.status}: ${c.text}`);
   check(c.json.status === "active", `the consent is active: ${c.text}`);
   await waitText("✓ Permission granted.");
+  await waitText(`${GRANTEE_NAME} asked to read the patient's test results and allergies`);
   {
     const t = await visible();
     check(t.includes(`${GRANTEE_NAME} may now read these records until 30 June 2027.`), `granted in words: ${t}`);

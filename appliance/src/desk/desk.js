@@ -149,7 +149,7 @@
       case "consent":
         return t.decision === "deny"
           ? "The patient is asked to forbid " + who(t, names) + " to read " + what
-          : who(t, names) + " asks to read " + what;
+          : who(t, names) + (r.state === "pending" ? " asks to read " : " asked to read ") + what;
       case "revocation":
         return "The patient is asked to withdraw the permission of " + who(t, names) + " to read " + what;
       case "enrol-card":
