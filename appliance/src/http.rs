@@ -235,6 +235,8 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
     let path = req.uri().path();
     let resp = if path.starts_with("/sim/") {
         crate::sim_api::route(req, peer, st.devices.sim.as_ref(), st.max_body_bytes).await
+    } else if crate::desk::is_page_path(path) {
+        crate::desk::serve(req.method(), path, peer)
     } else if path.starts_with("/desk/") {
         let c = st.ceremonies.get().map(|c| &**c);
         crate::consent::desk::route(c, req, peer, st.max_body_bytes).await

@@ -12,6 +12,7 @@ pub mod clientkeys;
 pub mod config;
 pub mod consent;
 pub mod datadir;
+pub mod desk;
 pub mod devices;
 pub mod export;
 pub mod fhir;

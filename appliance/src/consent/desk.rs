@@ -322,7 +322,9 @@ impl Ceremonies {
         let mut list: Vec<Value> = events.iter().map(|e| access_view(e, patient)).collect();
         list.sort_by(|a, b| b["when"].as_str().cmp(&a["when"].as_str()));
         list.truncate(MAX_ACCESSES);
-        Ok(json!({"patient": patient, "total": list.len(), "accesses": list}))
+        let mut v = json!({"patient": patient, "total": list.len(), "accesses": list});
+        self.add_access_names(&mut v).await;
+        Ok(v)
     }
 }
 

@@ -34,6 +34,9 @@
 //!    "result": {"reference": "Consent/c1/_history/1"} | {"code": "wrong-credential", "reason": "..."}}]}
 //! ```
 //! Pending requests come first, then the 20 most recent finished ones, newest first.
+//! Consent and revocation requests also carry `"names": {"Organization/fac-b": "Kigali
+//! University Teaching Hospital", ...}` for their grantees and asking facility (see
+//! [`names`]); the access list carries the same `names` for its facilities and practitioners.
 //!
 //! `POST /desk/api/login` (body empty, or `{"timeoutSeconds": n}`): a card tap; 200
 //! `{"patient": "Patient/p1", "token": "...", "expires": "<RFC 3339>"}` and a cookie
@@ -55,6 +58,7 @@
 
 pub mod desk;
 pub mod error;
+pub mod names;
 pub mod params;
 pub mod records;
 
@@ -872,7 +876,7 @@ impl Ceremonies {
             )));
         }
         let (text, terms_view) = self.describe(&terms, false).await;
-        let view = json!({
+        let mut view = json!({
             "kind": "consent",
             "method": if finger { "fingerprint" } else { "card" },
             "patient": format!("Patient/{patient_id}"),
@@ -885,6 +889,7 @@ impl Ceremonies {
         } else {
             ReaderKind::Card
         };
+        self.add_names(&mut view).await;
         let guard = self.register_request(reader, view, timeout);
         let r = if finger {
             self.finger_consent(&terms, &enrolled, timeout, now).await
@@ -1084,7 +1089,7 @@ impl Ceremonies {
             )));
         }
         let (text, terms_view) = self.describe(&terms, true).await;
-        let view = json!({
+        let mut view = json!({
             "kind": "revocation",
             "method": "card",
             "patient": format!("Patient/{}", terms.patient_id),
@@ -1092,6 +1097,7 @@ impl Ceremonies {
             "text": text,
             "terms": terms_view,
         });
+        self.add_names(&mut view).await;
         let guard = self.register_request(ReaderKind::Card, view, timeout);
         let r = async {
             let now = now_secs();
