@@ -583,6 +583,29 @@ impl StoreHandle {
         })
     }
 
+    /// The store's write policy for `ctx` writing `resource` (its `id`, when present,
+    /// names the version it would replace), checked ahead of the write so that a refused
+    /// client gets 403 before its body is validated (and before a reference check could
+    /// tell it which resources exist). The write itself checks again when it commits.
+    pub fn check_write_policy(&self, ctx: &AccessContext, resource: &Value) -> StoreResult<()> {
+        let ty = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| StoreError::Invalid("resourceType is missing".into()))?;
+        let id = resource.get("id").and_then(Value::as_str).unwrap_or("");
+        let store = &self.engine.store;
+        let system = ctx.is_system() && ctx.facility_id == store.config().facility_id;
+        component_for(ty)?;
+        store.with_read(|txn| {
+            let base = if id.is_empty() {
+                0
+            } else {
+                store.current_in(txn, ty, id)?.map_or(0, |c| c.version)
+            };
+            store.authorize_write(txn, system, ty, id, base, resource)
+        })
+    }
+
     /// Whether `resource_type/id` exists, for reference checks before a write: with
     /// `version`, whether that version was ever written (a versioned reference may point
     /// at a superseded or deleted version); without it, whether the current version is

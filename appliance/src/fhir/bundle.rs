@@ -217,6 +217,7 @@ fn validate_transaction(c: &Call<'_>, tx: &[TxEntry]) -> ApiResult<()> {
     let prefix = |i: usize| format!("Bundle.entry[{i}].resource");
     for (i, t) in tx.iter().enumerate() {
         if let Some(res) = written_resource(t) {
+            super::validate::policy(c, res)?;
             super::validate::structure(res, Some(&prefix(i)))?;
         }
     }

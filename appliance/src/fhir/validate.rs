@@ -617,6 +617,14 @@ pub(super) fn structure(resource: &Value, prefix: Option<&str>) -> ApiResult<()>
     .with_issues(issues))
 }
 
+/// The store's write policy, ahead of validation: a write the client may never make is
+/// 403 whatever its body.
+pub(super) fn policy(c: &Call<'_>, resource: &Value) -> ApiResult<()> {
+    c.store()
+        .check_write_policy(c.ctx, resource)
+        .map_err(|e| ApiError::from_store(&e, super::outcome::Op::Write { if_match: false }))
+}
+
 /// The reference check of one resource against the store, as an API error (422).
 pub(super) fn refs(
     c: &Call<'_>,
@@ -659,6 +667,7 @@ pub(super) fn refs(
 /// Both checks of a resource about to be written by a plain create or update (an update
 /// may refer to the resource itself, which then exists).
 pub(super) fn resource(c: &Call<'_>, resource: &Value) -> ApiResult<()> {
+    policy(c, resource)?;
     structure(resource, None)?;
     let mut own = HashSet::new();
     if let (Some(ty), Some(id)) = (
