@@ -563,7 +563,6 @@ async fn the_patient_session_reads_its_own_record_and_access_list_only() {
     s.patient_session = Some(format!("Patient/{}", fx.patient));
     h.read(&s, "Observation", &fx.obs).await.unwrap();
     assert_eq!(bases(&last_audit(h).await), vec!["patient"]);
-    forbidden(h.read(&s, "Patient", &fx.other_patient).await);
     let list = h
         .search(&s, "AuditEvent", &[("patient".into(), fx.patient.clone())])
         .await
@@ -583,6 +582,12 @@ async fn the_patient_session_reads_its_own_record_and_access_list_only() {
         .await
         .unwrap();
     assert_eq!(theirs.total, 0);
+    // Another patient's record is refused; the attempt is audited (naming that patient)
+    // and visible to the reader as its own access.
+    forbidden(h.read(&s, "Patient", &fx.other_patient).await);
+    let attempt = last_audit(h).await;
+    assert_eq!(attempt["outcome"], "4");
+    assert!(attempt["entity"].to_string().contains(&fx.other_patient));
 }
 
 #[actix_rt::test]
