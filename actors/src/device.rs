@@ -194,6 +194,22 @@ pub struct EnrollFinger {
 #[rtype(result = "Result<Match, DeviceError>")]
 pub struct IdentifyFinger;
 
+/// A ceremony message ([`EnrollCard`], [`Assert`], [`EnrollFinger`], [`IdentifyFinger`])
+/// with its own deadline instead of the actor's configured
+/// [`DeviceConfig::ceremony_timeout`], for callers that let the requester choose how long
+/// the patient has to present a card or finger.
+#[derive(Debug, Clone)]
+pub struct Timed<M> {
+    /// The ceremony.
+    pub message: M,
+    /// Time the patient has to present a card or finger.
+    pub timeout: Duration,
+}
+
+impl<M: Message> Message for Timed<M> {
+    type Result = M::Result;
+}
+
 /// Current state of the readers.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "DeviceStatus")]
@@ -392,6 +408,7 @@ impl DeviceActor {
         &self,
         kind: ReaderKind,
         slot: Option<&Slot<R>>,
+        timeout: Option<Duration>,
     ) -> Result<Job<R>, DeviceError> {
         let slot = slot.ok_or(DeviceError::NoReader(kind))?;
         if slot.busy.swap(true, Ordering::SeqCst) {
@@ -404,7 +421,7 @@ impl DeviceActor {
             _busy: BusyGuard(slot.busy.clone()),
             hub: self.hub.clone(),
             ceremony: self.hub.next.fetch_add(1, Ordering::SeqCst) + 1,
-            deadline: Instant::now() + self.config.ceremony_timeout,
+            deadline: Instant::now() + timeout.unwrap_or(self.config.ceremony_timeout),
             poll: self.config.poll_interval,
         })
     }
@@ -429,10 +446,13 @@ fn ready<T: Send + 'static>(r: Result<T, DeviceError>) -> ResponseFuture<Result<
     Box::pin(async move { r })
 }
 
-impl Handler<EnrollCard> for DeviceActor {
-    type Result = ResponseFuture<Result<Enrollment, DeviceError>>;
-    fn handle(&mut self, m: EnrollCard, _: &mut Context<Self>) -> Self::Result {
-        let job = match self.job(ReaderKind::Card, self.card.as_ref()) {
+impl DeviceActor {
+    fn enroll_card(
+        &self,
+        m: EnrollCard,
+        timeout: Option<Duration>,
+    ) -> ResponseFuture<Result<Enrollment, DeviceError>> {
+        let job = match self.job(ReaderKind::Card, self.card.as_ref(), timeout) {
             Ok(j) => j,
             Err(e) => return ready(Err(e)),
         };
@@ -445,12 +465,13 @@ impl Handler<EnrollCard> for DeviceActor {
         };
         off_executor(move || card_ceremony(job, |r, t| r.enroll(t, &req)))
     }
-}
 
-impl Handler<Assert> for DeviceActor {
-    type Result = ResponseFuture<Result<Assertion, DeviceError>>;
-    fn handle(&mut self, m: Assert, _: &mut Context<Self>) -> Self::Result {
-        let job = match self.job(ReaderKind::Card, self.card.as_ref()) {
+    fn assert(
+        &self,
+        m: Assert,
+        timeout: Option<Duration>,
+    ) -> ResponseFuture<Result<Assertion, DeviceError>> {
+        let job = match self.job(ReaderKind::Card, self.card.as_ref(), timeout) {
             Ok(j) => j,
             Err(e) => return ready(Err(e)),
         };
@@ -462,27 +483,85 @@ impl Handler<Assert> for DeviceActor {
         };
         off_executor(move || card_ceremony(job, |r, t| r.assert(t, &req)))
     }
+
+    fn enroll_finger(
+        &self,
+        m: EnrollFinger,
+        timeout: Option<Duration>,
+    ) -> ResponseFuture<Result<u16, DeviceError>> {
+        let job = match self.job(ReaderKind::Fingerprint, self.finger.as_ref(), timeout) {
+            Ok(j) => j,
+            Err(e) => return ready(Err(e)),
+        };
+        off_executor(move || finger_ceremony(job, |r| r.enroll_captured(m.slot).map(|()| m.slot)))
+    }
+
+    fn identify_finger(
+        &self,
+        timeout: Option<Duration>,
+    ) -> ResponseFuture<Result<Match, DeviceError>> {
+        let job = match self.job(ReaderKind::Fingerprint, self.finger.as_ref(), timeout) {
+            Ok(j) => j,
+            Err(e) => return ready(Err(e)),
+        };
+        off_executor(move || finger_ceremony(job, |r| r.identify_captured()))
+    }
+}
+
+impl Handler<EnrollCard> for DeviceActor {
+    type Result = ResponseFuture<Result<Enrollment, DeviceError>>;
+    fn handle(&mut self, m: EnrollCard, _: &mut Context<Self>) -> Self::Result {
+        self.enroll_card(m, None)
+    }
+}
+
+impl Handler<Assert> for DeviceActor {
+    type Result = ResponseFuture<Result<Assertion, DeviceError>>;
+    fn handle(&mut self, m: Assert, _: &mut Context<Self>) -> Self::Result {
+        self.assert(m, None)
+    }
 }
 
 impl Handler<EnrollFinger> for DeviceActor {
     type Result = ResponseFuture<Result<u16, DeviceError>>;
     fn handle(&mut self, m: EnrollFinger, _: &mut Context<Self>) -> Self::Result {
-        let job = match self.job(ReaderKind::Fingerprint, self.finger.as_ref()) {
-            Ok(j) => j,
-            Err(e) => return ready(Err(e)),
-        };
-        off_executor(move || finger_ceremony(job, |r| r.enroll_captured(m.slot).map(|()| m.slot)))
+        self.enroll_finger(m, None)
     }
 }
 
 impl Handler<IdentifyFinger> for DeviceActor {
     type Result = ResponseFuture<Result<Match, DeviceError>>;
     fn handle(&mut self, _: IdentifyFinger, _: &mut Context<Self>) -> Self::Result {
-        let job = match self.job(ReaderKind::Fingerprint, self.finger.as_ref()) {
-            Ok(j) => j,
-            Err(e) => return ready(Err(e)),
-        };
-        off_executor(move || finger_ceremony(job, |r| r.identify_captured()))
+        self.identify_finger(None)
+    }
+}
+
+impl Handler<Timed<EnrollCard>> for DeviceActor {
+    type Result = ResponseFuture<Result<Enrollment, DeviceError>>;
+    fn handle(&mut self, m: Timed<EnrollCard>, _: &mut Context<Self>) -> Self::Result {
+        self.enroll_card(m.message, Some(m.timeout))
+    }
+}
+
+impl Handler<Timed<Assert>> for DeviceActor {
+    type Result = ResponseFuture<Result<Assertion, DeviceError>>;
+    fn handle(&mut self, m: Timed<Assert>, _: &mut Context<Self>) -> Self::Result {
+        self.assert(m.message, Some(m.timeout))
+    }
+}
+
+impl Handler<Timed<EnrollFinger>> for DeviceActor {
+    type Result = ResponseFuture<Result<u16, DeviceError>>;
+    fn handle(&mut self, m: Timed<EnrollFinger>, _: &mut Context<Self>) -> Self::Result {
+        self.enroll_finger(m.message, Some(m.timeout))
+    }
+}
+
+impl Handler<Timed<IdentifyFinger>> for DeviceActor {
+    type Result = ResponseFuture<Result<Match, DeviceError>>;
+    fn handle(&mut self, m: Timed<IdentifyFinger>, _: &mut Context<Self>) -> Self::Result {
+        let _ = m.message;
+        self.identify_finger(Some(m.timeout))
     }
 }
 
@@ -654,6 +733,43 @@ mod tests {
             none,
             Err(DeviceError::NoReader(ReaderKind::Fingerprint))
         ));
+    }
+
+    #[actix_rt::test]
+    async fn timed_ceremonies_use_their_own_deadline() {
+        let (reader, sim) = card_reader();
+        let card = sim.create_card(&CardConfig::default()).unwrap();
+        // The actor's own timeout is long; the message's short one must win.
+        let addr = DeviceActor::new(Some(reader), None, config(60_000)).start();
+        let started = Instant::now();
+        let err = addr
+            .send(Timed {
+                message: enroll_msg(None),
+                timeout: Duration::from_millis(50),
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, DeviceError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        sim.present(card).unwrap();
+        let e = addr
+            .send(Timed {
+                message: enroll_msg(None),
+                timeout: Duration::from_secs(5),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let a = addr
+            .send(Timed {
+                message: assert_msg(&e),
+                timeout: Duration::from_secs(5),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.credential_id, e.credential_id);
     }
 
     #[actix_rt::test]

@@ -46,6 +46,17 @@ pub enum BatchOutcome {
     Searched(SearchPage),
 }
 
+/// The audit log as monitoring sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditStatus {
+    /// Entries in the Merkle log.
+    pub size: u64,
+    /// Tree size of the latest signed checkpoint (0 when none was signed).
+    pub checkpoint_size: u64,
+    /// When the latest checkpoint was signed, unix milliseconds.
+    pub checkpoint_time_ms: Option<u64>,
+}
+
 /// How many times an update without If-Match is retried when a concurrent writer wins.
 const UPDATE_RETRIES: usize = 8;
 
@@ -545,6 +556,59 @@ impl StoreHandle {
             Response::Writes(p) => p.wait().await,
             _ => Err(unexpected()),
         }
+    }
+
+    /// The audit log's size and its latest checkpoint, for monitoring: a synchronous,
+    /// read-only LMDB transaction (no registry actor involved, nothing disclosed).
+    pub fn audit_status(&self) -> StoreResult<AuditStatus> {
+        let store = &self.engine.store;
+        store.with_read(|txn| {
+            let size = store.frontier_in(txn)?.size();
+            let (checkpoint_size, checkpoint_time_ms) =
+                match store.meta.get(txn, crate::store::META_LAST_CKPT)? {
+                    Some(b) if b.len() == 16 => {
+                        let mut s = [0u8; 8];
+                        let mut t = [0u8; 8];
+                        s.copy_from_slice(&b[..8]);
+                        t.copy_from_slice(&b[8..]);
+                        (u64::from_be_bytes(s), Some(u64::from_be_bytes(t)))
+                    }
+                    _ => (0, None),
+                };
+            Ok(AuditStatus {
+                size,
+                checkpoint_size,
+                checkpoint_time_ms,
+            })
+        })
+    }
+
+    /// Whether `resource_type/id` exists, for reference checks before a write: with
+    /// `version`, whether that version was ever written (a versioned reference may point
+    /// at a superseded or deleted version); without it, whether the current version is
+    /// live (not deleted). Non-disclosing: it reads only the current-version pointer (or,
+    /// for the audit log, its id index), never a sealed value, and answers only a boolean,
+    /// so it is not an audited disclosure. Synchronous: one LMDB read transaction, no
+    /// actor round trip. An unknown resource type is `UnknownResourceType`.
+    pub fn exists(&self, resource_type: &str, id: &str, version: Option<u64>) -> StoreResult<bool> {
+        let c = component_for(resource_type)?;
+        let store = &self.engine.store;
+        store.with_read(|txn| {
+            if c == Component::Audit {
+                let found = match resource_type {
+                    "AuditEvent" => store.audit_index_of(txn, id)?.is_some(),
+                    "Provenance" => store.audit_provids.get(txn, id.as_bytes())?.is_some(),
+                    _ => false,
+                };
+                // Audit resources have a single version.
+                return Ok(found && version.is_none_or(|v| v == 1));
+            }
+            Ok(match (store.current_in(txn, resource_type, id)?, version) {
+                (None, _) => false,
+                (Some(cur), None) => !cur.deleted,
+                (Some(cur), Some(v)) => v >= 1 && v <= cur.version,
+            })
+        })
     }
 
     /// Forces a checkpoint if the log grew and returns the latest signed note.

@@ -243,6 +243,7 @@ impl Registry {
                 count,
             } => {
                 let found = e.store.match_patients(&patient, min_score, count)?;
+                let found = e.store.redact_matches(ctx, found)?;
                 let records: Vec<Record> = found.iter().map(|m| m.record.clone()).collect();
                 let pending = e.audit_disclosure(
                     ctx,
@@ -258,7 +259,7 @@ impl Registry {
                 merge,
             } => Response::Writes(e.link_patients(ctx, &source, &target, merge)?),
             Request::Everything(id) => Response::Records(e.everything(ctx, &id)?),
-            Request::AuditEntry(i) => Response::Entry(e.store.audit_entry(i)?),
+            Request::AuditEntry(i) => Response::Entry(e.store.audit_entry_for(ctx, i)?),
             Request::InclusionProof(i, n) => Response::Proof(e.store.audit_inclusion_proof(i, n)?),
             Request::ConsistencyProof(o, n) => {
                 Response::Proof(e.store.audit_consistency_proof(o, n)?)

@@ -8,7 +8,7 @@ use common::*;
 use hexa_actors::handle::{BatchEntry, BatchOutcome, StoreHandle};
 use hexa_actors::store::engine::TxEntry;
 use hexa_actors::store::search::SearchQuery;
-use hexa_actors::store::{StoreConfig, StoreError};
+use hexa_actors::store::{AccessContext, StoreConfig, StoreError};
 use hexa_crypto::checkpoint::{Checkpoint, NoteVerifier, open_note};
 use hexa_crypto::merkle;
 use serde_json::json;
@@ -339,7 +339,8 @@ async fn patient_everything() {
     )
     .await
     .unwrap();
-    h.create(&c, json!({"resourceType": "Consent", "status": "active", "patient": {"reference": format!("Patient/{p}")}}), None)
+    // Consents are written by the appliance's own context (the ceremonies) only.
+    h.create(&AccessContext::system("fac1"), json!({"resourceType": "Consent", "status": "active", "patient": {"reference": format!("Patient/{p}")}}), None)
         .await
         .unwrap();
     let all = h.everything(&c, &p).await.unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use hexa_actors::store::search::SearchQuery;
-use hexa_actors::store::{StoreError, engine::Engine};
+use hexa_actors::store::{AccessContext, StoreError, engine::Engine};
 use hexa_crypto::checkpoint::{Checkpoint, NoteVerifier, open_note};
 use hexa_crypto::merkle;
 use serde_json::{Value, json};
@@ -281,10 +281,21 @@ fn clinical_and_registry_search() {
     let pr = mk(
         json!({"resourceType": "Practitioner", "name": [{"family": "Mugabo", "given": ["Eric"]}], "identifier": [{"value": "MD-9"}]}),
     );
-    let cons = mk(
-        json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p1"},
-        "provision": {"actor": [{"reference": {"reference": format!("Practitioner/{pr}")}}]}}),
-    );
+    // Consents are written only by the ceremonies (the appliance's own context); the
+    // system context of facility fac1 makes fac1 their author, so fac1's client finds them.
+    let cons = e
+        .create(
+            &AccessContext::system("fac1"),
+            json!({"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p1"},
+            "provision": {"actor": [{"reference": {"reference": format!("Practitioner/{pr}")}}]}}),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id;
     assert_eq!(
         ids(&e, "Organization", &[("name", "chu")]),
         vec![org.clone()]

@@ -32,6 +32,51 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Seconds a client has to send a request body once its headers arrived (408 after).
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// The absolute URL clients reach this appliance at (`https://hexa.example.rw`),
+    /// used for `fullUrl`, `Location` and paging links and as the token endpoint's
+    /// audience. The `Host` header is never used (clients control it). Absent: derived
+    /// from the address the server listens on (`http://127.0.0.1:8080`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_base_url: Option<String>,
+    /// Requests per second one client (bearer token's client id) may make on `/fhir`;
+    /// 0 turns the per-client limit off.
+    #[serde(default = "default_client_rate")]
+    pub client_rate_per_sec: u32,
+    /// Requests a client may make in a burst above its rate.
+    #[serde(default = "default_client_burst")]
+    pub client_burst: u32,
+    /// Token requests per second one IP address may make on `/fhir/token`; 0 turns it off.
+    #[serde(default = "default_token_rate")]
+    pub token_rate_per_sec: u32,
+    /// Token requests an IP address may make in a burst.
+    #[serde(default = "default_token_burst")]
+    pub token_burst: u32,
+    /// Most clients (and, separately, IP addresses) whose rate is tracked at once; bounds
+    /// the memory the limiters use.
+    #[serde(default = "default_rate_keys")]
+    pub rate_limit_max_keys: usize,
+}
+
+fn default_body_timeout() -> u64 {
+    30
+}
+fn default_client_rate() -> u32 {
+    5_000
+}
+fn default_client_burst() -> u32 {
+    10_000
+}
+fn default_token_rate() -> u32 {
+    10
+}
+fn default_token_burst() -> u32 {
+    60
+}
+fn default_rate_keys() -> usize {
+    10_000
 }
 
 /// The facility identity this appliance speaks for (as listed in the national roster).
@@ -96,8 +141,36 @@ impl Config {
         if self.server.header_read_timeout_secs == 0 || self.server.header_read_timeout_secs > 300 {
             return Err("server.header_read_timeout_secs must be between 1 and 300".into());
         }
+        if self.server.body_read_timeout_secs == 0 || self.server.body_read_timeout_secs > 600 {
+            return Err("server.body_read_timeout_secs must be between 1 and 600".into());
+        }
         if self.server.max_connections == 0 || self.server.max_connections > 65_536 {
             return Err("server.max_connections must be between 1 and 65536".into());
+        }
+        if let Some(u) = &self.server.public_base_url {
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"));
+            let ok = rest.is_some_and(|r| {
+                !r.is_empty()
+                    && !r.ends_with('/')
+                    && r.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~:/[]%".contains(&b))
+            });
+            if !ok || u.len() > 256 {
+                return Err(
+                    "server.public_base_url must be an http(s) URL without a trailing slash, query or fragment"
+                        .into(),
+                );
+            }
+        }
+        if self.server.client_burst == 0 && self.server.client_rate_per_sec > 0
+            || self.server.token_burst == 0 && self.server.token_rate_per_sec > 0
+        {
+            return Err("server.client_burst and server.token_burst must be at least 1".into());
+        }
+        if self.server.rate_limit_max_keys == 0 || self.server.rate_limit_max_keys > 1_000_000 {
+            return Err("server.rate_limit_max_keys must be between 1 and 1000000".into());
         }
         if self.facility.id.is_empty()
             || self.facility.id.len() > 64
@@ -159,5 +232,33 @@ mod tests {
         .unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("max_body_bytes"), "{e}");
+        for bad in ["ftp://x", "http://x/", "http://x?a=1", "https://"] {
+            let mut c = Config::defaults();
+            c.server.public_base_url = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let mut c = Config::defaults();
+        c.server.public_base_url = Some("https://hexa.example.rw:8443".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_config_without_the_newer_server_fields_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hexa.toml");
+        let old: String = DEFAULT_CONFIG
+            .lines()
+            .filter(|l| {
+                !l.contains("rate")
+                    && !l.contains("burst")
+                    && !l.contains("public_base_url")
+                    && !l.contains("body_read_timeout")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&p, old).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.server.client_rate_per_sec, default_client_rate());
+        assert_eq!(c.server.public_base_url, None);
     }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     max_body_bytes: usize,
     /// Seconds allowed for request headers.
     header_read_timeout: Duration,
+    /// Time allowed for a request body.
+    body_read_timeout: Duration,
     /// Connections served at once.
     max_connections: usize,
     /// Set once everything the API depends on is open.
@@ -50,6 +52,15 @@ pub struct AppState {
     store: OnceLock<hexa_actors::handle::StoreHandle>,
     /// The FHIR API, mounted at `/fhir` only together with client authentication.
     fhir: OnceLock<crate::fhir::FhirApi>,
+    /// Absolute base URL of the server (no trailing slash): configured, or derived from
+    /// the listening address when [`run`] starts. Never taken from `Host`.
+    public_base: OnceLock<String>,
+    /// Per-client rate limit on `/fhir`.
+    client_limiter: crate::ratelimit::RateLimiter,
+    /// Per-IP rate limit on `/fhir/token`.
+    token_limiter: crate::ratelimit::RateLimiter,
+    /// The consent ceremonies, for the front desk's `/desk/api/*`.
+    ceremonies: OnceLock<Arc<crate::consent::Ceremonies>>,
 }
 
 #[derive(Default)]
@@ -58,6 +69,7 @@ struct Metrics {
     errors_4xx: AtomicU64,
     errors_5xx: AtomicU64,
     connections: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl AppState {
@@ -73,6 +85,7 @@ impl AppState {
             facility_id,
             max_body_bytes: server.max_body_bytes,
             header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(server.body_read_timeout_secs),
             max_connections: server.max_connections,
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -80,7 +93,31 @@ impl AppState {
             devices,
             store: OnceLock::new(),
             fhir: OnceLock::new(),
+            public_base: server
+                .public_base_url
+                .clone()
+                .map(OnceLock::from)
+                .unwrap_or_default(),
+            client_limiter: crate::ratelimit::RateLimiter::new(
+                server.client_rate_per_sec,
+                server.client_burst,
+                server.rate_limit_max_keys,
+            ),
+            token_limiter: crate::ratelimit::RateLimiter::new(
+                server.token_rate_per_sec,
+                server.token_burst,
+                server.rate_limit_max_keys,
+            ),
+            ceremonies: OnceLock::new(),
         }
+    }
+
+    /// The server's absolute base URL (`http://127.0.0.1:8080` when derived).
+    pub fn public_base(&self) -> &str {
+        self.public_base
+            .get()
+            .map(String::as_str)
+            .unwrap_or("http://localhost")
     }
 
     /// Records the open store: `/readyz` requires it, `/metrics` reports on it. A second
@@ -93,6 +130,17 @@ impl AppState {
     /// if one was already mounted.
     pub fn mount_fhir(&self, api: crate::fhir::FhirApi) -> bool {
         self.fhir.set(api).is_ok()
+    }
+
+    /// Serves the consent ceremonies' front-desk API at `/desk/api/*`. A second call is
+    /// ignored.
+    pub fn set_ceremonies(&self, c: Arc<crate::consent::Ceremonies>) {
+        let _ = self.ceremonies.set(c);
+    }
+
+    /// The consent ceremonies, once set.
+    pub fn ceremonies(&self) -> Option<&Arc<crate::consent::Ceremonies>> {
+        self.ceremonies.get()
     }
 
     /// Largest request body accepted, in bytes.
@@ -118,6 +166,19 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        // No configured public URL: the address we listen on (a wildcard address names
+        // loopback, the only address that is then certainly reachable).
+        let ip = match addr.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => "[::1]".to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let _ = state
+            .public_base
+            .set(format!("http://{ip}:{}", addr.port()));
+    }
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(state.max_connections));
     tokio::pin!(shutdown);
@@ -174,9 +235,22 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
     let path = req.uri().path();
     let resp = if path.starts_with("/sim/") {
         crate::sim_api::route(req, peer, st.devices.sim.as_ref(), st.max_body_bytes).await
+    } else if path.starts_with("/desk/") {
+        let c = st.ceremonies.get().map(|c| &**c);
+        crate::consent::desk::route(c, req, peer, st.max_body_bytes).await
     } else if path == "/fhir" || path.starts_with("/fhir/") {
         match st.fhir.get() {
-            Some(api) => api.handle(req, st.max_body_bytes).await,
+            Some(api) => {
+                let env = crate::fhir::RequestEnv {
+                    max_body: st.max_body_bytes,
+                    body_timeout: st.body_read_timeout,
+                    base: st.public_base(),
+                    peer: peer.ip(),
+                    client_limiter: &st.client_limiter,
+                    token_limiter: &st.token_limiter,
+                };
+                api.handle(req, &env).await
+            }
             None => outcome(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -187,13 +261,18 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, st: &AppState) -> Resp
         route(req, st).await
     };
     let mut resp = resp;
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE
+        || resp.status() == StatusCode::REQUEST_TIMEOUT
+    {
         // The rest of the oversized body is still on the wire: close the connection
         // rather than read it.
         resp.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
     let s = resp.status();
+    if s == StatusCode::TOO_MANY_REQUESTS {
+        st.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
     if s.is_client_error() {
         st.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
     } else if s.is_server_error() {
@@ -297,6 +376,9 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
          # HELP hexa_http_connections_total TCP connections accepted.\n\
          # TYPE hexa_http_connections_total counter\n\
          hexa_http_connections_total {}\n\
+         # HELP hexa_http_rate_limited_total Requests refused with 429 by a rate limit.\n\
+         # TYPE hexa_http_rate_limited_total counter\n\
+         hexa_http_rate_limited_total {}\n\
          # HELP hexa_uptime_seconds Seconds since the server started.\n\
          # TYPE hexa_uptime_seconds gauge\n\
          hexa_uptime_seconds {}\n",
@@ -304,6 +386,7 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
         m.errors_4xx.load(Ordering::Relaxed),
         m.errors_5xx.load(Ordering::Relaxed),
         m.connections.load(Ordering::Relaxed),
+        m.rate_limited.load(Ordering::Relaxed),
         st.started.elapsed().as_secs(),
     );
     let mut body = body;
@@ -327,6 +410,32 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
             store.restarts(),
             store.store().map_size(),
         ));
+        match store.audit_status() {
+            Ok(a) => {
+                body.push_str(&format!(
+                    "# HELP hexa_audit_log_entries Entries in the Merkle audit log.\n\
+                     # TYPE hexa_audit_log_entries gauge\n\
+                     hexa_audit_log_entries {}\n\
+                     # HELP hexa_audit_checkpoint_size Tree size of the latest signed checkpoint.\n\
+                     # TYPE hexa_audit_checkpoint_size gauge\n\
+                     hexa_audit_checkpoint_size {}\n",
+                    a.size, a.checkpoint_size,
+                ));
+                if let Some(t) = a.checkpoint_time_ms {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    body.push_str(&format!(
+                        "# HELP hexa_audit_checkpoint_age_seconds Seconds since the latest checkpoint was signed.\n\
+                         # TYPE hexa_audit_checkpoint_age_seconds gauge\n\
+                         hexa_audit_checkpoint_age_seconds {:.3}\n",
+                        now.saturating_sub(t) as f64 / 1000.0
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "audit status unavailable for /metrics"),
+        }
     }
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(

@@ -2,16 +2,23 @@
 //! holds no domain logic: configuration ([`config`]), the data directory with the
 //! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
 //! ([`http`], [`sim_api`]), client authentication ([`auth`]), the FHIR R4 API ([`fhir`]),
-//! the store service
+//! the audit log over HTTP ([`audit_api`]), auditors' exports and their offline
+//! verification ([`export`], [`verify`]), the store service
 //! ([`StoreService`]) and start-up ([`start`]).
 
+pub mod audit_api;
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod datadir;
 pub mod devices;
+pub mod export;
 pub mod fhir;
 pub mod http;
+pub mod ratelimit;
+pub mod sdnotify;
 pub mod sim_api;
+pub mod verify;
 
 use hexa_actors::handle::StoreHandle;
 use hexa_actors::store::StoreConfig;
@@ -144,7 +151,20 @@ pub fn start(
         auth::Authenticator::open(dir.root(), &format!("urn:hexa:appliance:{node_kid}"))
             .map_err(|e| anyhow::anyhow!("cannot open the client registry: {e}"))?,
     );
-    http.mount_fhir(fhir::FhirApi::new(store.handle().clone(), auth.clone()));
+    let ceremonies = Arc::new(
+        consent::Ceremonies::new(
+            store.handle().clone(),
+            http.device_actor(),
+            &node_kid,
+            &config.facility.id,
+            consent::CeremonyConfig::default(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start the consent ceremonies: {e}"))?,
+    );
+    http.set_ceremonies(ceremonies.clone());
+    http.mount_fhir(
+        fhir::FhirApi::new(store.handle().clone(), auth.clone()).with_ceremonies(ceremonies),
+    );
     // Ready once the keys, the readers and the store are open.
     http.set_ready(true);
     Ok(Appliance {

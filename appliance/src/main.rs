@@ -50,6 +50,47 @@ enum Command {
         #[command(subcommand)]
         action: ClientCommand,
     },
+    /// Write an auditor's export of one patient's record (FHIR Bundle): every version with
+    /// its signatures, consents with evidence, the AuditEvents naming the patient with
+    /// inclusion proofs, a fresh checkpoint, the roster and a signed manifest. Run it while
+    /// `serve` is stopped (or on a restored backup): it appends the export's AuditEvent.
+    Export {
+        /// Patient id.
+        #[arg(long)]
+        patient: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an export offline (no data directory, no network) against the ministry root
+    /// key; prints a report and exits 1 naming every failure.
+    Verify {
+        /// The export Bundle.
+        file: PathBuf,
+        /// Ministry root public key: a JWK (inline or a file) or base64url raw Ed25519 key
+        /// (write `--root=KEY` when the key starts with '-').
+        #[arg(long)]
+        root: String,
+    },
+    /// Manage the ministry-signed roster of trusted facilities and node keys.
+    Roster {
+        #[command(subcommand)]
+        action: RosterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RosterCommand {
+    /// Install a signed roster (JSON: `{"roster": {...}, "signature": "<JWS>"}`) after
+    /// checking the root signature and that it vouches for this appliance's node key and
+    /// facility now.
+    Install {
+        /// The signed roster file.
+        file: PathBuf,
+        /// Ministry root public key: a JWK (inline or a file) or base64url raw Ed25519 key.
+        #[arg(long)]
+        root: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,6 +199,71 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Verify { file, root } => {
+            let root = hexa_appliance::verify::parse_root_key(&root).map_err(anyhow::Error::msg)?;
+            let meta = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            if meta.len() > hexa_appliance::verify::MAX_EXPORT_BYTES as u64 {
+                anyhow::bail!("{} is larger than an export may be", file.display());
+            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let bundle: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let report = hexa_appliance::verify::verify_export(&bundle, &root, unix_now());
+            print!("{report}");
+            if !report.ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Roster {
+            action: RosterCommand::Install { file, root },
+        } => {
+            let root = hexa_appliance::verify::parse_root_key(&root).map_err(anyhow::Error::msg)?;
+            let (cfg, secrets) = dir.open(passphrase.as_deref())?;
+            let roster = hexa_appliance::export::read_roster(&file)?;
+            hexa_appliance::export::install_roster(
+                dir.root(),
+                &roster,
+                &root,
+                &secrets.node_key.public(),
+                &cfg.facility.id,
+                unix_now(),
+            )?;
+            println!(
+                "installed the roster for facility {} (node key {})",
+                cfg.facility.id,
+                secrets.node_key.kid()
+            );
+            Ok(())
+        }
+        Command::Export { patient, out } => {
+            let (cfg, secrets) = dir.open(passphrase.as_deref())?;
+            let roster = hexa_appliance::export::installed_roster(dir.root())?;
+            let node_key = hexa_crypto::keys::SigningKey::from_seed(secrets.node_key.seed());
+            let kid = node_key.kid();
+            let store = hexa_appliance::StoreService::start(
+                hexa_actors::store::StoreConfig::new(dir.root(), &kid, &cfg.facility.id),
+                secrets,
+            )?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let bundle = rt.block_on(hexa_appliance::export::export_patient(
+                store.handle(),
+                &node_key,
+                &cfg.facility.id,
+                &roster,
+                &patient,
+            ))?;
+            drop(store);
+            let n = bundle["entry"].as_array().map_or(0, Vec::len);
+            std::fs::write(&out, serde_json::to_vec_pretty(&bundle)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {} ({n} entries)", out.display());
+            Ok(())
+        }
         Command::Keys => {
             let (_, secrets) = dir.open(passphrase.as_deref())?;
             let jwk = secrets.node_key.public().to_jwk();
@@ -180,12 +286,22 @@ fn main() -> anyhow::Result<()> {
                     node_kid = %app.node_kid,
                     "hexa serving"
                 );
+                // Under systemd: READY=1, then WATCHDOG=1 while /readyz answers.
+                hexa_appliance::sdnotify::start(listener.local_addr()?);
                 hexa_appliance::http::run(listener, app.http.clone(), shutdown_signal()).await?;
                 tracing::info!("hexa stopped");
                 anyhow::Ok(())
             })
         }
     }
+}
+
+/// Unix time in seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -88,8 +88,9 @@ fn fixture_at(path: &Path) -> Fixture {
     }
 }
 
-/// Version of the cached population layout (bump when the bench's data changes).
-const POPULATION_CACHE: u32 = 1;
+/// Version of the cached population layout (bump when the bench's data changes; 2: versions
+/// carry `meta.source` and its `_source` index term).
+const POPULATION_CACHE: u32 = 2;
 
 /// Patients per FHIR transaction when loading a population.
 const LOAD_TX: usize = 500;

@@ -17,6 +17,7 @@ use hexa_crypto::seal::Aad;
 use serde_json::{Value, json};
 
 use super::error::{StoreError, StoreResult};
+use super::policy::{BASIS_EXTENSION, Basis, Decision};
 use super::writer::{Staged, StagedOp};
 use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, slot, time};
 
@@ -38,17 +39,28 @@ pub struct AccessContext {
     pub patient_session: Option<String>,
 }
 
+/// Client id of the appliance's own context ([`AccessContext::system`]); the HTTP layer
+/// refuses integrator clients registered under it.
+pub const SYSTEM_CLIENT_ID: &str = "hexa-appliance";
+
 impl AccessContext {
     /// A context for the appliance's own operations (`HOPERAT`).
     pub fn system(facility_id: &str) -> Self {
         AccessContext {
-            client_id: "hexa-appliance".into(),
+            client_id: SYSTEM_CLIENT_ID.into(),
             facility_id: facility_id.into(),
             practitioner: None,
             purpose_of_use: "HOPERAT".into(),
             justification: None,
             patient_session: None,
         }
+    }
+
+    /// Whether this is the appliance's own context (access basis `system`).
+    pub fn is_system(&self) -> bool {
+        self.client_id == SYSTEM_CLIENT_ID
+            && self.purpose_of_use == "HOPERAT"
+            && self.patient_session.is_none()
     }
 }
 
@@ -120,6 +132,10 @@ pub struct AuditDraft {
     pub query: Option<String>,
     /// Why the interaction failed (None = success).
     pub failure: Option<String>,
+    /// Access bases of the disclosure (`urn:hexa:access-basis` extensions), each once.
+    pub bases: Vec<Basis>,
+    /// Consents that authorized it (`Consent/id/_history/v`), each once.
+    pub consents: Vec<String>,
 }
 
 impl AuditDraft {
@@ -133,6 +149,20 @@ impl AuditDraft {
             patients: Vec::new(),
             query: None,
             failure: None,
+            bases: Vec::new(),
+            consents: Vec::new(),
+        }
+    }
+
+    /// Records the policy decision that let a record out.
+    pub fn decided(&mut self, d: &Decision) {
+        if !self.bases.contains(&d.basis) {
+            self.bases.push(d.basis);
+        }
+        for c in &d.consents {
+            if !self.consents.contains(c) {
+                self.consents.push(c.clone());
+            }
         }
     }
 
@@ -199,6 +229,11 @@ pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&s
         entities.push(json!({"what": {"reference": e},
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
     }
+    for c in &d.consents {
+        entities.push(json!({"what": {"reference": c},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+            "description": "authorizing consent"}));
+    }
     if let Some(q) = &d.query {
         entities.push(json!({
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
@@ -218,6 +253,14 @@ pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&s
         "source": {"site": d.ctx.facility_id, "observer": {"reference": format!("Device/{}", store.config.appliance_id)}},
         "entity": entities
     });
+    if let (false, Some(obj)) = (d.bases.is_empty(), ev.as_object_mut()) {
+        let ext: Vec<Value> = d
+            .bases
+            .iter()
+            .map(|b| json!({"url": BASIS_EXTENSION, "valueCode": b.code()}))
+            .collect();
+        obj.insert("extension".into(), Value::Array(ext));
+    }
     if let (Some(f), Some(obj)) = (failure, ev.as_object_mut()) {
         obj.insert("outcomeDesc".into(), json!(f));
     }
@@ -660,6 +703,12 @@ impl Store {
             .get(txn, id.as_bytes())?
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes))
+    }
+
+    /// Log index of the AuditEvent with id `id`, if it is in the log (auditors' exports
+    /// pair each event with its inclusion proof).
+    pub fn audit_index(&self, id: &str) -> StoreResult<Option<u64>> {
+        self.with_read(|txn| self.audit_index_of(txn, id))
     }
 
     /// Provenance stored under a version key.

@@ -197,6 +197,8 @@ impl Engine {
                 .map(|p| format!("Practitioner/{p}")),
             author_jws,
             now: time::now_millis(),
+            source: ctx.facility_id.clone(),
+            system: ctx.is_system() && ctx.facility_id == self.store.config.facility_id,
         }
     }
 
@@ -272,11 +274,17 @@ impl Engine {
         };
         draft.touch(&prepared.record);
         let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
+        let (store, reader) = (self.store.clone(), ctx.clone());
         Ok(Pending::new(p.rx, move |o| {
-            (p.then)(o)?
+            let w = (p.then)(o)?
                 .into_iter()
                 .next()
-                .ok_or_else(|| StoreError::Storage("empty write result".into()))
+                .ok_or_else(|| StoreError::Storage("empty write result".into()))?;
+            if !w.created {
+                // A conditional create that matched returns an existing record: a read.
+                store.disclose_one(&reader, w.record.clone())?;
+            }
+            Ok(w)
         }))
     }
 
@@ -575,8 +583,13 @@ impl Engine {
             );
         }
         let plan = (|| -> StoreResult<Vec<TxEntry>> {
-            let s = self.store.read("Patient", source)?;
-            let t = self.store.read("Patient", target)?;
+            // Merging returns both records: the reader must be allowed to read them.
+            let s = (self.store)
+                .disclose_one(ctx, self.store.read("Patient", source)?)?
+                .value;
+            let t = (self.store)
+                .disclose_one(ctx, self.store.read("Patient", target)?)?
+                .value;
             let with_links = |r: &Record, other: &str, kind: &str| -> Value {
                 let mut body = r.resource.clone();
                 let other_ref = format!("Patient/{other}");
@@ -620,25 +633,26 @@ impl Engine {
         }
     }
 
+    /// Audits a disclosure the policy already screened ([`policy`]): every record and the
+    /// decision that let it out are named in the AuditEvent, which is durable before the
+    /// value is handed out.
     fn audited_read<T: Send + 'static>(
         &self,
         mut draft: AuditDraft,
-        ctx: &AccessContext,
-        result: StoreResult<(Vec<Record>, T)>,
+        result: StoreResult<policy::Disclosure<T>>,
     ) -> StoreResult<Pending<T>> {
-        match result.and_then(|(records, v)| {
-            for r in &records {
-                policy::authorize_read(ctx, r)?;
-            }
-            Ok((records, v))
-        }) {
+        match result {
             Err(e) => self.fail(draft, e),
-            Ok((records, v)) => {
-                for r in &records {
+            Ok(d) => {
+                for r in &d.records {
                     draft.touch(r);
+                }
+                for dec in &d.decisions {
+                    draft.decided(dec);
                 }
                 let ev = prepare_audit(&self.store, &draft, None)?;
                 let rx = self.writer.submit(Member::Audit(vec![ev]))?;
+                let v = d.value;
                 Ok(Pending::new(rx, move |_| Ok(v)))
             }
         }
@@ -647,10 +661,9 @@ impl Engine {
     /// Read the current version; the AuditEvent is durable before the record is returned.
     pub fn read(&self, ctx: &AccessContext, ty: &str, id: &str) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Read, ctx);
-        draft.entities.push(format!("{ty}/{id}"));
-        let r = self.store.read(ty, id).map(|r| (vec![r.clone()], r));
-        draft.entities.clear();
-        self.audited_read(draft, ctx, r)
+        let r = (self.store.read(ty, id))
+            .and_then(|r| self.store.disclose_one_noting(ctx, r, &mut draft));
+        self.audited_read(draft, r)
     }
 
     /// Read one version.
@@ -662,14 +675,12 @@ impl Engine {
         version: u64,
     ) -> StoreResult<Pending<Record>> {
         let mut draft = AuditDraft::new(Interaction::Vread, ctx);
-        let r = self
-            .store
-            .vread(ty, id, version)
-            .map(|r| (vec![r.clone()], r));
-        if r.is_err() {
+        let r = (self.store.vread(ty, id, version))
+            .and_then(|r| self.store.disclose_one_noting(ctx, r, &mut draft));
+        if r.is_err() && draft.entities.is_empty() {
             draft.entities.push(format!("{ty}/{id}/_history/{version}"));
         }
-        self.audited_read(draft, ctx, r)
+        self.audited_read(draft, r)
     }
 
     /// Instance history, newest first.
@@ -680,11 +691,14 @@ impl Engine {
         id: &str,
     ) -> StoreResult<Pending<Vec<Record>>> {
         let mut draft = AuditDraft::new(Interaction::History, ctx);
-        let r = self.store.history(ty, id).map(|v| (v.clone(), v));
+        let r = self
+            .store
+            .history(ty, id)
+            .and_then(|v| self.store.disclose_history(ctx, v));
         if r.is_err() {
             draft.entities.push(format!("{ty}/{id}"));
         }
-        self.audited_read(draft, ctx, r)
+        self.audited_read(draft, r)
     }
 
     /// Type history, newest first, paged.
@@ -697,19 +711,16 @@ impl Engine {
     ) -> StoreResult<Pending<SearchPage>> {
         let mut draft = AuditDraft::new(Interaction::History, ctx);
         draft.query = Some(format!("{ty}/_history?_count={count}&_offset={offset}"));
-        let r = self
-            .store
-            .type_history(ty, count, offset)
-            .map(|p| (p.items.clone(), p));
-        self.audited_read(draft, ctx, r)
+        let r = self.store.disclose_type_history(ctx, ty, count, offset);
+        self.audited_read(draft, r)
     }
 
     /// Search; every returned resource and its patient are named in the AuditEvent.
     pub fn search(&self, ctx: &AccessContext, q: &SearchQuery) -> StoreResult<Pending<SearchPage>> {
         let mut draft = AuditDraft::new(Interaction::Search, ctx);
         draft.query = Some(q.describe());
-        let r = self.store.search(q).map(|p| (p.items.clone(), p));
-        self.audited_read(draft, ctx, r)
+        let r = self.store.disclose_search(ctx, q);
+        self.audited_read(draft, r)
     }
 
     /// `Patient/{id}/$everything`, audited like a search.
@@ -720,11 +731,14 @@ impl Engine {
     ) -> StoreResult<Pending<Vec<Record>>> {
         let mut draft = AuditDraft::new(Interaction::Operation, ctx);
         draft.query = Some(format!("Patient/{patient_id}/$everything"));
-        let r = self.store.everything(patient_id).map(|v| (v.clone(), v));
+        let r = self
+            .store
+            .everything(patient_id)
+            .and_then(|v| self.store.disclose_all(ctx, v));
         if r.is_err() {
             draft.patients.push(format!("Patient/{patient_id}"));
         }
-        self.audited_read(draft, ctx, r)
+        self.audited_read(draft, r)
     }
 
     /// Audits an operation whose result the caller computed from store data (e.g. $match).
@@ -737,7 +751,15 @@ impl Engine {
     ) -> StoreResult<Pending<()>> {
         let mut draft = AuditDraft::new(interaction, ctx);
         draft.query = query;
-        self.audited_read(draft, ctx, Ok((records.to_vec(), ())))
+        let r = self
+            .store
+            .disclose_all(ctx, records.to_vec())
+            .map(|d| policy::Disclosure {
+                records: d.records,
+                decisions: d.decisions,
+                value: (),
+            });
+        self.audited_read(draft, r)
     }
 
     /// Forces a checkpoint if the log grew; resolves to the latest signed note.

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod audit_index;
+pub mod consent;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -643,6 +644,7 @@ impl Store {
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
         let version = spec.base + 1;
+        self.authorize_write(txn, spec.system, ty, &spec.id, spec.base, &spec.resource)?;
         let mut resource = spec.resource;
         {
             let obj = resource
@@ -656,6 +658,7 @@ impl Store {
                 .ok_or_else(|| StoreError::Invalid("meta must be an object".into()))?;
             meta.insert("versionId".into(), json!(version.to_string()));
             meta.insert("lastUpdated".into(), json!(time::instant(spec.now)));
+            meta.insert("source".into(), json!(policy::source_of(&spec.source)));
         }
         let canonical =
             jcs::canonicalize(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -751,6 +754,7 @@ impl Store {
         if ty == "Patient" {
             terms.extend(pmatch::match_terms(resource));
         }
+        terms.extend(policy::source_term(ty, resource));
         terms
             .into_iter()
             .map(|(field, term)| {
@@ -779,6 +783,10 @@ pub(crate) struct VersionSpec {
     /// Reference of the author (`Practitioner/..`) named in the Provenance.
     pub author: Option<String>,
     pub now: u64,
+    /// Facility writing the version (stamped as `meta.source`).
+    pub source: String,
+    /// Written by the appliance's own context (may write Consents and enrolment Devices).
+    pub system: bool,
 }
 
 /// A version prepared on a registry thread: what the writer needs, and the record the

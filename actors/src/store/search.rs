@@ -17,6 +17,10 @@ use super::params::{self, ParamDef, ParamKind};
 use super::route::{Component, component_for};
 use super::{Record, SearchPage, Store, audit, format, time};
 
+/// A filter over search hits: `(txn, id, record if already loaded) -> keep?`.
+pub(crate) type SearchFilter<'a> =
+    &'a mut dyn FnMut(&RoTxn, &str, Option<&Record>) -> StoreResult<bool>;
+
 /// Default page size.
 pub const DEFAULT_COUNT: usize = 50;
 /// Largest page size.
@@ -424,6 +428,17 @@ impl Store {
 
     /// Search inside an existing transaction (the writer uses it for conditional creates).
     pub(crate) fn search_in(&self, txn: &RoTxn, q: &SearchQuery) -> StoreResult<SearchPage> {
+        self.search_filtered_in(txn, q, None)
+    }
+
+    /// [`Store::search_in`] keeping only the hits `keep(txn, id, record if loaded)` accepts,
+    /// before counting and paging (the access policy's hook).
+    pub(crate) fn search_filtered_in(
+        &self,
+        txn: &RoTxn,
+        q: &SearchQuery,
+        keep: Option<SearchFilter<'_>>,
+    ) -> StoreResult<SearchPage> {
         let ty = q.resource_type.as_str();
         match ty {
             "Provenance" => return self.search_provenance(txn, q),
@@ -513,6 +528,15 @@ impl Store {
                 let r = self.read_in(txn, ty, &h.id)?;
                 if post.iter().all(|c| clause_matches(c, &r.resource)) {
                     h.record = Some(r);
+                    kept.push(h);
+                }
+            }
+            hits = kept;
+        }
+        if let Some(keep) = keep {
+            let mut kept = Vec::with_capacity(hits.len());
+            for h in hits {
+                if keep(txn, &h.id, h.record.as_ref())? {
                     kept.push(h);
                 }
             }

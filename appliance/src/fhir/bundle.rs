@@ -11,6 +11,7 @@ use hexa_actors::store::engine::{TxEntry, WriteResult};
 use hexa_actors::store::search::SearchQuery;
 use hyper::StatusCode;
 use serde_json::{Value, json};
+use std::collections::HashSet;
 
 /// The target of an entry's `request.url`.
 enum Target {
@@ -201,6 +202,42 @@ fn written_entry(r: &Req, w: &WriteResult, minimal: bool) -> Value {
     e
 }
 
+/// The resource a write entry carries (none for a delete).
+fn written_resource(t: &TxEntry) -> Option<&Value> {
+    match t {
+        TxEntry::Create { resource, .. } | TxEntry::Update { resource, .. } => Some(resource),
+        TxEntry::Delete { .. } => None,
+    }
+}
+
+/// Validates every resource of a transaction (400 names `Bundle.entry[i].resource...`),
+/// then their references (422): a `Type/id` written by a PUT of the same transaction
+/// counts as existing (`urn:uuid:` references are the store's to resolve).
+fn validate_transaction(c: &Call<'_>, tx: &[TxEntry]) -> ApiResult<()> {
+    let prefix = |i: usize| format!("Bundle.entry[{i}].resource");
+    for (i, t) in tx.iter().enumerate() {
+        if let Some(res) = written_resource(t) {
+            super::validate::structure(res, Some(&prefix(i)))?;
+        }
+    }
+    let pending: HashSet<(String, String)> = tx
+        .iter()
+        .filter_map(|t| match t {
+            TxEntry::Update { resource, .. } => Some((
+                resource.get("resourceType")?.as_str()?.to_string(),
+                resource.get("id")?.as_str()?.to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    for (i, t) in tx.iter().enumerate() {
+        if let Some(res) = written_resource(t) {
+            super::validate::refs(c, res, Some(&prefix(i)), &pending)?;
+        }
+    }
+    Ok(())
+}
+
 async fn transaction(c: &Call<'_>, r: &Req, bundle: &Value) -> ApiResult<Resp> {
     let entries = entries_of(bundle)?;
     let mut tx = Vec::with_capacity(entries.len());
@@ -221,6 +258,7 @@ async fn transaction(c: &Call<'_>, r: &Req, bundle: &Value) -> ApiResult<Resp> {
             "the transaction has no entries",
         ));
     }
+    validate_transaction(c, &tx)?;
     let has_if_match = tx.iter().any(|t| {
         matches!(
             t,
@@ -259,7 +297,12 @@ async fn batch(c: &Call<'_>, r: &Req, bundle: &Value) -> ApiResult<Resp> {
     let mut sent = Vec::new();
     let mut work = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let prepared = match write_entry(c, r, e, i) {
+        let prepared = match write_entry(c, r, e, i).and_then(|w| {
+            if let Some(res) = w.as_ref().and_then(written_resource) {
+                super::validate::resource(c, res)?;
+            }
+            Ok(w)
+        }) {
             Ok(Some(w)) => Ok((
                 BatchEntry::Write(w),
                 Op::Write {

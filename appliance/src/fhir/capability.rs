@@ -57,9 +57,56 @@ fn param_type(k: ParamKind) -> &'static str {
     }
 }
 
+/// The operations served on `ty` (name and the canonical OperationDefinition).
+pub const OPERATIONS: &[(&str, &str, &str)] = &[
+    (
+        "Patient",
+        "match",
+        "http://hl7.org/fhir/OperationDefinition/Patient-match",
+    ),
+    (
+        "Patient",
+        "everything",
+        "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ),
+    (
+        "CodeSystem",
+        "lookup",
+        "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
+    ),
+    (
+        "CodeSystem",
+        "validate-code",
+        "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code",
+    ),
+    (
+        "ValueSet",
+        "expand",
+        "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+    ),
+    (
+        "ValueSet",
+        "validate-code",
+        "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+    ),
+    (
+        "ConceptMap",
+        "translate",
+        "http://hl7.org/fhir/OperationDefinition/ConceptMap-translate",
+    ),
+];
+
+fn operations_of(ty: &str) -> Vec<Value> {
+    OPERATIONS
+        .iter()
+        .filter(|(t, _, _)| *t == ty)
+        .map(|(_, name, def)| json!({"name": name, "definition": def}))
+        .collect()
+}
+
 /// The CapabilityStatement; `base` is the absolute `/fhir` URL.
 pub fn capability_statement(base: &str) -> Value {
-    let resources: Vec<Value> = served_types()
+    let mut resources: Vec<Value> = served_types()
         .into_iter()
         .map(|ty| {
             let writable = client_writable(ty);
@@ -74,7 +121,28 @@ pub fn capability_statement(base: &str) -> Value {
                 .collect();
             params.push(json!({"name": "_id", "type": "token"}));
             params.push(json!({"name": "_lastUpdated", "type": "date"}));
-            json!({
+            let refs: Vec<String> = params_for(ty)
+                .iter()
+                .filter(|p| matches!(p.kind, ParamKind::Reference(_)))
+                .map(|p| format!("{ty}:{}", p.name))
+                .collect();
+            // Every type whose reference parameters could point here may be revincluded;
+            // listed are the common ones (Provenance:target for every type).
+            let mut revinclude = vec!["Provenance:target".to_string()];
+            if ty == "Patient" {
+                revinclude.extend(
+                    [
+                        "Observation:patient",
+                        "Condition:patient",
+                        "Encounter:patient",
+                        "Consent:patient",
+                        "AllergyIntolerance:patient",
+                        "MedicationRequest:patient",
+                    ]
+                    .map(String::from),
+                );
+            }
+            let mut res = json!({
                 "type": ty,
                 "interaction": interactions.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
@@ -82,12 +150,20 @@ pub fn capability_statement(base: &str) -> Value {
                 "updateCreate": writable,
                 "conditionalCreate": writable,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
+                "conditionalUpdate": writable,
                 "conditionalDelete": "not-supported",
+                "searchInclude": refs,
+                "searchRevInclude": revinclude,
                 "searchParam": params,
-            })
+            });
+            let ops = operations_of(ty);
+            if !ops.is_empty() {
+                res["operation"] = Value::Array(ops);
+            }
+            res
         })
         .collect();
+    crate::consent::capability_operations(&mut resources);
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -1,15 +1,23 @@
 //! The FHIR R4 REST API at `/fhir`: routing, content negotiation, body limits,
 //! authentication and authorisation through an [`Authorizer`], and the interactions
 //! (read, vread, create, conditional create, update with `If-Match`, delete, instance and
-//! type history, search by GET and POST, Bundle transaction and batch). Every error is an
-//! OperationOutcome ([`outcome::ApiError`]).
+//! type history, search by GET and POST with `_include`/`_revinclude` and `_sort`,
+//! conditional update, Bundle transaction and batch, and the operations of
+//! [`operations`] and [`terminology`]). Every error is an OperationOutcome
+//! ([`outcome::ApiError`]). Per-client and per-IP rate limits answer 429 with
+//! `Retry-After`; links and `fullUrl`s use the configured public base URL, never `Host`.
 
 pub mod access;
 mod bundle;
 pub mod capability;
+mod guard;
+mod include;
+mod operations;
 pub mod outcome;
 pub mod query;
 mod smart;
+mod terminology;
+pub mod validate;
 
 pub use access::{Authorizer, Caller, Denied, Grants, Interaction};
 
@@ -37,11 +45,48 @@ const DEFAULT_COUNT: usize = 20;
 /// Largest page size a client may ask for.
 const MAX_COUNT: usize = 1000;
 
+/// What the HTTP server hands the API with each request.
+pub struct RequestEnv<'a> {
+    /// Largest body read.
+    pub max_body: usize,
+    /// Time allowed to receive the body (slow senders get 408 and the connection closes).
+    pub body_timeout: std::time::Duration,
+    /// Absolute base URL of the server (no trailing slash, no `/fhir`).
+    pub base: &'a str,
+    /// The peer's address (the token endpoint's rate-limit key).
+    pub peer: std::net::IpAddr,
+    /// Per-client limit on authenticated requests.
+    pub client_limiter: &'a crate::ratelimit::RateLimiter,
+    /// Per-IP limit on the token endpoint.
+    pub token_limiter: &'a crate::ratelimit::RateLimiter,
+}
+
+/// 429 with an OperationOutcome and `Retry-After`.
+fn too_many(l: crate::ratelimit::Limited, what: &str) -> Resp {
+    let mut r = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        "rate-limited",
+        format!(
+            "too many requests {what}; retry after {} s",
+            l.retry_after_secs
+        ),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&l.retry_after_secs.to_string()) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// The FHIR API: the store and the authentication it is always mounted with.
 #[derive(Clone)]
 pub struct FhirApi {
     store: StoreHandle,
     auth: Arc<dyn Authorizer>,
+    /// The consent ceremonies (`$enroll-*`, `$consent`, `$countersign`, `$revoke`) and the
+    /// patient sessions they open.
+    ceremonies: Option<Arc<crate::consent::Ceremonies>>,
 }
 
 /// One parsed request.
@@ -191,11 +236,22 @@ fn etag(version: u64) -> HeaderValue {
 impl FhirApi {
     /// The API over `store`, authenticating every request through `auth`.
     pub fn new(store: StoreHandle, auth: Arc<dyn Authorizer>) -> Self {
-        FhirApi { store, auth }
+        FhirApi {
+            store,
+            auth,
+            ceremonies: None,
+        }
     }
 
-    /// Answers one request to `/fhir...`, reading at most `max_body` bytes of body.
-    pub async fn handle(&self, req: Request<Incoming>, max_body: usize) -> Resp {
+    /// Serves the consent operations and accepts patient session tokens.
+    pub fn with_ceremonies(mut self, c: Arc<crate::consent::Ceremonies>) -> Self {
+        self.ceremonies = Some(c);
+        self
+    }
+
+    /// Answers one request to `/fhir...`, reading at most `env.max_body` bytes of body.
+    pub async fn handle(&self, req: Request<Incoming>, env: &RequestEnv<'_>) -> Resp {
+        let max_body = env.max_body;
         let (parts, body) = req.into_parts();
         let declared = parts
             .headers
@@ -214,7 +270,25 @@ impl FhirApi {
         if declared.is_some_and(|n| n > max_body as u64) {
             return too_large();
         }
-        let body = match Limited::new(body, max_body).collect().await {
+        let collected =
+            match tokio::time::timeout(env.body_timeout, Limited::new(body, max_body).collect())
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    return ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        "body-timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            env.body_timeout.as_secs()
+                        ),
+                    )
+                    .into_response();
+                }
+            };
+        let body = match collected {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -227,16 +301,7 @@ impl FhirApi {
                     .into_response();
             }
         };
-        let host = parts
-            .headers
-            .get(hyper::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .filter(|h| {
-                h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-            })
-            .unwrap_or("localhost");
-        let base = format!("http://{host}/fhir");
+        let base = format!("{}/fhir", env.base);
         let path = parts.uri.path();
         let rest = path.strip_prefix("/fhir").unwrap_or("");
         let segs = rest
@@ -253,10 +318,10 @@ impl FhirApi {
             body,
             base,
         };
-        self.dispatch(r).await
+        self.dispatch(r, env).await
     }
 
-    async fn dispatch(&self, r: Req) -> Resp {
+    async fn dispatch(&self, r: Req, env: &RequestEnv<'_>) -> Resp {
         let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
         if !accepts_json(r.header("accept")) {
             return ApiError::new(
@@ -287,9 +352,15 @@ impl FhirApi {
                     method_not_allowed(&r.method, "GET, HEAD")
                 };
             }
+            ["_audit", rest @ ..] if crate::audit_api::is_public(rest) => {
+                return crate::audit_api::public(&self.store, &r.method, rest, &r.query).await;
+            }
             ["token"] => {
                 if r.method != Method::POST {
                     return method_not_allowed(&r.method, "POST");
+                }
+                if let Err(l) = env.token_limiter.check(&env.peer.to_string()) {
+                    return too_many(l, "to the token endpoint from this address");
                 }
                 let ct = r.header("content-type");
                 if !is_form(ct) {
@@ -310,10 +381,26 @@ impl FhirApi {
             }
             _ => {}
         }
-        let caller = match self
-            .auth
-            .authenticate(r.header(AUTHORIZATION.as_str()), now_secs())
+        let authorization = r.header(AUTHORIZATION.as_str());
+        if let Some(c) = &self.ceremonies
+            && crate::consent::desk::is_session_bearer(authorization)
         {
+            // A patient's own card-tap session: only its own AuditEvents.
+            return match c.session_caller(authorization, &r.method, &segs, &r.query, now_secs()) {
+                Ok((caller, ctx)) => {
+                    let call = Call {
+                        api: self,
+                        caller: &caller,
+                        ctx: &ctx,
+                    };
+                    call.route(&r, &segs)
+                        .await
+                        .unwrap_or_else(|e| e.into_response())
+                }
+                Err(e) => e.into_response(),
+            };
+        }
+        let caller = match self.auth.authenticate(authorization, now_secs()) {
             Ok(c) => c,
             Err(d) => {
                 let status = d.status;
@@ -327,6 +414,9 @@ impl FhirApi {
                 return resp;
             }
         };
+        if let Err(l) = env.client_limiter.check(&caller.client_id) {
+            return too_many(l, "from this client");
+        }
         let purpose = match r.header("x-purpose-of-use") {
             None => "TREAT".to_string(),
             Some(p)
@@ -345,12 +435,16 @@ impl FhirApi {
                 .into_response();
             }
         };
+        let justification = match guard::justification(&caller, r.header(guard::JUSTIFICATION)) {
+            Ok(j) => j,
+            Err(e) => return e.into_response(),
+        };
         let ctx = AccessContext {
             client_id: caller.client_id.clone(),
             facility_id: caller.facility_id.clone(),
             practitioner: None,
             purpose_of_use: purpose,
-            justification: None,
+            justification,
             patient_session: None,
         };
         let c = Call {
@@ -413,11 +507,42 @@ impl Call<'_> {
                 }
                 _ => Ok(method_not_allowed(m, "POST")),
             },
+            ["_audit", "entry", index] => {
+                self.allow("AuditEvent", Interaction::Read)?;
+                crate::audit_api::entry(self.store(), self.ctx, m, index, &r.query).await
+            }
             [ty] => match *m {
                 Method::GET | Method::HEAD => self.search(r, ty, r.query.clone()).await,
                 Method::POST => self.create(r, ty).await,
-                _ => Ok(method_not_allowed(m, "GET, HEAD, POST")),
+                Method::PUT if !r.query.is_empty() => self.conditional_update(r, ty).await,
+                _ => Ok(method_not_allowed(
+                    m,
+                    "GET, HEAD, POST, PUT (with search criteria)",
+                )),
             },
+            [ty, id, op] if crate::consent::required_scope(ty, op).is_some() => {
+                if *m != Method::POST {
+                    return Ok(method_not_allowed(m, "POST"));
+                }
+                let Some(c) = &self.api.ceremonies else {
+                    return Err(ApiError::not_supported(
+                        "unsupported-operation",
+                        "consent ceremonies are not enabled on this appliance",
+                    ));
+                };
+                if let Some((scope_ty, i)) = crate::consent::required_scope(ty, op) {
+                    self.allow(scope_ty, i)?;
+                }
+                let who = crate::consent::Requester {
+                    client_id: self.caller.client_id.clone(),
+                    facility_id: self.caller.facility_id.clone(),
+                };
+                c.operation(&who, ty, id, op, &r.body, &r.base)
+                    .await
+                    .map_err(|e| e.to_api())
+            }
+            [ty, op] if op.starts_with('$') => self.operation(r, ty, None, op).await,
+            [ty, id, op] if op.starts_with('$') => self.operation(r, ty, Some(id), op).await,
             [ty, "_search"] => {
                 if *m != Method::POST {
                     return Ok(method_not_allowed(m, "POST"));
@@ -497,6 +622,7 @@ impl Call<'_> {
         if let Some(o) = res.as_object_mut() {
             o.remove("id");
         }
+        validate::resource(self, &res)?;
         let w = match r.header("if-none-exist") {
             Some(crit) => {
                 let crit = query::form_pairs(crit.trim_start_matches('?'));
@@ -533,6 +659,7 @@ impl Call<'_> {
                 }
             }
         }
+        validate::resource(self, &res)?;
         let if_match = match r.header("if-match") {
             None => None,
             Some(t) => Some(parse_version_tag(t).ok_or_else(|| {
@@ -587,9 +714,16 @@ impl Call<'_> {
         let mut count = DEFAULT_COUNT;
         let mut offset = 0usize;
         let mut kept = Vec::with_capacity(params.len());
+        let mut includes = Vec::new();
+        // Kept apart from the store's query, but repeated in the paging links.
+        let mut include_params = Vec::new();
         for (k, v) in params {
             match k.as_str() {
-                "_include" | "_revinclude" | "_elements" | "_contained" | "_has" => {
+                "_include" | "_revinclude" | "_include:iterate" | "_revinclude:iterate" => {
+                    includes.push(include::IncludeSpec::parse(&k, &v, ty)?);
+                    include_params.push((k, v));
+                }
+                "_elements" | "_contained" | "_has" => {
                     return Err(ApiError::not_supported(
                         "unsupported-search",
                         format!("{k} is not supported by this server"),
@@ -644,6 +778,7 @@ impl Call<'_> {
             .map_err(|e| ApiError::from_store(&e, Op::Read))?;
         let link = |off: usize| {
             let mut p = kept.clone();
+            p.extend(include_params.iter().cloned());
             p.push(("_count".into(), count.to_string()));
             p.push(("_offset".into(), off.to_string()));
             format!("{base}/{ty}?{}", query::encode_pairs(&p))
@@ -655,7 +790,7 @@ impl Call<'_> {
         if !summary_count && offset > 0 {
             links.push(json!({"relation": "previous", "url": link(offset.saturating_sub(count))}));
         }
-        let entries: Vec<Value> = if summary_count {
+        let mut entries: Vec<Value> = if summary_count {
             Vec::new()
         } else {
             page.items
@@ -669,6 +804,15 @@ impl Call<'_> {
                 })
                 .collect()
         };
+        if !summary_count && !includes.is_empty() {
+            for rec in include::resolve(self, &page.items, &includes).await {
+                entries.push(json!({
+                    "fullUrl": format!("{base}/{}/{}", rec.resource_type, rec.id),
+                    "resource": rec.resource,
+                    "search": {"mode": "include"},
+                }));
+            }
+        }
         let mut b = json!({
             "resourceType": "Bundle",
             "type": "searchset",
@@ -683,35 +827,139 @@ impl Call<'_> {
 
     async fn history(&self, r: &Req, ty: &str, id: &str) -> ApiResult<Resp> {
         self.allow(ty, Interaction::Read)?;
+        let (count, offset) = history_paging(&r.query)?;
         let recs = self
             .store()
             .history(self.ctx, ty, id)
             .await
             .map_err(|e| ApiError::from_store(&e, Op::Read))?;
         let total = recs.len();
+        let next = (offset + count < total && count > 0).then(|| {
+            format!(
+                "{}/{ty}/{id}/_history?_count={count}&_offset={}",
+                r.base,
+                offset + count
+            )
+        });
+        let page: Vec<Record> = recs.into_iter().skip(offset).take(count).collect();
         Ok(fhir_json(
             StatusCode::OK,
-            &history_bundle(&r.base, &recs, total, None),
+            &history_bundle(&r.base, &page, total, next),
         ))
+    }
+
+    /// `PUT [type]?criteria`: no match creates (with the body's id if it has one), one
+    /// match updates it (`If-Match` honoured), several are 412.
+    async fn conditional_update(&self, r: &Req, ty: &str) -> ApiResult<Resp> {
+        self.allow(ty, Interaction::Update)?;
+        self.allow(ty, Interaction::Search)?;
+        self.require_json(r)?;
+        let mut res = parse_resource(&r.body, Some(ty))?;
+        let mut crit: Vec<(String, String)> = Vec::new();
+        for (k, v) in &r.query {
+            if k.starts_with('_') && k != "_id" && k != "_lastUpdated" {
+                return Err(ApiError::invalid(
+                    "bad-conditional-update",
+                    format!("{k} cannot be a conditional update criterion"),
+                ));
+            }
+            crit.push((k.clone(), v.clone()));
+        }
+        crit.push(("_count".into(), "2".into()));
+        let page = self
+            .store()
+            .search(self.ctx, ty, &crit)
+            .await
+            .map_err(|e| ApiError::from_store(&e, Op::Read))?;
+        let body_id = res.get("id").and_then(Value::as_str).map(str::to_string);
+        let id = match (page.total, page.items.first()) {
+            (0, _) => match body_id {
+                Some(id) => id,
+                None => {
+                    self.allow(ty, Interaction::Create)?;
+                    let w = self
+                        .store()
+                        .create(self.ctx, res, None)
+                        .await
+                        .map_err(|e| ApiError::from_store(&e, Op::Write { if_match: false }))?;
+                    return Ok(write_response(r, &w));
+                }
+            },
+            (1, Some(found)) => {
+                if body_id.as_deref().is_some_and(|b| b != found.id) {
+                    return Err(ApiError::invalid(
+                        "id-mismatch",
+                        format!(
+                            "the body's id does not match the resource the criteria found ({ty}/{})",
+                            found.id
+                        ),
+                    ));
+                }
+                found.id.clone()
+            }
+            (n, _) => {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "duplicate",
+                    "multiple-matches",
+                    format!(
+                        "the criteria match {n} resources; a conditional update needs at most one"
+                    ),
+                ));
+            }
+        };
+        if let Some(o) = res.as_object_mut() {
+            o.insert("id".into(), json!(id));
+        }
+        let if_match = match r.header("if-match") {
+            None => None,
+            Some(t) => Some(parse_version_tag(t).ok_or_else(|| {
+                ApiError::invalid(
+                    "bad-if-match",
+                    format!("If-Match `{t}` is not an ETag like W/\"3\""),
+                )
+            })?),
+        };
+        let w = self
+            .store()
+            .update(self.ctx, ty, &id, res, if_match, None)
+            .await
+            .map_err(|e| {
+                ApiError::from_store(
+                    &e,
+                    Op::Write {
+                        if_match: if_match.is_some(),
+                    },
+                )
+            })?;
+        Ok(write_response(r, &w))
+    }
+
+    /// `[type]/$op` and `[type]/[id]/$op`.
+    async fn operation(&self, r: &Req, ty: &str, id: Option<&str>, op: &str) -> ApiResult<Resp> {
+        match (ty, id, op) {
+            ("Patient", None, "$match") => operations::patient_match(self, r).await,
+            ("Patient", Some(id), "$everything") => operations::everything(self, r, id).await,
+            (
+                "CodeSystem" | "ValueSet" | "ConceptMap",
+                _,
+                "$lookup" | "$validate-code" | "$expand" | "$translate",
+            ) => terminology::operation(self, r, ty, id, op).await,
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-supported",
+                "unknown-operation",
+                format!(
+                    "{op} is not an operation on {ty}{} here; see /fhir/metadata",
+                    if id.is_some() { " instances" } else { "" }
+                ),
+            )),
+        }
     }
 
     async fn type_history(&self, r: &Req, ty: &str) -> ApiResult<Resp> {
         self.allow(ty, Interaction::Search)?;
-        let mut count = DEFAULT_COUNT;
-        let mut offset = 0;
-        for (k, v) in &r.query {
-            let bad = || ApiError::invalid("bad-count", format!("{k}={v} is not a number"));
-            match k.as_str() {
-                "_count" => count = v.parse::<usize>().map_err(|_| bad())?.min(MAX_COUNT),
-                "_offset" => offset = v.parse().map_err(|_| bad())?,
-                _ => {
-                    return Err(ApiError::not_supported(
-                        "unsupported-search",
-                        format!("{k} is not supported on _history"),
-                    ));
-                }
-            }
-        }
+        let (count, offset) = history_paging(&r.query)?;
         let page = self
             .store()
             .type_history(self.ctx, ty, count, offset)
@@ -729,6 +977,27 @@ impl Call<'_> {
             &history_bundle(&r.base, &page.items, page.total, next),
         ))
     }
+}
+
+/// `_count` and `_offset` of a history request; any other parameter is refused (400).
+fn history_paging(query: &[(String, String)]) -> ApiResult<(usize, usize)> {
+    let mut count = DEFAULT_COUNT;
+    let mut offset = 0;
+    for (k, v) in query {
+        let bad = || ApiError::invalid("bad-count", format!("{k}={v} is not a number"));
+        match k.as_str() {
+            "_count" => count = v.parse::<usize>().map_err(|_| bad())?.min(MAX_COUNT),
+            "_offset" => offset = v.parse().map_err(|_| bad())?,
+            "_format" | "_pretty" => {}
+            _ => {
+                return Err(ApiError::not_supported(
+                    "unsupported-search",
+                    format!("{k} is not supported on _history"),
+                ));
+            }
+        }
+    }
+    Ok((count, offset))
 }
 
 /// A history Bundle of `recs` (newest first).

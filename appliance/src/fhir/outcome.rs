@@ -21,6 +21,31 @@ pub struct ApiError {
     pub code: &'static str,
     /// What happened and what to do.
     pub message: String,
+    /// Element-level issues (validation): when present, the OperationOutcome has one
+    /// issue per entry instead of the single `message` issue.
+    pub issues: Vec<Issue>,
+}
+
+/// One element-level problem of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// FHIR IssueType (`structure`, `required`, `value`, `code-invalid`, `not-found`).
+    pub code: &'static str,
+    /// FHIRPath of the element (`Patient.gender`), in `issue.expression`.
+    pub expression: String,
+    /// What is wrong and what it must be (never the submitted value).
+    pub message: String,
+}
+
+impl Issue {
+    /// An issue of type `code` at `expression`.
+    pub fn new(code: &'static str, expression: String, message: impl Into<String>) -> Self {
+        Issue {
+            code,
+            expression,
+            message: message.into(),
+        }
+    }
 }
 
 /// What the failing request was, where it changes the status of a store error.
@@ -48,7 +73,14 @@ impl ApiError {
             issue,
             code,
             message: message.into(),
+            issues: Vec::new(),
         }
+    }
+
+    /// The same error with element-level issues.
+    pub fn with_issues(mut self, issues: Vec<Issue>) -> Self {
+        self.issues = issues;
+        self
     }
 
     /// 400 with IssueType `invalid`.
@@ -95,6 +127,25 @@ impl ApiError {
 
     /// The OperationOutcome resource.
     pub fn to_outcome(&self) -> Value {
+        if !self.issues.is_empty() {
+            let issues: Vec<Value> = self
+                .issues
+                .iter()
+                .map(|i| {
+                    json!({
+                        "severity": "error",
+                        "code": i.code,
+                        "details": {
+                            "coding": [{"system": ERROR_SYSTEM, "code": self.code}],
+                            "text": self.message,
+                        },
+                        "diagnostics": i.message,
+                        "expression": [i.expression],
+                    })
+                })
+                .collect();
+            return json!({"resourceType": "OperationOutcome", "issue": issues});
+        }
         json!({
             "resourceType": "OperationOutcome",
             "issue": [{
