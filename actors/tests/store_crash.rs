@@ -2,7 +2,9 @@
 //! variable) writes under load and prints every acknowledged write; the parent kills it
 //! with SIGKILL after a random number of acknowledgements, 20 times. After each kill the
 //! store is reopened and every acknowledged version must be present, open and verify, and
-//! the audit log must be consistent with the checkpoints published before the crash.
+//! the audit log must be consistent with the checkpoints published before the crash, and
+//! AuditEvent searches (filed runs below the watermark + the scanned tail) must find exactly
+//! the entries a scan of the whole log finds.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use hexa_actors::store::StoreError;
+use hexa_actors::store::search::SearchQuery;
 use hexa_crypto::checkpoint::{Checkpoint, NoteVerifier, open_note};
 use hexa_crypto::merkle;
 use serde_json::json;
@@ -28,7 +31,12 @@ fn random_u32() -> u32 {
 /// Child: write forever from 4 threads, 8 writes in flight each; print `ACK type id version`
 /// only after the write's group commit returned.
 fn child(dir: &str) -> ! {
-    let e = open(std::path::Path::new(dir));
+    // A small audit lag and idle run, so AuditEvent terms are filed (forced and at idle
+    // time) while the child is killed.
+    let mut cfg = config(std::path::Path::new(dir));
+    cfg.audit_index_lag = 64;
+    cfg.audit_index_idle_run = 16;
+    let e = open_with(cfg, 1);
     let c = ctx();
     let mut threads = Vec::new();
     for t in 0..4 {
@@ -90,6 +98,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut acked: HashMap<(String, String), u64> = HashMap::new();
     let mut last_checkpoint: Option<Checkpoint> = None;
     let mut total_acks = 0usize;
+    let mut filed_seen = false;
     for round in 0..ROUNDS {
         let kill_after = 1 + (random_u32() % 400) as usize;
         let mut child = Command::new(&exe)
@@ -177,9 +186,26 @@ fn acknowledged_writes_survive_sigkill() {
             &e.store.audit_root(size).unwrap(),
         )
         .unwrap();
+        // AuditEvent search is exact over filed runs and the unfiled tail.
+        filed_seen |= e.store.audit_unindexed().unwrap() < size;
+        for action in ["C", "U"] {
+            let mut want = 0;
+            for i in 0..size {
+                let ev: serde_json::Value =
+                    serde_json::from_slice(&e.store.audit_entry(i).unwrap().bytes).unwrap();
+                want += usize::from(ev["action"] == action);
+            }
+            let q = SearchQuery::from_pairs("AuditEvent", &[("action", action)]).unwrap();
+            let got = e.store.search(&q).unwrap().total;
+            assert_eq!(got, want, "round {round}: AuditEvent action={action}");
+        }
         close(e);
     }
     assert!(total_acks >= ROUNDS);
+    assert!(
+        filed_seen,
+        "no AuditEvent terms were ever filed before a kill"
+    );
     eprintln!(
         "crash test: {ROUNDS} SIGKILLs, {total_acks} acknowledged writes, {} resources verified",
         acked.len()
