@@ -107,7 +107,10 @@ pub async fn probe_ready(addr: SocketAddr) -> bool {
         }
         io::Result::Ok(buf[..len].starts_with(b"HTTP/1.1 200 "))
     };
-    matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(true)))
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Ok(true))
+    )
 }
 
 /// Tells systemd the server listening on `listen` is ready and, when a watchdog is
