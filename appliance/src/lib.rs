@@ -2,6 +2,7 @@
 //! holds no domain logic: configuration ([`config`]), the data directory with the
 //! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
 //! ([`http`], [`sim_api`]), client authentication ([`auth`]), the FHIR R4 API ([`fhir`]),
+//! systemd readiness and watchdog notification ([`sdnotify`]),
 //! the store service
 //! ([`StoreService`]) and start-up ([`start`]).
 
