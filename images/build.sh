@@ -21,6 +21,34 @@ log() { echo "build: $*" >&2; }
 [ -x "$bin" ] || { echo "no hexa binary at $bin (cargo build --release -p hexa-appliance)" >&2; exit 1; }
 mkdir -p "$out" "$cache/debs" "$cache/kernel"
 root="$out/root"
+boot_mods="crc32c_generic crc32c_intel virtio_pci virtio_blk virtio_scsi virtio_rng ahci nvme sd_mod usb_storage uas xhci_pci ehci_pci dm_verity squashfs ext4"
+modclosure() { # prints module paths (relative to lib/modules/<kver>), dependencies first
+	python3 - "$out/kernel/lib/modules/$kver/modules.dep" "$@" <<'PY'
+import sys
+dep = {}
+for line in open(sys.argv[1]):
+    path, _, deps = line.partition(":")
+    dep[path] = deps.split()
+byname = {p.rsplit("/", 1)[1][:-3].replace("-", "_"): p for p in dep}
+seen, order = set(), []
+def visit(p):
+    if p in seen:
+        return
+    seen.add(p)
+    for d in dep[p]:
+        visit(d)
+    order.append(p)
+for n in sys.argv[2:]:
+    p = byname.get(n.replace("-", "_"))
+    if p:
+        visit(p)  # modules built into the kernel have no file; nothing to load
+print("\n".join(order))
+PY
+}
+
+# HEXA_IMAGE_REUSE_ROOT=1 (development only) keeps the root, kernel and squashfs of the
+# previous build and redoes the initramfs, ESP and disk.
+if [ "${HEXA_IMAGE_REUSE_ROOT:-0}" != 1 ]; then
 rm -rf "$root" "$out/initramfs" "$out/kernel"
 
 log "package"
@@ -60,31 +88,7 @@ cp "$out/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 
 # Modules: the boot set goes into the initramfs, the boot set plus networking, netfilter
 # and the readers into the root; everything else (sound, GPU, wireless...) is left out.
-boot_mods="virtio_pci virtio_blk virtio_scsi virtio_rng ahci nvme sd_mod usb_storage uas xhci_pci ehci_pci dm_verity squashfs ext4"
 root_mods="$boot_mods virtio_net e1000 e1000e igb igc r8169 i2c_dev i2c_tiny_usb cdc_acm ftdi_sio cp210x ch341 pl2303 $(cd "$out/kernel/lib/modules/$kver/kernel/net" && find netfilter ipv4/netfilter ipv6/netfilter -name '*.ko' -printf '%f\n' | sed 's/\.ko$//' | tr '\n' ' ')"
-modclosure() { # prints module paths (relative to lib/modules/<kver>), dependencies first
-	python3 - "$out/kernel/lib/modules/$kver/modules.dep" "$@" <<'PY'
-import sys
-dep = {}
-for line in open(sys.argv[1]):
-    path, _, deps = line.partition(":")
-    dep[path] = deps.split()
-byname = {p.rsplit("/", 1)[1][:-3].replace("-", "_"): p for p in dep}
-seen, order = set(), []
-def visit(p):
-    if p in seen:
-        return
-    seen.add(p)
-    for d in dep[p]:
-        visit(d)
-    order.append(p)
-for n in sys.argv[2:]:
-    p = byname.get(n.replace("-", "_"))
-    if p:
-        visit(p)  # modules built into the kernel have no file; nothing to load
-print("\n".join(order))
-PY
-}
 mkdir -p "$root/usr/lib/modules/$kver"
 modclosure $root_mods | while read -r m; do
 	install -Dm644 "$out/kernel/lib/modules/$kver/$m" "$root/usr/lib/modules/$kver/$m"
@@ -114,9 +118,11 @@ echo hexa >"$root/etc/hostname"
 chroot "$root" usermod -p '!' root
 chroot "$root" systemctl enable --quiet systemd-networkd.service nftables.service hexa.service hexa-selftest.service
 # No logins of any kind: no getty on any console, no logind, no debug or emergency shells.
+# (systemd-remount-fs has nothing to do: the root is squashfs, /var is mounted by the initramfs.)
 chroot "$root" systemctl mask --quiet getty@.service serial-getty@.service console-getty.service \
 	getty.target systemd-logind.service debug-shell.service systemd-firstboot.service \
 	emergency.service rescue.service systemd-ask-password-console.path \
+	systemd-remount-fs.service \
 	systemd-ask-password-wall.path apt-daily.timer apt-daily-upgrade.timer 2>/dev/null
 # Strip what an appliance does not need.
 rm -rf "$root"/usr/share/{doc,man,info,lintian,linda,bug,menu}/* "$root"/var/cache/apt/* \
@@ -130,6 +136,12 @@ mksquashfs "$root" "$out/root.sqfs" -comp zstd -noappend -quiet -no-progress >/d
 veritysetup format "$out/root.sqfs" "$out/root.verity" >"$out/verity.txt"
 roothash=$(sed -n 's/^Root hash:[[:space:]]*//p' "$out/verity.txt")
 echo "$roothash" >"$out/roothash"
+
+else
+	kver=$(ls "$out/kernel/lib/modules")
+	roothash=$(cat "$out/roothash")
+	rm -rf "$out/initramfs"
+fi
 
 log "initramfs"
 ir="$out/initramfs"

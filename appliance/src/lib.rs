@@ -3,7 +3,10 @@
 //! appliance's keys ([`datadir`]), the consent readers ([`devices`]), the HTTP server
 //! ([`http`], [`sim_api`]), client authentication ([`auth`]), the FHIR R4 API ([`fhir`]),
 //! the audit log over HTTP ([`audit_api`]), auditors' exports and their offline
-//! verification ([`export`], [`verify`]), the store service
+//! verification ([`export`], [`verify`]), the consent ceremonies ([`consent`]) and the
+//! front-desk page ([`desk`]), integrator key files ([`clientkeys`]), rate limits
+//! ([`ratelimit`]), systemd readiness and watchdog notification ([`sdnotify`]), the store
+//! service
 //! ([`StoreService`]) and start-up ([`start`]).
 
 pub mod audit_api;
