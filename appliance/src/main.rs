@@ -305,13 +305,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Export { patient, out } => {
             let (cfg, secrets) = dir.open(passphrase.as_deref())?;
-            let roster = hexa_appliance::export::installed_roster(dir.root())?;
             let node_key = hexa_crypto::keys::SigningKey::from_seed(secrets.node_key.seed());
             let kid = node_key.kid();
+            // The store first: while `serve` holds it, say so before anything else.
             let store = hexa_appliance::StoreService::start(
                 hexa_actors::store::StoreConfig::new(dir.root(), &kid, &cfg.facility.id),
                 secrets,
             )?;
+            let roster = hexa_appliance::export::installed_roster(dir.root())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
