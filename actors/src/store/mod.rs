@@ -5,7 +5,9 @@
 //! actors' threads. Writes are *prepared* on those threads (canonicalise, sign, seal, blind
 //! index: the CPU work, in parallel) and then applied by the single group-commit writer
 //! ([`writer`]), which checks versions, writes and appends the AuditEvents in one LMDB
-//! transaction per batch.
+//! transaction per batch. AuditEvents' search terms are filed later, in sorted runs, by the
+//! same writer ([`audit_index`]); AuditEvent searches scan the unfiled tail, so they stay
+//! exact.
 
 pub mod audit;
 pub mod audit_index;
