@@ -88,7 +88,9 @@ cp "$out/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
 
 # Modules: the boot set goes into the initramfs, the boot set plus networking, netfilter
 # and the readers into the root; everything else (sound, GPU, wireless...) is left out.
-root_mods="$boot_mods autofs4 virtio_net e1000 e1000e igb igc r8169 i2c_dev i2c_tiny_usb cdc_acm ftdi_sio cp210x ch341 pl2303 $(cd "$out/kernel/lib/modules/$kver/kernel/net" && find netfilter ipv4/netfilter ipv6/netfilter -name '*.ko' -printf '%f\n' | sed 's/\.ko$//' | tr '\n' ' ')"
+# autofs4 is left out on purpose: with it, systemd's gpt-auto generator automounts the ESP
+# on /boot (a failed unit without vfat, and nothing an appliance should mount).
+root_mods="$boot_mods virtio_net e1000 e1000e igb igc r8169 i2c_dev i2c_tiny_usb cdc_acm ftdi_sio cp210x ch341 pl2303 $(cd "$out/kernel/lib/modules/$kver/kernel/net" && find netfilter ipv4/netfilter ipv6/netfilter -name '*.ko' -printf '%f\n' | sed 's/\.ko$//' | tr '\n' ' ')"
 mkdir -p "$root/usr/lib/modules/$kver"
 modclosure $root_mods | while read -r m; do
 	install -Dm644 "$out/kernel/lib/modules/$kver/$m" "$root/usr/lib/modules/$kver/$m"
