@@ -670,3 +670,45 @@ fn a_client_posing_as_the_appliance_is_refused() {
     );
     assert_eq!(r.status, 403, "{}", r.text());
 }
+
+/// A consent limited to one practitioner of the other facility: that facility's system
+/// reads only when it says it acts for that practitioner (`X-On-Behalf-Of`), and the
+/// AuditEvent names the practitioner; another practitioner, or none, gets a 403.
+#[test]
+fn a_practitioner_scoped_consent_needs_that_practitioner() {
+    let s = Server::start();
+    let home = s.token("emr-home", &s.facility());
+    let other = s.token("emr-other", OTHER);
+    let r = seed(&s, &home);
+    let mut c = consent(&s, &r.patient);
+    let role = c["provision"]["actor"][0]["role"].clone();
+    c["provision"]["actor"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": role, "reference": {"reference": "Practitioner/dr-kayitesi"}}));
+    s.system_write(c, None);
+    let path = format!("/fhir/Observation/{}", r.obs);
+    let read = |who: Option<&str>| {
+        let mut h = vec![];
+        if let Some(w) = who {
+            h.push(("X-On-Behalf-Of", w));
+        }
+        s.get_with(&other, &path, &h)
+    };
+    refused("no practitioner named", &read(None));
+    refused("another practitioner", &read(Some("Practitioner/dr-other")));
+    let ok = read(Some("Practitioner/dr-kayitesi"));
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.text().contains("viral-load-secret-value"));
+    let bad = read(Some("Patient/x"));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let events = s.get(
+        &other,
+        &format!("/fhir/AuditEvent?entity=Observation/{}&_count=1000", r.obs),
+    );
+    assert!(
+        events.text().contains("Practitioner/dr-kayitesi"),
+        "{}",
+        events.text()
+    );
+}

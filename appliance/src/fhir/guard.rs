@@ -16,6 +16,35 @@ pub(super) const JUSTIFICATION: &str = "x-access-justification";
 /// Longest justification accepted, in bytes.
 pub(super) const MAX_JUSTIFICATION: usize = 1000;
 
+/// Header naming the health worker a facility's system acts for (`Practitioner/<id>`):
+/// the practitioner a consent may be limited to, recorded in the AuditEvent. The client
+/// is trusted to say so as it is trusted with its facility's data (SMART Backend Services
+/// carries no end-user identity).
+pub(super) const ON_BEHALF_OF: &str = "x-on-behalf-of";
+
+/// The practitioner id of an `X-On-Behalf-Of: Practitioner/<id>` header (a FHIR id:
+/// 1–64 of `A-Za-z0-9-.`), or a 400.
+pub(super) fn on_behalf_of(header: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(h) = header.map(str::trim) else {
+        return Ok(None);
+    };
+    match h.strip_prefix("Practitioner/") {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            Ok(Some(id.to_string()))
+        }
+        _ => Err(ApiError::invalid(
+            "bad-on-behalf-of",
+            "X-On-Behalf-Of must be a Practitioner reference such as Practitioner/123",
+        )),
+    }
+}
+
 /// Checks the caller and reads the justification header.
 pub(super) fn justification(
     caller: &Caller,

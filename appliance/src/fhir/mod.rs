@@ -439,10 +439,14 @@ impl FhirApi {
             Ok(j) => j,
             Err(e) => return e.into_response(),
         };
+        let practitioner = match guard::on_behalf_of(r.header(guard::ON_BEHALF_OF)) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
         let ctx = AccessContext {
             client_id: caller.client_id.clone(),
             facility_id: caller.facility_id.clone(),
-            practitioner: None,
+            practitioner,
             purpose_of_use: purpose,
             justification,
             patient_session: None,
