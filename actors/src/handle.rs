@@ -602,7 +602,7 @@ impl StoreHandle {
             } else {
                 store.current_in(txn, ty, id)?.map_or(0, |c| c.version)
             };
-            store.authorize_write(txn, system, ty, id, base, resource)
+            store.authorize_write(txn, system, &ctx.facility_id, ty, id, base, resource)
         })
     }
 

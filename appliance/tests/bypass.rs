@@ -712,3 +712,30 @@ fn a_practitioner_scoped_consent_needs_that_practitioner() {
         events.text()
     );
 }
+
+/// Another facility may not change or delete what it did not write: a blind update or a
+/// delete of the home facility's Observation is 403 and the record stays as it was.
+#[test]
+fn another_facility_cannot_overwrite_or_delete_records() {
+    let s = Server::start();
+    let home = s.token("emr-home", &s.facility());
+    let other = s.token("emr-other", OTHER);
+    let r = seed(&s, &home);
+    let path = format!("/fhir/Observation/{}", r.obs);
+    let forged = json!({"resourceType": "Observation", "id": r.obs, "status": "entered-in-error",
+        "subject": {"reference": format!("Patient/{}", r.patient)},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "20447-9"}]}});
+    refused("blind update", &s.send(&other, "PUT", &path, &forged));
+    refused(
+        "delete",
+        &s.req("DELETE", &path, &[("Authorization", other.as_str())], b""),
+    );
+    let now = s.get(&home, &path);
+    assert_eq!(now.status, 200);
+    assert_eq!(now.json()["meta"]["versionId"], "1");
+    assert_eq!(now.json()["status"], "final");
+    // The author still can.
+    let mut mine = now.json();
+    mine["status"] = json!("amended");
+    assert_eq!(s.send(&home, "PUT", &path, &mine).status, 200);
+}

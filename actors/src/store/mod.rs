@@ -646,7 +646,15 @@ impl Store {
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
         let version = spec.base + 1;
-        self.authorize_write(txn, spec.system, ty, &spec.id, spec.base, &spec.resource)?;
+        self.authorize_write(
+            txn,
+            spec.system,
+            &spec.source,
+            ty,
+            &spec.id,
+            spec.base,
+            &spec.resource,
+        )?;
         let mut resource = spec.resource;
         {
             let obj = resource

@@ -629,10 +629,16 @@ impl Store {
     /// Refuses generic writes of Consents and of enrolment Devices (consent contract,
     /// section 3): only the appliance's own context (the ceremonies) writes them. Checks
     /// the new body and, for an update or delete, the version it replaces.
+    ///
+    /// An update or delete must also come from the facility that authored the version it
+    /// replaces (`meta.source`): another facility may add records about a patient, but not
+    /// change or delete what it did not write (it may not even read it without consent).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn authorize_write(
         &self,
         txn: &RoTxn,
         system: bool,
+        source: &str,
         ty: &str,
         id: &str,
         base: u64,
@@ -640,6 +646,14 @@ impl Store {
     ) -> StoreResult<()> {
         if system {
             return Ok(());
+        }
+        if base > 0
+            && let Some(old) = self.version_in(txn, ty, id, base)?
+            && old.resource["meta"]["source"].as_str() != Some(source_of(source).as_str())
+        {
+            return Err(StoreError::Forbidden(format!(
+                "{ty}/{id} was written by another facility: only its author changes or deletes it"
+            )));
         }
         let refuse = |what: &str| {
             Err(StoreError::Forbidden(format!(
