@@ -126,6 +126,10 @@ chroot "$root" systemctl mask --quiet getty@.service serial-getty@.service conso
 	emergency.service rescue.service systemd-ask-password-console.path \
 	systemd-remount-fs.service \
 	systemd-ask-password-wall.path apt-daily.timer apt-daily-upgrade.timer 2>/dev/null
+# The initramfs opens the verity root itself; systemd's veritysetup generator would read
+# the same roothash= and wait 90 s for partitions named by the hash's discoverable UUIDs.
+mkdir -p "$root/etc/systemd/system-generators"
+ln -sf /dev/null "$root/etc/systemd/system-generators/systemd-veritysetup-generator"
 # Strip what an appliance does not need.
 rm -rf "$root"/usr/share/{doc,man,info,lintian,linda,bug,menu}/* "$root"/var/cache/apt/* \
 	"$root"/var/lib/apt/lists/* "$root"/var/log/*.log "$root"/usr/share/zoneinfo/right

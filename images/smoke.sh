@@ -61,15 +61,18 @@ mkdir -p "$site/clients/smoke-emr"
 python3 "$here/smoke_client.py" keygen "$work"
 cp "$work/jwks.json" "$site/clients/smoke-emr/jwks.json"
 echo "system/Patient.cruds system/Observation.cruds" >"$site/clients/smoke-emr/scopes"
+# The guest listens on 8080 behind qemu's forwarded port: the site names the URL the host
+# reaches it at, as a hospital behind NAT would.
+port=$(free_port)
 cat >"$site/site.env" <<SITE
 HEXA_FACILITY_ID=rw-dh-smoke
 HEXA_FACILITY_NAME=Smoke Test District Hospital
 HEXA_LISTEN=0.0.0.0:8080
+HEXA_PUBLIC_BASE_URL=http://127.0.0.1:$port
 SITE
 disk="$work/disk.img"
 cp --sparse=always "$out/hexa.img" "$disk"
 "$here/site-seed.sh" "$disk" "$site"
-port=$(free_port)
 t0=$(date +%s.%N)
 boot "$disk" "$work/console.log" "$port"
 base="http://127.0.0.1:$port"

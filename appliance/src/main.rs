@@ -35,6 +35,11 @@ enum Command {
         /// Address the API listens on.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// The absolute URL integrators reach the appliance at (scheme, host, port; no
+        /// path), when it differs from the listening address (a reverse proxy, NAT or a
+        /// forwarded port). Links and the token endpoint's required `aud` are built on it.
+        #[arg(long)]
+        public_base_url: Option<String>,
     },
     /// Run the appliance (initialising the data directory with defaults on first start).
     Serve {
@@ -160,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             facility_id,
             facility_name,
             listen,
+            public_base_url,
         } => {
             let mut cfg = Config::defaults();
             if let Some(id) = facility_id {
@@ -170,6 +176,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(l) = listen {
                 cfg.server.listen = l;
+            }
+            if let Some(url) = public_base_url {
+                cfg.server.public_base_url = Some(url);
             }
             let secrets = dir.init(&cfg, passphrase.as_deref())?;
             println!(

@@ -521,6 +521,148 @@ fn client_registry_from_the_command_line() {
     );
 }
 
+/// Starts the `hexa` binary on `data` (its configured address); returns it and the address
+/// it logged. A watchdog kills it after a minute, turning a hang into a failure.
+fn spawn_serve(data: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hexa"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .env_remove("HEXA_KEY_PASSPHRASE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("hexa exited before serving").unwrap();
+        if let Some(i) = line.find("addr=") {
+            let rest = &line[i + 5..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            break rest[..end].parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    (child, addr)
+}
+
+/// POSTs a client-credentials grant with `assertion` to `/fhir/token`.
+fn token_request(addr: SocketAddr, assertion: &str) -> (u16, serde_json::Value) {
+    let form = format!(
+        "grant_type=client_credentials&scope=system%2FPatient.cruds&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /fhir/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    (status, serde_json::from_str(body).unwrap())
+}
+
+/// A site behind NAT or a forwarded port (the appliance image's smoke test is one) names
+/// the URL integrators reach it at: `hexa init --public-base-url` stores it, discovery
+/// publishes it, and the token endpoint requires it as the assertion's audience, not the
+/// listening address.
+#[test]
+fn init_stores_the_public_base_url_that_tokens_are_audienced_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hexa = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hexa"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .current_dir(tmp.path())
+            .env_remove("HEXA_KEY_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    let bad = hexa(&["init", "--public-base-url", "http://hexa.test:8443/"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("public_base_url"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(
+        !data.join("hexa.toml").exists(),
+        "a refused init writes nothing"
+    );
+    let public = "http://hexa.test:8443";
+    let out = hexa(&[
+        "init",
+        "--listen",
+        "127.0.0.1:0",
+        "--public-base-url",
+        public,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = hexa(&[
+        "client",
+        "add",
+        "--name",
+        "emr-nat",
+        "--facility",
+        "demo-facility",
+        "--scope",
+        "system/Patient.cruds",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = tmp.path().join("emr-nat.private.jwk");
+    let (mut child, addr) = spawn_serve(&data);
+    let (st, _, body) = http(addr, "GET", "/fhir/.well-known/smart-configuration", b"");
+    assert_eq!(st, 200);
+    assert_eq!(
+        json(&body)["token_endpoint"],
+        format!("{public}/fhir/token")
+    );
+    let assertion = |aud: Option<&str>| {
+        let mut args = vec!["client", "assertion", "--name", "emr-nat", "--key"];
+        args.push(key.to_str().unwrap());
+        if let Some(a) = aud {
+            args.extend(["--aud", a]);
+        }
+        let out = hexa(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    // The listening address is not the audience; the public URL is (and is the default).
+    let (st, body) = token_request(addr, &assertion(Some(&format!("http://{addr}/fhir/token"))));
+    assert_eq!(st, 401, "{body}");
+    let (st, body) = token_request(addr, &assertion(None));
+    assert_eq!(st, 200, "{body}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
+
 /// The README's session: `client add` without a key generates one (private JWK 0600),
 /// `client assertion` signs the RFC 7523 assertion, and the running binary exchanges it
 /// for a token that creates and finds a Patient; `client revoke NAME` then removes it.
@@ -579,30 +721,8 @@ fn generated_client_key_to_a_created_patient() {
     ]);
     assert!(!again.status.success());
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hexa"))
-        .args(["serve", "--data-dir"])
-        .arg(&data)
-        .env_remove("HEXA_KEY_PASSPHRASE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, addr) = spawn_serve(&data);
     let pid = child.id() as i32;
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    });
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("hexa exited before serving").unwrap();
-        if let Some(i) = line.find("addr=") {
-            let rest = &line[i + 5..];
-            let end = rest.find(' ').unwrap_or(rest.len());
-            break rest[..end].parse().unwrap();
-        }
-    };
     assert_eq!(addr.port(), port);
     let out = hexa(&[
         "client",
@@ -618,24 +738,9 @@ fn generated_client_key_to_a_created_patient() {
         String::from_utf8_lossy(&out.stderr)
     );
     let assertion = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let form = format!(
-        "grant_type=client_credentials&scope=system%2FPatient.cruds&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"
-    );
-    let token = {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "POST /fhir/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-        let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        v["access_token"].as_str().unwrap().to_owned()
-    };
+    let (st, body) = token_request(addr, &assertion);
+    assert_eq!(st, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
     let fhir = |method: &str, path: &str, body: &str| {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         write!(
