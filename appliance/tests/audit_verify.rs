@@ -1200,11 +1200,111 @@ fn consents_made_by_the_real_ceremonies_verify() {
     );
     assert_eq!(s, 200, "{v}");
 
+    // The nurse named as enroller of the finger: until she countersigns the enrolment
+    // statement, the auditor is told so (a notice, not a failure).
+    let fdev_id = fdev["id"].as_str().unwrap().to_string();
     let report = verify(&fx, &fx.export(&p));
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.counts.enrolment_countersignatures, 0, "{report}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.code == Code::Notice && f.subject == format!("Device/{fdev_id}")),
+        "{report}"
+    );
+    let statement = STANDARD
+        .decode(
+            fdev["extension"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["url"] == "urn:hexa:enrolment-statement")
+                .unwrap()["valueBase64Binary"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let (s, v) = fhir(
+        &fx,
+        &all,
+        "POST",
+        &format!("/fhir/Device/{fdev_id}/$countersign"),
+        &params(vec![
+            json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{nurse_id}")}}),
+            json!({"name": "signature", "valueString": jws::sign_detached(&nurse, &statement)}),
+        ]),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    let export = fx.export(&p);
+    let report = verify(&fx, &export);
     assert!(report.ok(), "{report}");
     // Card consent v1, its revocation v2, the ES256 consent, the fingerprint consent
     // proposed then countersigned.
     assert_eq!(report.counts.consents, 5, "{report}");
+    assert_eq!(report.counts.enrolment_countersignatures, 1, "{report}");
+    assert!(
+        report.to_string().contains("enrolments countersigned  1"),
+        "{report}"
+    );
     assert!(report.counts.disclosures_covered >= 2, "{report}");
     assert!(!report.to_string().contains("inferred"), "{report}");
+
+    // Tampered exports: each is named as an enrolment-countersignature failure.
+    let device_entry = |b: &mut Value, version: u64| -> usize {
+        let url = format!("urn:hexa:record:Device/{fdev_id}/_history/{version}");
+        entries_mut(b)
+            .iter()
+            .position(|e| e["fullUrl"] == url.as_str())
+            .unwrap_or_else(|| panic!("no {url} in the export"))
+    };
+    // A countersignature forged with another key.
+    let mut forged = export.clone();
+    let i = device_entry(&mut forged, 2);
+    let cs = ext_mut(
+        &mut entries_mut(&mut forged)[i]["resource"],
+        "urn:hexa:enrolment-countersignature",
+    );
+    cs["extension"][2]["valueString"] = json!(jws::sign_detached(
+        &SigningKey::generate().unwrap(),
+        &statement
+    ));
+    let r = verify(&fx, &forged);
+    assert!(
+        r.has_failure(
+            Code::EnrolmentCountersignature,
+            &format!("Device/{fdev_id}/_history/2")
+        ),
+        "{r}"
+    );
+    // A statement rewritten to bind the finger to another patient.
+    let mut moved = export.clone();
+    let i = device_entry(&mut moved, 1);
+    let mut st: Value = serde_json::from_slice(&statement).unwrap();
+    st["patient"] = json!("Patient/someone-else");
+    let st = STANDARD.encode(hexa_crypto::jcs::canonicalize(&st).unwrap());
+    ext_mut(
+        &mut entries_mut(&mut moved)[i]["resource"],
+        "urn:hexa:enrolment-statement",
+    )["valueBase64Binary"] = json!(st);
+    let r = verify(&fx, &moved);
+    assert!(
+        r.has_failure(
+            Code::EnrolmentCountersignature,
+            &format!("Device/{fdev_id}/_history/1")
+        ),
+        "{r}"
+    );
+    assert!(r.to_string().contains("Patient/someone-else"), "{r}");
+}
+
+/// The extension of `r` with `url`.
+fn ext_mut<'a>(r: &'a mut Value, url: &str) -> &'a mut Value {
+    r["extension"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["url"] == url)
+        .unwrap()
 }

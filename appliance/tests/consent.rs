@@ -1109,3 +1109,141 @@ fn login_finds_a_card_beyond_the_first_allow_list() {
     let r = s.req("POST", "/desk/api/login", &[], br#"{"timeoutSeconds": 0}"#);
     assert_eq!(r.status, 400);
 }
+
+/// A card enrolled by a named health worker carries the enrolment statement (what the
+/// appliance bound to whom, by whom), and that worker countersigns it with the key on
+/// their Practitioner; another worker, another key, other bytes, a second countersignature,
+/// and an enrolment that named nobody are refused. The countersignature survives later
+/// versions (a consent's sign-counter update).
+#[test]
+fn card_enrolment_countersigned_by_the_enrolling_health_worker() {
+    let s = Server::start();
+    let p = s.patient("Enrolled");
+    let practitioner = |family: &str, key: &SigningKey| {
+        let r = s.fhir(
+            "POST",
+            "/fhir/Practitioner",
+            &json!({"resourceType": "Practitioner", "name": [{"family": family}],
+                    "extension": [{"url": "urn:hexa:public-jwk", "valueString": key.public().to_jwk().to_string()}]}),
+        );
+        assert_eq!(r.status, 201);
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+    let nurse = SigningKey::generate().unwrap();
+    let nurse_id = practitioner("Nurse", &nurse);
+    let clerk = SigningKey::generate().unwrap();
+    let clerk_id = practitioner("Clerk", &clerk);
+
+    let card = s.new_card("ed25519");
+    s.present(card);
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{p}/$enroll-card"),
+        &params(vec![json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{nurse_id}")}})]),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let dev = r.json();
+    let id = dev["id"].as_str().unwrap().to_owned();
+    assert_eq!(dev["meta"]["versionId"], "1");
+    let statement = STANDARD
+        .decode(
+            ext(&dev, "urn:hexa:enrolment-statement")["valueBase64Binary"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let st: Value = serde_json::from_slice(&statement).unwrap();
+    assert_eq!(st["format"], "hexa-enrolment-statement-v1");
+    assert_eq!(st["device"], format!("Device/{id}"));
+    assert_eq!(st["patient"], format!("Patient/{p}"));
+    assert_eq!(st["enrolledBy"], format!("Practitioner/{nurse_id}"));
+    assert_eq!(st["appliance"], s.app.node_kid.as_str());
+    assert_eq!(
+        st["credential"]["credentialId"],
+        dev["identifier"][0]["value"]
+    );
+    assert_eq!(
+        hexa_crypto::jcs::canonicalize(&st).unwrap(),
+        statement,
+        "the statement is stored as JCS bytes"
+    );
+
+    let countersign = |who: &str, key: &SigningKey, payload: &[u8]| {
+        s.fhir(
+            "POST",
+            &format!("/fhir/Device/{id}/$countersign"),
+            &params(vec![
+                json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{who}")}}),
+                json!({"name": "signature", "valueString": hexa_crypto::jws::sign_detached(key, payload)}),
+            ]),
+        )
+    };
+    // Not the worker who enrolled, even with their own registered key.
+    let r = countersign(&clerk_id, &clerk, &statement);
+    assert_eq!((r.status, r.code()), (403, "wrong-credential".into()));
+    // The enrolling worker, but another key or other bytes.
+    let r = countersign(&nurse_id, &clerk, &statement);
+    assert_eq!((r.status, r.code()), (403, "bad-signature".into()));
+    let r = countersign(&nurse_id, &nurse, b"{\"something\":\"else\"}");
+    assert_eq!((r.status, r.code()), (403, "bad-signature".into()));
+    // After the countersign window (an hour by default), even the right signature is late.
+    let body = params(vec![
+        json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{nurse_id}")}}),
+        json!({"name": "signature", "valueString": hexa_crypto::jws::sign_detached(&nurse, &statement)}),
+    ]);
+    let late = rt().block_on(s.ceremonies().countersign_enrolment(
+        &id,
+        &hexa_appliance::consent::params::Params::parse(body.to_string().as_bytes()).unwrap(),
+        st["enrolledAt"].as_u64().unwrap() + s.ceremonies().config().countersign_window_secs + 1,
+    ));
+    assert!(matches!(late, Err(CeremonyError::Stale(_))), "{late:?}");
+    let r = countersign(&nurse_id, &nurse, &statement);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let d2 = r.json();
+    assert_eq!(d2["meta"]["versionId"], "2");
+    let cs = ext(&d2, "urn:hexa:enrolment-countersignature");
+    assert_eq!(
+        cs["extension"][0]["valueReference"]["reference"],
+        format!("Practitioner/{nurse_id}")
+    );
+    assert_eq!(cs["extension"][1]["valueString"], nurse.kid());
+    assert_eq!(
+        ext(&d2, "urn:hexa:enrolment-statement"),
+        ext(&dev, "urn:hexa:enrolment-statement")
+    );
+    let r = countersign(&nurse_id, &nurse, &statement);
+    assert_eq!((r.status, r.code()), (409, "wrong-state".into()));
+
+    // The card still works, and the next version (its sign counter) keeps both extensions.
+    s.present(card);
+    let r = s.consent(&p, vec![]);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    s.lift();
+    let d3 = s
+        .fhir("GET", &format!("/fhir/Device/{id}"), &Value::Null)
+        .json();
+    assert_eq!(d3["meta"]["versionId"], "3");
+    assert_eq!(ext(&d3, "urn:hexa:enrolment-countersignature"), cs);
+
+    // An enrolment that named no worker has nothing to countersign.
+    let q = s.patient("Unnamed");
+    let other = s.new_card("ed25519");
+    let plain = s.enrol(&q, other);
+    s.lift();
+    assert!(
+        plain["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["url"] != "urn:hexa:enrolment-statement")
+    );
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Device/{}/$countersign", plain["id"].as_str().unwrap()),
+        &params(vec![
+            json!({"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{nurse_id}")}}),
+            json!({"name": "signature", "valueString": hexa_crypto::jws::sign_detached(&nurse, &statement)}),
+        ]),
+    );
+    assert_eq!((r.status, r.code()), (409, "wrong-state".into()));
+}

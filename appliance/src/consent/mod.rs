@@ -10,6 +10,7 @@
 //! | `POST /fhir/Patient/{id}/$enroll-card` [Device create] | makeCredential on the reader; Parameters: `practitioner` (enrolled by), `replaces` (Device: the old card becomes inactive), `timeoutSeconds`; 201 + Device |
 //! | `POST /fhir/Patient/{id}/$enroll-finger` [Device create] | identifies, then enrols the finger on the sensor into a free template slot (409 when the module already knows that finger for an active enrolment; `replaces` reuses the old slot); 201 + Device |
 //! | `POST /fhir/Device/{id}/$revoke` [Device update] | a lost card or finger: next version `inactive`; 200 + Device |
+//! | `POST /fhir/Device/{id}/$countersign` [Device update] | `practitioner` (the one the enrolment named) + `signature` (detached JWS over the statement in extension `urn:hexa:enrolment-statement`), within the countersign window; 200 + Device with `urn:hexa:enrolment-countersignature` |
 //! | `POST /fhir/Patient/{id}/$consent` [Consent create] | the ceremony; Parameters: `organization`, `practitioner`?, `purpose`, `class`*, `periodStart`?, `periodEnd`, `dataPeriodStart`?, `dataPeriodEnd`?, `decision` permit\|deny, `method` card\|finger, `timeoutSeconds`; 201 + Consent (`active` for a card, `proposed` for a finger) |
 //! | `POST /fhir/Consent/{id}/$countersign` [Consent update] | `practitioner` + `signature` (detached JWS over the challenge bytes); 200 + Consent `active` |
 //! | `POST /fhir/Consent/{id}/$revoke` [Consent update] | a card ceremony with decision deny over the consent's terms; 200 + Consent `inactive` |
@@ -262,7 +263,7 @@ pub fn required_scope(ty: &str, op: &str) -> Option<(&'static str, crate::fhir::
     use crate::fhir::Interaction as I;
     match (ty, op) {
         ("Patient", "$enroll-card" | "$enroll-finger") => Some(("Device", I::Create)),
-        ("Device", "$revoke") => Some(("Device", I::Update)),
+        ("Device", "$revoke" | "$countersign") => Some(("Device", I::Update)),
         ("Patient", "$consent") => Some(("Consent", I::Create)),
         ("Consent", "$countersign" | "$revoke") => Some(("Consent", I::Update)),
         _ => None,
@@ -275,6 +276,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("Patient", "enroll-finger"),
     ("Patient", "consent"),
     ("Device", "revoke"),
+    ("Device", "countersign"),
     ("Consent", "countersign"),
     ("Consent", "revoke"),
 ];
@@ -365,6 +367,13 @@ impl Ceremonies {
             ("Device", "$revoke") => {
                 p.only(&[])?;
                 (StatusCode::OK, self.revoke_device(id).await?)
+            }
+            ("Device", "$countersign") => {
+                p.only(&["practitioner", "signature"])?;
+                (
+                    StatusCode::OK,
+                    self.countersign_enrolment(id, &p, now_secs()).await?,
+                )
             }
             ("Patient", "$consent") => {
                 (StatusCode::CREATED, self.consent(requester, id, &p).await?)
@@ -1189,6 +1198,112 @@ impl Ceremonies {
         self.deactivate(&d).await
     }
 
+    /// Writes a new enrolment Device. Named by a health worker, it carries the enrolment
+    /// statement that health worker countersigns (`Device/{id}/$countersign`); the
+    /// statement names the Device, so its id is chosen here and written as a create
+    /// (`If-Match` version 0: the id must not exist yet).
+    async fn store_enrolment(
+        &self,
+        patient_id: &str,
+        dev: Value,
+        kind: &Enrolment,
+        by: Option<&str>,
+    ) -> Result<hexa_actors::store::engine::WriteResult, CeremonyError> {
+        let Some(by) = by else {
+            return Ok(self.store.create(&self.system(), dev, None).await?);
+        };
+        let id = hexa_actors::store::new_id()?;
+        let statement = records::enrolment_statement(
+            &self.appliance_id,
+            &id,
+            patient_id,
+            kind,
+            by,
+            now_secs(),
+        )?;
+        let dev = records::with_statement(dev, &id, &statement);
+        Ok(self
+            .store
+            .update(&self.system(), "Device", &id, dev, Some(0), None)
+            .await?)
+    }
+
+    /// `Device/{id}/$countersign` at time `now`: the enrolling health worker's detached JWS
+    /// over the Device's enrolment statement, by the key registered on their Practitioner,
+    /// is verified and added to the next version of the Device.
+    pub async fn countersign_enrolment(
+        &self,
+        id: &str,
+        p: &Params,
+        now: u64,
+    ) -> Result<Record, CeremonyError> {
+        let prac_id = p
+            .reference("practitioner", "Practitioner")?
+            .ok_or_else(|| {
+                CeremonyError::BadRequest(
+                    "`practitioner` (the enrolling health worker) is required".into(),
+                )
+            })?;
+        let jws = p.text("signature")?.ok_or_else(|| {
+            CeremonyError::BadRequest(
+                "`signature` (a detached JWS over the enrolment statement) is required".into(),
+            )
+        })?;
+        let d = self.read_enrolment(id).await?;
+        if !d.active {
+            return Err(CeremonyError::WrongState(format!(
+                "Device/{id} is not an active enrolment"
+            )));
+        }
+        let Some(statement) = records::statement_of(&d.resource) else {
+            return Err(CeremonyError::WrongState(format!(
+                "Device/{id} was enrolled without naming a health worker: there is no \
+                 enrolment statement to countersign"
+            )));
+        };
+        if records::is_countersigned(&d.resource) {
+            return Err(CeremonyError::WrongState(format!(
+                "Device/{id} is already countersigned"
+            )));
+        }
+        let st: Value = serde_json::from_slice(&statement)
+            .map_err(|e| CeremonyError::Internal(format!("stored enrolment statement: {e}")))?;
+        let enrolled_by = st["enrolledBy"].as_str().unwrap_or_default();
+        if enrolled_by != format!("Practitioner/{prac_id}") {
+            return Err(CeremonyError::WrongCredential(format!(
+                "Device/{id} was enrolled by {enrolled_by}, not Practitioner/{prac_id}"
+            )));
+        }
+        let enrolled_at = st["enrolledAt"].as_u64().unwrap_or(0);
+        if now > enrolled_at.saturating_add(self.config.countersign_window_secs) {
+            return Err(CeremonyError::Stale(format!(
+                "an enrolment must be countersigned within {} s",
+                self.config.countersign_window_secs
+            )));
+        }
+        let prac = self.require_practitioner(&prac_id).await?;
+        let key = records::practitioner_key(&prac.resource).ok_or_else(|| {
+            CeremonyError::WrongCredential(format!(
+                "Practitioner/{prac_id} has no registered Ed25519 key (extension {})",
+                records::EXT_PUBLIC_JWK
+            ))
+        })?;
+        hexa_crypto::jws::verify_detached(&jws, &statement, &key)
+            .map_err(|e| CeremonyError::BadSignature(e.to_string()))?;
+        let next = records::with_countersignature(&d.resource, &prac_id, &key.kid(), &jws);
+        let w = self
+            .store
+            .update(&self.system(), "Device", id, next, Some(d.version), None)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    CeremonyError::WrongState(format!("Device/{id} changed meanwhile; retry"))
+                }
+                e => e.into(),
+            })?;
+        Ok(w.record)
+    }
+
     async fn enroll_card(
         &self,
         requester: &Requester,
@@ -1243,7 +1358,14 @@ impl Ceremonies {
                 sign_count,
                 by.as_deref(),
             );
-            let w = self.store.create(&self.system(), dev, None).await?;
+            let kind = Enrolment::Card {
+                credential_id: e.credential_id.clone(),
+                cose_key: e.cose_key.clone(),
+                sign_count,
+            };
+            let w = self
+                .store_enrolment(patient_id, dev, &kind, by.as_deref())
+                .await?;
             if let Some(o) = &old {
                 self.deactivate(o).await?;
             }
@@ -1347,7 +1469,10 @@ impl Ceremonies {
                     o => o,
                 })?;
             let dev = records::finger_device(patient_id, slot, by.as_deref());
-            let w = self.store.create(&self.system(), dev, None).await?;
+            let kind = Enrolment::Finger { template: slot };
+            let w = self
+                .store_enrolment(patient_id, dev, &kind, by.as_deref())
+                .await?;
             if let Some(o) = &old {
                 self.deactivate(o).await?;
             }

@@ -27,6 +27,15 @@ pub const EXT_COSE_KEY: &str = "urn:hexa:cose-key";
 pub const EXT_SIGN_COUNT: &str = "urn:hexa:sign-count";
 /// Extension naming the health worker who enrolled the card or finger.
 pub const EXT_ENROLLED_BY: &str = "urn:hexa:enrolled-by";
+/// Extension carrying the enrolment statement (standard base64 of its JCS bytes) that the
+/// enrolling health worker countersigns; present when the enrolment names a practitioner,
+/// and carried unchanged by every later version of the Device.
+pub const EXT_ENROLMENT_STATEMENT: &str = "urn:hexa:enrolment-statement";
+/// Extension carrying the enrolling health worker's countersignature of the statement:
+/// sub-extensions `practitioner` (Reference), `kid` and `jws` (detached JWS, strings).
+pub const EXT_ENROLMENT_COUNTERSIGNATURE: &str = "urn:hexa:enrolment-countersignature";
+/// `format` of the enrolment statement.
+pub const STATEMENT_FORMAT: &str = "hexa-enrolment-statement-v1";
 /// Extension carrying a Practitioner's public JWK.
 pub const EXT_PUBLIC_JWK: &str = "urn:hexa:public-jwk";
 /// Extension recording a consent's assurance (`card` or `fingerprint`).
@@ -434,6 +443,92 @@ pub fn evidence(method: &str, challenge: &ConsentChallenge, detail: Value) -> Va
 /// The assurance extension code of a Consent.
 pub fn assurance_of(consent: &Value) -> Option<&str> {
     ext(consent, EXT_ASSURANCE)?.get("valueCode")?.as_str()
+}
+
+/// The enrolment statement a health worker countersigns (JCS bytes): which appliance bound
+/// which credential (a card's credential ID and the SHA-256 of its COSE key, or a template
+/// slot) to which patient, in which Device, enrolled by whom and when. The verifier
+/// (`verify::enrolment`) rebuilds the credential part from the Device and compares.
+pub fn enrolment_statement(
+    appliance: &str,
+    device_id: &str,
+    patient_id: &str,
+    kind: &Enrolment,
+    practitioner_id: &str,
+    enrolled_at: u64,
+) -> Result<Vec<u8>, CeremonyError> {
+    let credential = match kind {
+        Enrolment::Card {
+            credential_id,
+            cose_key,
+            ..
+        } => {
+            use sha2::Digest as _;
+            json!({
+                "credentialId": URL_SAFE_NO_PAD.encode(credential_id),
+                "coseKeySha256": URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(cose_key)),
+            })
+        }
+        Enrolment::Finger { template } => json!({"template": template}),
+    };
+    let st = json!({
+        "format": STATEMENT_FORMAT,
+        "appliance": appliance,
+        "device": format!("Device/{device_id}"),
+        "patient": format!("Patient/{patient_id}"),
+        "enrolledBy": format!("Practitioner/{practitioner_id}"),
+        "enrolledAt": enrolled_at,
+        "credential": credential,
+    });
+    hexa_crypto::jcs::canonicalize(&st).map_err(|e| invalid(e.to_string()))
+}
+
+/// The Device with its id set and the statement attached.
+pub fn with_statement(device: Value, id: &str, statement: &[u8]) -> Value {
+    let mut d = device;
+    d["id"] = json!(id);
+    let e =
+        json!({"url": EXT_ENROLMENT_STATEMENT, "valueBase64Binary": STANDARD.encode(statement)});
+    match d.get_mut("extension").and_then(Value::as_array_mut) {
+        Some(exts) => exts.push(e),
+        None => d["extension"] = json!([e]),
+    }
+    d
+}
+
+/// The statement bytes of an enrolment Device, if it has one.
+pub fn statement_of(device: &Value) -> Option<Vec<u8>> {
+    STANDARD
+        .decode(
+            ext(device, EXT_ENROLMENT_STATEMENT)?
+                .get("valueBase64Binary")?
+                .as_str()?,
+        )
+        .ok()
+}
+
+/// Whether the Device already carries a countersignature.
+pub fn is_countersigned(device: &Value) -> bool {
+    ext(device, EXT_ENROLMENT_COUNTERSIGNATURE).is_some()
+}
+
+/// The next version of an enrolment Device with the countersignature added (`meta`
+/// dropped: the store sets it).
+pub fn with_countersignature(device: &Value, practitioner_id: &str, kid: &str, jws: &str) -> Value {
+    let mut d = device.clone();
+    if let Some(o) = d.as_object_mut() {
+        o.remove("meta");
+    }
+    let e = json!({"url": EXT_ENROLMENT_COUNTERSIGNATURE, "extension": [
+        {"url": "practitioner", "valueReference": {"reference": format!("Practitioner/{practitioner_id}")}},
+        {"url": "kid", "valueString": kid},
+        {"url": "jws", "valueString": jws},
+    ]});
+    match d.get_mut("extension").and_then(Value::as_array_mut) {
+        Some(exts) => exts.push(e),
+        None => d["extension"] = json!([e]),
+    }
+    d
 }
 
 /// The public JWK registered on a Practitioner.

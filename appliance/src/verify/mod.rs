@@ -11,6 +11,8 @@
 //!   through its Provenance, and every author signature by a health worker's registered key;
 //! - every consent's evidence (card: the FIDO2 assertion against the enrolled Device's COSE
 //!   key; fingerprint: the health worker's countersignature), see [`consent`];
+//! - every enrolment statement says what its Device says, and its health worker's
+//!   countersignature verifies, see [`enrolment`];
 //! - every AuditEvent's inclusion proof against the checkpoint, and that the export holds
 //!   exactly the AuditEvents the manifest lists (a removed or moved entry fails);
 //! - every disclosure of the patient's data recorded in the log was covered by authorship, a
@@ -19,6 +21,7 @@
 
 pub mod consent;
 pub mod disclosure;
+pub mod enrolment;
 pub mod time;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,6 +78,9 @@ pub enum Code {
     RecordSet,
     /// A consent's evidence does not verify or does not match the consent.
     ConsentEvidence,
+    /// An enrolment statement does not match its Device, or its health worker's
+    /// countersignature does not verify.
+    EnrolmentCountersignature,
     /// An AuditEvent's inclusion proof does not verify against the checkpoint.
     AuditInclusion,
     /// An AuditEvent the manifest lists is missing, duplicated or not listed.
@@ -100,6 +106,7 @@ impl Code {
             Code::AuthorSignature => "author-signature",
             Code::RecordSet => "record-set",
             Code::ConsentEvidence => "consent-evidence",
+            Code::EnrolmentCountersignature => "enrolment-countersignature",
             Code::AuditInclusion => "audit-inclusion",
             Code::AuditSet => "audit-set",
             Code::Disclosure => "disclosure",
@@ -128,6 +135,8 @@ pub struct Counts {
     pub author_signatures: usize,
     /// Consent versions whose evidence verified.
     pub consents: usize,
+    /// Enrolment Devices whose health worker's countersignature verified.
+    pub enrolment_countersignatures: usize,
     /// AuditEvents whose inclusion proof verified.
     pub audit_events: usize,
     /// Disclosures to another facility covered (by consent, emergency, session, system).
@@ -193,6 +202,11 @@ impl fmt::Display for Report {
         writeln!(f, "  record signatures ok      {}", c.records)?;
         writeln!(f, "  author signatures ok      {}", c.author_signatures)?;
         writeln!(f, "  consent evidence ok       {}", c.consents)?;
+        writeln!(
+            f,
+            "  enrolments countersigned  {}",
+            c.enrolment_countersignatures
+        )?;
         writeln!(f, "  audit inclusion proofs ok {}", c.audit_events)?;
         writeln!(
             f,
@@ -806,6 +820,7 @@ pub fn verify_export(bundle: &Value, root: &PublicKey, now: u64) -> Report {
     }
     check_records(&ex, &trust, &mut report);
     let consents = consent::check_consents(&ex, &trust, &mut report);
+    enrolment::check_enrolments(&ex, &mut report);
     check_log(&ex, cp.as_ref(), manifest.as_ref(), &mut report);
     disclosure::check_disclosures(&ex, &consents, &mut report);
     report
