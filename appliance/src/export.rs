@@ -3,7 +3,9 @@
 //!
 //! Entries:
 //! - every version of every resource of the patient's compartment (the Patient, clinical
-//!   resources, Consents, enrolment Devices) and of the Practitioners they name, exactly
+//!   resources, Consents, enrolment Devices) — including records since deleted, found
+//!   through the entities of the patient's AuditEvents and kept when a version of theirs
+//!   was in the patient's compartment — and of the Practitioners they name, exactly
 //!   as stored (JCS of the resource reproduces the signed bytes), `fullUrl`
 //!   `urn:hexa:record:Type/id/_history/v`; deletion versions carry the entry extension
 //!   `urn:hexa:deleted`;
@@ -32,7 +34,7 @@ use base64::engine::general_purpose::STANDARD;
 use hexa_actors::handle::StoreHandle;
 use hexa_actors::store::audit::Interaction;
 use hexa_actors::store::search::SearchQuery;
-use hexa_actors::store::{AccessContext, Record, StoreError};
+use hexa_actors::store::{AccessContext, Record, StoreError, policy};
 use hexa_crypto::checkpoint::{Checkpoint, NoteVerifier, open_note};
 use hexa_crypto::keys::{PublicKey, SigningKey};
 use hexa_crypto::roster::SignedRoster;
@@ -179,6 +181,44 @@ pub async fn export_patient(
         .iter()
         .map(|r| (r.resource_type.clone(), r.id.clone()))
         .collect();
+    // Records since deleted (or changed to leave the compartment) are no longer found by
+    // `everything`, but their earlier versions were the patient's: the patient's
+    // AuditEvents name every write and disclosure of them, so each entity named there
+    // whose history has a version in this patient's compartment is exported too. (Other
+    // patients' records named by the same events, e.g. a search result, stay out.)
+    let me = format!("Patient/{patient_id}");
+    let mut q = SearchQuery::from_pairs("AuditEvent", &[("patient", &me)])?;
+    q.count = usize::MAX;
+    let mut named = BTreeSet::new();
+    for ev in s.search(&q)?.items {
+        for e in ev.resource["entity"].as_array().into_iter().flatten() {
+            let Some(r) = e["what"]["reference"].as_str() else {
+                continue;
+            };
+            let mut parts = r.split('/');
+            if let (Some(ty), Some(id)) = (parts.next(), parts.next())
+                && !matches!(ty, "Patient" | "AuditEvent" | "Provenance" | "Practitioner")
+                && !keys.contains(&(ty.to_string(), id.to_string()))
+            {
+                named.insert((ty.to_string(), id.to_string()));
+            }
+        }
+    }
+    for (ty, id) in named {
+        let h = match s.history(&ty, &id) {
+            Ok(h) => h,
+            Err(StoreError::NotFound { .. } | StoreError::Invalid(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if h.iter()
+            .any(|v| !v.deleted && policy::compartment_of(v).contains(&me))
+        {
+            keys.insert((ty, id));
+        }
+        if keys.len() > MAX_VERSIONS {
+            return Err(ExportError::TooLarge);
+        }
+    }
     let mut workers = BTreeSet::new();
     for r in &current {
         if matches!(r.resource_type.as_str(), "Consent" | "Device") {
@@ -190,7 +230,7 @@ pub async fn export_patient(
         let mut h = s.history(ty, id)?;
         h.reverse();
         for r in &h {
-            if r.resource_type == "Consent" {
+            if matches!(r.resource_type.as_str(), "Consent" | "Device") {
                 practitioners_named(&r.resource, &mut workers);
                 if let Some(ev) = evidence(&r.resource) {
                     practitioners_named(&ev, &mut workers);

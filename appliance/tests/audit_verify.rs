@@ -1308,3 +1308,57 @@ fn ext_mut<'a>(r: &'a mut Value, url: &str) -> &'a mut Value {
         .find(|e| e["url"] == url)
         .unwrap()
 }
+
+/// A record disclosed and later deleted is still the patient's: the export carries every
+/// version of it (the deletion marked), found through the patient's AuditEvents, and the
+/// export verifies — the disclosure to fac-b is still covered. Records of other patients
+/// named by the same AuditEvents (a search returning several patients) stay out.
+#[test]
+fn deleted_records_are_exported_with_their_history() {
+    let fx = Fx::start();
+    let w = populate(&fx);
+    // Another patient's Observation, read by fac-b in the same search as ours would be:
+    // the author reads both in one search (one AuditEvent naming both patients).
+    let other = fx.create(
+        &sys(),
+        json!({"resourceType": "Patient", "meta": source(), "name": [{"family": "Other"}]}),
+    );
+    let other_obs = fx.create(
+        &sys(),
+        json!({"resourceType": "Observation", "meta": source(), "status": "final",
+               "subject": {"reference": format!("Patient/{other}")},
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}}),
+    );
+    let page = fx
+        .rt
+        .block_on(fx.store().search(
+            &reader(FAC_A, "TREAT", None),
+            "Observation",
+            &[("code".to_string(), "http://loinc.org|8867-4".to_string())],
+        ))
+        .unwrap();
+    assert_eq!(page.total, 2);
+    fx.rt
+        .block_on(fx.store().delete(&sys(), "Observation", &w.observation))
+        .unwrap();
+    let bundle = fx.export(&w.patient);
+    let urls: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str())
+        .collect();
+    let obs = format!("urn:hexa:record:Observation/{}/_history/", w.observation);
+    assert!(urls.contains(&format!("{obs}1").as_str()), "{urls:?}");
+    assert!(urls.contains(&format!("{obs}2").as_str()), "{urls:?}");
+    assert!(
+        !urls
+            .iter()
+            .any(|u| u.contains(&other_obs) || u.contains(&other)),
+        "another patient's records leaked into the export: {urls:?}"
+    );
+    let report = verify(&fx, &bundle);
+    assert!(report.ok(), "{report}");
+    assert!(report.counts.disclosures_covered >= 3, "{report}");
+    assert!(!report.to_string().contains("inferred"), "{report}");
+}
