@@ -18,6 +18,44 @@ pub struct Config {
     /// Which consent readers are where; none means simulated readers.
     #[serde(default)]
     pub devices: hexa_hal::config::ReadersConfig,
+    /// Timings of the consent ceremonies and the fingerprint module's capacity.
+    #[serde(default)]
+    pub consent: ConsentConfig,
+}
+
+/// Timings of the consent ceremonies (all in seconds) and the fingerprint module's
+/// capacity. The FIDO2 relying party ID is not here: it is one national constant, so a card
+/// enrolled at one appliance answers at every other.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentConfig {
+    /// How long a challenge may be answered after it is issued (at least
+    /// `max_timeout_secs`, or a slow tap would always be stale).
+    pub challenge_ttl_secs: u64,
+    /// Time to tap when a request does not say (`timeoutSeconds`).
+    pub default_timeout_secs: u64,
+    /// Longest `timeoutSeconds` a request may ask for.
+    pub max_timeout_secs: u64,
+    /// How long after its ceremony a fingerprint consent or an enrolment may be
+    /// countersigned by the health worker.
+    pub countersign_window_secs: u64,
+    /// Lifetime of a patient's card-tap session at the front desk.
+    pub session_ttl_secs: u64,
+    /// Template slots of the fingerprint module (R503: 200, AS608: 300, R307: 1000).
+    pub finger_slots: u16,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            challenge_ttl_secs: 180,
+            default_timeout_secs: 30,
+            max_timeout_secs: 120,
+            countersign_window_secs: 3600,
+            session_ttl_secs: 600,
+            finger_slots: 200,
+        }
+    }
 }
 
 /// HTTP server settings; every one of them bounds what a client can make the server hold.
@@ -172,6 +210,30 @@ impl Config {
         if self.server.rate_limit_max_keys == 0 || self.server.rate_limit_max_keys > 1_000_000 {
             return Err("server.rate_limit_max_keys must be between 1 and 1000000".into());
         }
+        let c = &self.consent;
+        if !(1..=600).contains(&c.max_timeout_secs)
+            || !(1..=c.max_timeout_secs).contains(&c.default_timeout_secs)
+        {
+            return Err(
+                "consent.max_timeout_secs must be 1-600 and consent.default_timeout_secs 1 to it"
+                    .into(),
+            );
+        }
+        if c.challenge_ttl_secs < c.max_timeout_secs || c.challenge_ttl_secs > 900 {
+            return Err(
+                "consent.challenge_ttl_secs must be at least consent.max_timeout_secs and at most 900"
+                    .into(),
+            );
+        }
+        if !(60..=7 * 86_400).contains(&c.countersign_window_secs) {
+            return Err("consent.countersign_window_secs must be between 60 and 604800".into());
+        }
+        if !(60..=3_600).contains(&c.session_ttl_secs) {
+            return Err("consent.session_ttl_secs must be between 60 and 3600".into());
+        }
+        if !(1..=3_000).contains(&c.finger_slots) {
+            return Err("consent.finger_slots must be between 1 and 3000".into());
+        }
         if self.facility.id.is_empty()
             || self.facility.id.len() > 64
             || !self
@@ -253,6 +315,17 @@ mod tests {
                     && !l.contains("burst")
                     && !l.contains("public_base_url")
                     && !l.contains("body_read_timeout")
+                    && ![
+                        "[consent]",
+                        "challenge_ttl_secs",
+                        "default_timeout_secs",
+                        "max_timeout_secs",
+                        "countersign_window_secs",
+                        "session_ttl_secs",
+                        "finger_slots",
+                    ]
+                    .iter()
+                    .any(|k| l.starts_with(k))
             })
             .collect::<Vec<_>>()
             .join("\n");
@@ -260,5 +333,42 @@ mod tests {
         let c = Config::load(&p).unwrap();
         assert_eq!(c.server.client_rate_per_sec, default_client_rate());
         assert_eq!(c.server.public_base_url, None);
+        assert_eq!(c.consent, ConsentConfig::default());
+    }
+
+    #[test]
+    fn consent_timings_are_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hexa.toml");
+        let text = DEFAULT_CONFIG
+            .replace("max_timeout_secs = 120", "max_timeout_secs = 60")
+            .replace("finger_slots = 200", "finger_slots = 1000");
+        std::fs::write(&p, text).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.consent.max_timeout_secs, 60);
+        assert_eq!(c.consent.finger_slots, 1000);
+        for (bad, field) in [
+            ("challenge_ttl_secs = 180", "challenge_ttl_secs = 30"),
+            ("finger_slots = 200", "finger_slots = 0"),
+            ("default_timeout_secs = 30", "default_timeout_secs = 121"),
+            (
+                "countersign_window_secs = 3600",
+                "countersign_window_secs = 10",
+            ),
+            ("session_ttl_secs = 600", "session_ttl_secs = 86400"),
+        ] {
+            std::fs::write(&p, DEFAULT_CONFIG.replace(bad, field)).unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains("consent."), "{field}: {e}");
+        }
+        std::fs::write(
+            &p,
+            DEFAULT_CONFIG.replace("[consent]", "[consent]\nrp_id = \"x\""),
+        )
+        .unwrap();
+        assert!(
+            Config::load(&p).is_err(),
+            "the relying party ID is not configurable"
+        );
     }
 }

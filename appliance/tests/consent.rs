@@ -105,9 +105,13 @@ fn request(
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&Config::defaults())
+    }
+
+    fn start_with(config: &Config) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("data"));
-        let app = hexa_appliance::start(&dir, &Config::defaults(), None).unwrap();
+        let app = hexa_appliance::start(&dir, config, None).unwrap();
         let mut s = Server {
             http: common::Listening::serve(app.http.clone()),
             app,
@@ -1246,4 +1250,28 @@ fn card_enrolment_countersigned_by_the_enrolling_health_worker() {
         ]),
     );
     assert_eq!((r.status, r.code()), (409, "wrong-state".into()));
+}
+
+/// The `[consent]` section of hexa.toml reaches the ceremonies: a site that allows at most
+/// 5 s to tap refuses a request for 10 s, and its countersign window is what it set.
+#[test]
+fn configured_ceremony_timings_apply() {
+    let mut cfg = Config::defaults();
+    cfg.consent.max_timeout_secs = 5;
+    cfg.consent.default_timeout_secs = 5;
+    cfg.consent.countersign_window_secs = 600;
+    let s = Server::start_with(&cfg);
+    assert_eq!(s.ceremonies().config().countersign_window_secs, 600);
+    let p = s.patient("Timed");
+    let r = s.fhir(
+        "POST",
+        &format!("/fhir/Patient/{p}/$enroll-card"),
+        &params(vec![json!({"name": "timeoutSeconds", "valueInteger": 10})]),
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("between 1 and 5"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
 }

@@ -122,6 +122,20 @@ impl Default for CeremonyConfig {
     }
 }
 
+impl From<&crate::config::ConsentConfig> for CeremonyConfig {
+    fn from(c: &crate::config::ConsentConfig) -> Self {
+        CeremonyConfig {
+            challenge_ttl_secs: c.challenge_ttl_secs,
+            default_timeout_secs: c.default_timeout_secs,
+            max_timeout_secs: c.max_timeout_secs,
+            countersign_window_secs: c.countersign_window_secs,
+            session_ttl_secs: c.session_ttl_secs,
+            finger_slots: c.finger_slots,
+            ..CeremonyConfig::default()
+        }
+    }
+}
+
 /// Who asked for a ceremony (from the integrator's token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requester {
