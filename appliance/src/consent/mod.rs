@@ -1021,18 +1021,7 @@ impl Ceremonies {
         p: &Params,
         now: u64,
     ) -> Result<Record, CeremonyError> {
-        let prac_id = p
-            .reference("practitioner", "Practitioner")?
-            .ok_or_else(|| {
-                CeremonyError::BadRequest(
-                    "`practitioner` (the countersigning health worker) is required".into(),
-                )
-            })?;
-        let jws = p.text("signature")?.ok_or_else(|| {
-            CeremonyError::BadRequest(
-                "`signature` (a detached JWS over the challenge) is required".into(),
-            )
-        })?;
+        let (prac_id, jws) = Self::countersign_params(p, "the challenge")?;
         let rec = self.read_consent(id).await?;
         let status = rec.resource.get("status").and_then(Value::as_str);
         if status != Some("proposed") || records::assurance_of(&rec.resource) != Some("fingerprint")
@@ -1052,15 +1041,7 @@ impl Ceremonies {
                 self.config.countersign_window_secs
             )));
         }
-        let prac = self.require_practitioner(&prac_id).await?;
-        let key = records::practitioner_key(&prac.resource).ok_or_else(|| {
-            CeremonyError::WrongCredential(format!(
-                "Practitioner/{prac_id} has no registered Ed25519 key (extension {})",
-                records::EXT_PUBLIC_JWK
-            ))
-        })?;
-        hexa_crypto::jws::verify_detached(&jws, &bytes, &key)
-            .map_err(|e| CeremonyError::BadSignature(e.to_string()))?;
+        let key = self.verify_worker_signature(&prac_id, &jws, &bytes).await?;
         ev["countersignature"] = json!({
             "practitioner": format!("Practitioner/{prac_id}"),
             "kid": key.kid(),
@@ -1073,17 +1054,7 @@ impl Ceremonies {
             &ev,
             ch.issued_at,
         );
-        let w = self
-            .store
-            .update(&self.system(), "Consent", id, next, Some(rec.version), None)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    CeremonyError::WrongState(format!("Consent/{id} changed meanwhile; retry"))
-                }
-                e => e.into(),
-            })?;
-        Ok(w.record)
+        self.update_version("Consent", id, next, rec.version).await
     }
 
     async fn revoke_consent(
@@ -1132,17 +1103,7 @@ impl Ceremonies {
             let mut ev = records::evidence("card", &ch, card);
             ev["revokes"] = json!(rec.versioned_reference());
             let next = records::consent_next_version(&rec.resource, "inactive", "card", &ev, now);
-            let w = self
-                .store
-                .update(&self.system(), "Consent", id, next, Some(rec.version), None)
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict { .. } => {
-                        CeremonyError::WrongState(format!("Consent/{id} changed meanwhile; retry"))
-                    }
-                    e => e.into(),
-                })?;
-            Ok(w.record)
+            self.update_version("Consent", id, next, rec.version).await
         }
         .await;
         guard.finish(&r, Record::versioned_reference);
@@ -1182,24 +1143,72 @@ impl Ceremonies {
     }
 
     async fn deactivate(&self, d: &Enrolled) -> Result<Record, CeremonyError> {
-        Ok(self
+        self.update_version(
+            "Device",
+            &d.id,
+            records::with_status(&d.resource, "inactive"),
+            d.version,
+        )
+        .await
+    }
+
+    /// Writes `next` as the version after `version` of `ty/id`; a version written
+    /// meanwhile is a 409 `wrong-state` (the caller's decision was made on the old one).
+    async fn update_version(
+        &self,
+        ty: &str,
+        id: &str,
+        next: Value,
+        version: u64,
+    ) -> Result<Record, CeremonyError> {
+        match self
             .store
-            .update(
-                &self.system(),
-                "Device",
-                &d.id,
-                records::with_status(&d.resource, "inactive"),
-                Some(d.version),
-                None,
-            )
+            .update(&self.system(), ty, id, next, Some(version), None)
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    CeremonyError::WrongState(format!("Device/{} changed meanwhile; retry", d.id))
-                }
-                e => e.into(),
-            })?
-            .record)
+        {
+            Ok(w) => Ok(w.record),
+            Err(StoreError::Conflict { .. }) => Err(CeremonyError::WrongState(format!(
+                "{ty}/{id} changed meanwhile; retry"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The `practitioner` and `signature` parameters of a `$countersign` over `signed`.
+    fn countersign_params(p: &Params, signed: &str) -> Result<(String, String), CeremonyError> {
+        let prac_id = p
+            .reference("practitioner", "Practitioner")?
+            .ok_or_else(|| {
+                CeremonyError::BadRequest(
+                    "`practitioner` (the countersigning health worker) is required".into(),
+                )
+            })?;
+        let jws = p.text("signature")?.ok_or_else(|| {
+            CeremonyError::BadRequest(format!(
+                "`signature` (a detached JWS over {signed}) is required"
+            ))
+        })?;
+        Ok((prac_id, jws))
+    }
+
+    /// Verifies `jws` over `bytes` by the key registered on Practitioner `prac_id`;
+    /// returns that key.
+    async fn verify_worker_signature(
+        &self,
+        prac_id: &str,
+        jws: &str,
+        bytes: &[u8],
+    ) -> Result<hexa_crypto::keys::PublicKey, CeremonyError> {
+        let prac = self.require_practitioner(prac_id).await?;
+        let key = records::practitioner_key(&prac.resource).ok_or_else(|| {
+            CeremonyError::WrongCredential(format!(
+                "Practitioner/{prac_id} has no registered Ed25519 key (extension {})",
+                records::EXT_PUBLIC_JWK
+            ))
+        })?;
+        hexa_crypto::jws::verify_detached(jws, bytes, &key)
+            .map_err(|e| CeremonyError::BadSignature(e.to_string()))?;
+        Ok(key)
     }
 
     async fn revoke_device(&self, id: &str) -> Result<Record, CeremonyError> {
@@ -1251,18 +1260,7 @@ impl Ceremonies {
         p: &Params,
         now: u64,
     ) -> Result<Record, CeremonyError> {
-        let prac_id = p
-            .reference("practitioner", "Practitioner")?
-            .ok_or_else(|| {
-                CeremonyError::BadRequest(
-                    "`practitioner` (the enrolling health worker) is required".into(),
-                )
-            })?;
-        let jws = p.text("signature")?.ok_or_else(|| {
-            CeremonyError::BadRequest(
-                "`signature` (a detached JWS over the enrolment statement) is required".into(),
-            )
-        })?;
+        let (prac_id, jws) = Self::countersign_params(p, "the enrolment statement")?;
         let d = self.read_enrolment(id).await?;
         if !d.active {
             return Err(CeremonyError::WrongState(format!(
@@ -1295,27 +1293,11 @@ impl Ceremonies {
                 self.config.countersign_window_secs
             )));
         }
-        let prac = self.require_practitioner(&prac_id).await?;
-        let key = records::practitioner_key(&prac.resource).ok_or_else(|| {
-            CeremonyError::WrongCredential(format!(
-                "Practitioner/{prac_id} has no registered Ed25519 key (extension {})",
-                records::EXT_PUBLIC_JWK
-            ))
-        })?;
-        hexa_crypto::jws::verify_detached(&jws, &statement, &key)
-            .map_err(|e| CeremonyError::BadSignature(e.to_string()))?;
+        let key = self
+            .verify_worker_signature(&prac_id, &jws, &statement)
+            .await?;
         let next = records::with_countersignature(&d.resource, &prac_id, &key.kid(), &jws);
-        let w = self
-            .store
-            .update(&self.system(), "Device", id, next, Some(d.version), None)
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    CeremonyError::WrongState(format!("Device/{id} changed meanwhile; retry"))
-                }
-                e => e.into(),
-            })?;
-        Ok(w.record)
+        self.update_version("Device", id, next, d.version).await
     }
 
     async fn enroll_card(
