@@ -188,7 +188,7 @@ pub fn start(
             http.device_actor(),
             &node_kid,
             &config.facility.id,
-            consent::CeremonyConfig::from(&config.consent),
+            config.consent.clone(),
         )
         .map_err(|e| anyhow::anyhow!("cannot start the consent ceremonies: {e}"))?,
     );

@@ -521,6 +521,18 @@ fn client_registry_from_the_command_line() {
     );
 }
 
+/// Runs the `hexa` binary with `args` on data directory `data`, in directory `cwd`.
+fn hexa_in(cwd: &std::path::Path, data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hexa"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .current_dir(cwd)
+        .env_remove("HEXA_KEY_PASSPHRASE")
+        .output()
+        .unwrap()
+}
+
 /// Starts the `hexa` binary on `data` (its configured address); returns it and the address
 /// it logged. A watchdog kills it after a minute, turning a hang into a failure.
 fn spawn_serve(data: &std::path::Path) -> (std::process::Child, SocketAddr) {
@@ -581,16 +593,7 @@ fn token_request(addr: SocketAddr, assertion: &str) -> (u16, serde_json::Value) 
 fn init_stores_the_public_base_url_that_tokens_are_audienced_to() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let hexa = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_hexa"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .current_dir(tmp.path())
-            .env_remove("HEXA_KEY_PASSPHRASE")
-            .output()
-            .unwrap()
-    };
+    let hexa = |args: &[&str]| hexa_in(tmp.path(), &data, args);
     let bad = hexa(&["init", "--public-base-url", "http://hexa.test:8443/"]);
     assert!(!bad.status.success());
     assert!(
@@ -670,16 +673,7 @@ fn init_stores_the_public_base_url_that_tokens_are_audienced_to() {
 fn generated_client_key_to_a_created_patient() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let hexa = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_hexa"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .current_dir(tmp.path())
-            .env_remove("HEXA_KEY_PASSPHRASE")
-            .output()
-            .unwrap()
-    };
+    let hexa = |args: &[&str]| hexa_in(tmp.path(), &data, args);
     // Pick a free port for the whole session: the assertion names it as its audience.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

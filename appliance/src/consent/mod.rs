@@ -88,53 +88,12 @@ pub use error::CeremonyError;
 use params::{Params, format_time};
 use records::{Enrolled, Enrolment, Terms};
 
-/// Timing and naming of the ceremonies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CeremonyConfig {
-    /// FIDO2 relying party ID of the cards. One national value, so a card enrolled at one
-    /// appliance answers at every appliance of the exchange.
-    pub rp_id: String,
-    /// How long a challenge may be answered after it is issued.
-    pub challenge_ttl_secs: u64,
-    /// Time to tap when the request does not say.
-    pub default_timeout_secs: u64,
-    /// Longest `timeoutSeconds` accepted.
-    pub max_timeout_secs: u64,
-    /// How long after its ceremony a fingerprint consent may be countersigned.
-    pub countersign_window_secs: u64,
-    /// Lifetime of a patient session.
-    pub session_ttl_secs: u64,
-    /// Template slots of the fingerprint module.
-    pub finger_slots: u16,
-}
+/// FIDO2 relying party ID of the cards: one national value, so a card enrolled at one
+/// appliance answers at every appliance of the exchange (not configurable for that reason).
+pub const RP_ID: &str = "hexa-consent";
 
-impl Default for CeremonyConfig {
-    fn default() -> Self {
-        CeremonyConfig {
-            rp_id: "hexa-consent".into(),
-            challenge_ttl_secs: 180,
-            default_timeout_secs: 30,
-            max_timeout_secs: 120,
-            countersign_window_secs: 3600,
-            session_ttl_secs: 600,
-            finger_slots: 200,
-        }
-    }
-}
-
-impl From<&crate::config::ConsentConfig> for CeremonyConfig {
-    fn from(c: &crate::config::ConsentConfig) -> Self {
-        CeremonyConfig {
-            challenge_ttl_secs: c.challenge_ttl_secs,
-            default_timeout_secs: c.default_timeout_secs,
-            max_timeout_secs: c.max_timeout_secs,
-            countersign_window_secs: c.countersign_window_secs,
-            session_ttl_secs: c.session_ttl_secs,
-            finger_slots: c.finger_slots,
-            ..CeremonyConfig::default()
-        }
-    }
-}
+/// The ceremonies' timings and the fingerprint module's capacity (`[consent]` in hexa.toml).
+pub type CeremonyConfig = crate::config::ConsentConfig;
 
 /// Who asked for a ceremony (from the integrator's token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,7 +438,7 @@ impl Ceremonies {
 
     /// The relying party ID and this appliance's ID (what challenges name).
     pub fn identity(&self) -> (&str, &str) {
-        (&self.config.rp_id, &self.appliance_id)
+        (RP_ID, &self.appliance_id)
     }
 
     /// The patient's active enrolments of type `code`.
@@ -638,7 +597,7 @@ impl Ceremonies {
                 credential_id: a.credential_id.clone(),
             },
             &VerifyParams {
-                rp_id: &self.config.rp_id,
+                rp_id: RP_ID,
                 expected_appliance_id: &self.appliance_id,
                 last_sign_count: *sign_count,
                 now,
@@ -668,7 +627,7 @@ impl Ceremonies {
             cose_key,
             &a.auth_data,
             &a.signature,
-            &self.config.rp_id,
+            RP_ID,
         );
         Ok((dev.clone(), ev))
     }
@@ -690,7 +649,7 @@ impl Ceremonies {
             .devices
             .send(Timed {
                 message: Assert {
-                    rp_id: self.config.rp_id.clone(),
+                    rp_id: RP_ID.to_string(),
                     client_data_hash: ch.client_data_hash(),
                     allow_credential_ids: allow,
                     pin: None,
@@ -1333,7 +1292,7 @@ impl Ceremonies {
                 .devices
                 .send(Timed {
                     message: EnrollCard {
-                        rp_id: self.config.rp_id.clone(),
+                        rp_id: RP_ID.to_string(),
                         user_id: patient_id.as_bytes().to_vec(),
                         user_name: format!("Patient/{patient_id}"),
                         client_data_hash: sha256(&seed),
