@@ -115,11 +115,15 @@ pub(crate) fn check_enrolments(ex: &Export, report: &mut Report) {
     let mut countersigned = BTreeSet::new();
     let mut unsigned = BTreeSet::new();
     let mut first: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
-    for v in ex
+    // Oldest version first within each Device (the map's keys sort "_history/10" before
+    // "_history/2").
+    let mut devices: Vec<&Version<'_>> = ex
         .versions
         .values()
         .filter(|v| v.ty == "Device" && !v.deleted)
-    {
+        .collect();
+    devices.sort_by(|a, b| (&a.id, a.version).cmp(&(&b.id, b.version)));
+    for v in devices {
         let subject = v.reference();
         let Some(e) = ext(v.resource, STATEMENT_EXT) else {
             if ext(v.resource, COUNTERSIGNATURE_EXT).is_some() {
@@ -172,7 +176,7 @@ pub(crate) fn check_enrolments(ex: &Export, report: &mut Report) {
             Some(b) if *b != bytes => report.fail(
                 Code::EnrolmentCountersignature,
                 &subject,
-                "the enrolment statement differs from the one of an earlier version",
+                "the enrolment statement differs from the one of the Device's first version",
             ),
             Some(_) => {}
             None => {
