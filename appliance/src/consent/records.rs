@@ -489,11 +489,15 @@ pub fn with_statement(device: Value, id: &str, statement: &[u8]) -> Value {
     d["id"] = json!(id);
     let e =
         json!({"url": EXT_ENROLMENT_STATEMENT, "valueBase64Binary": STANDARD.encode(statement)});
-    match d.get_mut("extension").and_then(Value::as_array_mut) {
-        Some(exts) => exts.push(e),
-        None => d["extension"] = json!([e]),
-    }
+    push_extension(&mut d, e);
     d
+}
+
+fn push_extension(r: &mut Value, e: Value) {
+    match r.get_mut("extension").and_then(Value::as_array_mut) {
+        Some(exts) => exts.push(e),
+        None => r["extension"] = json!([e]),
+    }
 }
 
 /// The statement bytes of an enrolment Device, if it has one.
@@ -524,10 +528,7 @@ pub fn with_countersignature(device: &Value, practitioner_id: &str, kid: &str, j
         {"url": "kid", "valueString": kid},
         {"url": "jws", "valueString": jws},
     ]});
-    match d.get_mut("extension").and_then(Value::as_array_mut) {
-        Some(exts) => exts.push(e),
-        None => d["extension"] = json!([e]),
-    }
+    push_extension(&mut d, e);
     d
 }
 
