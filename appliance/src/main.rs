@@ -6,6 +6,11 @@ use hexa_appliance::{config::Config, datadir::DataDir};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc's malloc: under load the server spent about a quarter of its
+/// CPU in malloc/free (benches/README.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "hexa", version, about = "hexa, the health exchange appliance")]
 struct Cli {
