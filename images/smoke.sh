@@ -2,9 +2,11 @@
 # The appliance image smoke test (run as root by .ci/image-smoke after images/build.sh):
 #  1. static gates: systemd-analyze security of the unit (threshold 1.5), `nft -c` of the
 #     ruleset inside the image root (rootless: unshare -rn), veritysetup verify of the root;
-#  2. boots a copy of the image, seeded with a site config and a client key made here,
-#     under qemu (TCG) with a forwarded port; waits for /readyz through it; gets a token,
-#     creates and reads a Patient; reads the in-guest self-test from the serial console;
+#  2. boots a copy of the image, seeded with a site config (with an NTP server) and a client
+#     key made here, and enlarged by 1 GiB, under qemu (TCG) with a forwarded port; waits for
+#     /readyz through it; gets a token, creates and reads a Patient; reads the in-guest
+#     self-test from the serial console (hexa-data grown to the disk, timesyncd with the
+#     site's server, ...);
 #  3. negative: one flipped byte in the root partition, and the boot must refuse it.
 # Prints the image size and boot-to-ready time. Every wait is bounded.
 #   images/smoke.sh            (uses $HEXA_IMAGE_OUT, default $CARGO_TARGET_DIR/image)
@@ -69,10 +71,14 @@ HEXA_FACILITY_ID=rw-dh-smoke
 HEXA_FACILITY_NAME=Smoke Test District Hospital
 HEXA_LISTEN=0.0.0.0:8080
 HEXA_PUBLIC_BASE_URL=http://127.0.0.1:$port
+HEXA_NTP=127.0.0.1
 SITE
 disk="$work/disk.img"
 cp --sparse=always "$out/hexa.img" "$disk"
 "$here/site-seed.sh" "$disk" "$site"
+# A bigger disk than the image: first boot must grow hexa-data to its end.
+truncate -s +1G "$disk"
+say "disk copy enlarged by 1 GiB to $(($(stat -c %s "$disk") / 1048576)) MiB (hexa-data is $(($(stat -c %s "$out/hexa.img") / 1048576 - $(cat "$out/data.start") / 2048)) MiB in the image)"
 t0=$(date +%s.%N)
 boot "$disk" "$work/console.log" "$port"
 base="http://127.0.0.1:$port"
@@ -94,6 +100,11 @@ done
 grep -a '^HEXA-SELFTEST' "$work/console.log" | tr -d '\r' | sed 's/^/  guest: /'
 grep -aq '^HEXA-SELFTEST-RESULT: PASS' "$work/console.log" || die "in-guest self-test failed"
 grep -aq '^HEXA-BOOT: site seed read' "$work/console.log" || die "the site seed was not read"
+grep -aq '^HEXA-BOOT: first boot: hexa-data grown to the end of the disk' "$work/console.log" || die "hexa-data was not grown"
+var_mib=$(grep -a '^HEXA-SELFTEST: data-fills-disk PASS' "$work/console.log" | sed -n 's/.*var_mib=\([0-9]*\).*/\1/p')
+[ -n "$var_mib" ] && [ "$var_mib" -gt 1024 ] || die "/var is ${var_mib:-?} MiB: not grown past the 1 GiB added"
+say "/var grew to $var_mib MiB on the enlarged disk"
+grep -aq '^HEXA-SELFTEST: timesyncd-active PASS servers=\[127.0.0.1\]' "$work/console.log" || die "timesyncd does not use the site's NTP server"
 stop
 
 say "== negative: one flipped byte in the root partition"
