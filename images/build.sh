@@ -127,6 +127,10 @@ echo hexa >"$root/etc/hostname"
 : >"$root/etc/machine-id"
 : >"$root/etc/fstab"
 chroot "$root" usermod -p '!' root
+# /tmp as a tmpfs (Debian's tmp.mount): a read-only /tmp breaks services' PrivateDevices=
+# (systemd makes the private /dev in /tmp) and tmpfiles.
+cp "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tmp.mount"
+chroot "$root" systemctl enable --quiet tmp.mount
 chroot "$root" systemctl enable --quiet systemd-networkd.service nftables.service hexa.service hexa-selftest.service \
 	systemd-timesyncd.service hexa-ntp-site.service
 # No logins of any kind: no getty on any console, no logind, no debug or emergency shells.
@@ -240,8 +244,12 @@ for name, path in files.items():
 PY
 mapfile -t objargs <"$sdboot/objcopy-args"
 objcopy "${objargs[@]}" "$efidir/linuxx64.efi.stub" "$uki_unsigned"
-sbsign --key "$sbkey" --cert "$sbcrt" --output "$out/hexa-a.efi" "$uki_unsigned" 2>&1 | grep -v '^warning: data remaining' >&2 || true
-sbsign --key "$sbkey" --cert "$sbcrt" --output "$sdboot/BOOTX64.EFI" "$efidir/systemd-bootx64.efi" >/dev/null
+# (sbsign warns "data remaining ... gaps between PE/COFF sections?" about the section
+# alignment padding; sbverify below checks the result.)
+for pair in "$uki_unsigned:$out/hexa-a.efi" "$efidir/systemd-bootx64.efi:$sdboot/BOOTX64.EFI"; do
+	sbsign --key "$sbkey" --cert "$sbcrt" --output "${pair#*:}" "${pair%%:*}" >"$sdboot/sbsign.log" 2>&1 ||
+		{ cat "$sdboot/sbsign.log" >&2; echo "sbsign failed on ${pair%%:*}" >&2; exit 1; }
+done
 sbverify --cert "$sbcrt" "$out/hexa-a.efi" >/dev/null || { echo "sbverify rejects hexa-a.efi" >&2; exit 1; }
 sbverify --cert "$sbcrt" "$sdboot/BOOTX64.EFI" >/dev/null || { echo "sbverify rejects BOOTX64.EFI" >&2; exit 1; }
 log "hexa-a.efi: $(($(stat -c %s "$out/hexa-a.efi") / 1024)) KiB, signed and verified (sbverify --cert)"
