@@ -145,7 +145,7 @@ refused() {
 	if grep -aqE 'Linux version|HEXA-BOOT' "$log"; then tail -n 20 "$log"; die "$1: a kernel started"; fi
 	grep -aqE 'Security Violation|Access Denied' "$log" ||
 		{ tail -c 2000 "$log"; die "$1: no refusal by the firmware within ${refuse_timeout}s"; }
-	say "$1: refused: $(grep -aoE '[^[:cntrl:]]*(Security Violation|Access Denied)' "$log" | head -n1)"
+	say "$1: refused by the firmware, systemd-boot reports: $(sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$log" | grep -aoE '[^[:cntrl:]]*(Security Violation|Access Denied)' | head -n1)"
 }
 # with_uki <disk> <uki>: a fresh copy of the image whose ESP carries <uki> as hexa-a.efi.
 with_uki() {
