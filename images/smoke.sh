@@ -5,8 +5,8 @@
 #  2. boots a copy of the image, seeded with a site config (with an NTP server) and a client
 #     key made here, and enlarged by 1 GiB, under qemu (TCG) with a forwarded port; waits for
 #     /readyz through it; gets a token, creates and reads a Patient; reads the in-guest
-#     self-test from the serial console (hexa-data grown to the disk, timesyncd with the
-#     site's server, ...);
+#     self-test from the serial console (hexa-data grown to the disk, timesyncd synchronised
+#     with the site's NTP server, smoke_ntp.py on the host's 127.0.0.1:123, ...);
 #  3. negative: one flipped byte in the root partition, and the boot must refuse it.
 # Prints the image size and boot-to-ready time. Every wait is bounded.
 #   images/smoke.sh            (uses $HEXA_IMAGE_OUT, default $CARGO_TARGET_DIR/image)
@@ -20,9 +20,10 @@ refuse_timeout="${HEXA_SMOKE_REFUSE_TIMEOUT:-300}"
 say() { echo "smoke: $*"; }
 die() { echo "smoke: FAIL: $*" >&2; exit 1; }
 work=$(mktemp -d /var/tmp/hexa-smoke.XXXXXX)
-qpid=""
+qpid="" ntppid=""
 cleanup() {
 	if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then kill "$qpid"; wait "$qpid" 2>/dev/null || true; fi
+	if [ -n "$ntppid" ] && kill -0 "$ntppid" 2>/dev/null; then kill "$ntppid"; wait "$ntppid" 2>/dev/null || true; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -71,7 +72,7 @@ HEXA_FACILITY_ID=rw-dh-smoke
 HEXA_FACILITY_NAME=Smoke Test District Hospital
 HEXA_LISTEN=0.0.0.0:8080
 HEXA_PUBLIC_BASE_URL=http://127.0.0.1:$port
-HEXA_NTP=127.0.0.1
+HEXA_NTP=10.0.2.2
 SITE
 disk="$work/disk.img"
 cp --sparse=always "$out/hexa.img" "$disk"
@@ -79,6 +80,12 @@ cp --sparse=always "$out/hexa.img" "$disk"
 # A bigger disk than the image: first boot must grow hexa-data to its end.
 truncate -s +1G "$disk"
 say "disk copy enlarged by 1 GiB to $(($(stat -c %s "$disk") / 1048576)) MiB (hexa-data is $(($(stat -c %s "$out/hexa.img") / 1048576 - $(cat "$out/data.start") / 2048)) MiB in the image)"
+# The site's NTP server: smoke_ntp.py on the host's 127.0.0.1:123, which qemu's user
+# networking shows the guest as 10.0.2.2:123 (no NTP packet leaves the machine).
+python3 "$here/smoke_ntp.py" --seconds $((ready_timeout + selftest_timeout + 120)) >"$work/ntp.log" 2>&1 &
+ntppid=$!
+sleep 1
+kill -0 "$ntppid" 2>/dev/null || { cat "$work/ntp.log"; die "the test NTP server could not start (UDP 127.0.0.1:123 taken?)"; }
 t0=$(date +%s.%N)
 boot "$disk" "$work/console.log" "$port"
 base="http://127.0.0.1:$port"
@@ -102,9 +109,14 @@ grep -aq '^HEXA-SELFTEST-RESULT: PASS' "$work/console.log" || die "in-guest self
 grep -aq '^HEXA-BOOT: site seed read' "$work/console.log" || die "the site seed was not read"
 grep -aq '^HEXA-BOOT: first boot: hexa-data grown to the end of the disk' "$work/console.log" || die "hexa-data was not grown"
 var_mib=$(grep -a '^HEXA-SELFTEST: data-fills-disk PASS' "$work/console.log" | sed -n 's/.*var_mib=\([0-9]*\).*/\1/p')
-[ -n "$var_mib" ] && [ "$var_mib" -gt 1024 ] || die "/var is ${var_mib:-?} MiB: not grown past the 1 GiB added"
+{ [ -n "$var_mib" ] && [ "$var_mib" -gt 1024 ]; } || die "/var is ${var_mib:-?} MiB: not grown past the 1 GiB added"
 say "/var grew to $var_mib MiB on the enlarged disk"
-grep -aq '^HEXA-SELFTEST: timesyncd-active PASS site=\[127.0.0.1\] timesyncd=\[.*127.0.0.1' "$work/console.log" || die "timesyncd does not use the site's NTP server"
+grep -aq '^HEXA-SELFTEST: timesyncd-active PASS site=\[10.0.2.2\] synchronized=yes timesyncd=\[.*10.0.2.2' "$work/console.log" ||
+	die "timesyncd did not synchronise with the site's NTP server"
+kill "$ntppid" 2>/dev/null || true
+wait "$ntppid" 2>/dev/null || true
+ntppid=""
+say "timesyncd synchronised with the site's NTP server ($(tail -n1 "$work/ntp.log" | sed 's/^smoke_ntp: //'))"
 stop
 
 say "== negative: one flipped byte in the root partition"
