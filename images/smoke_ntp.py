@@ -7,6 +7,7 @@ Under qemu's user networking the guest reaches it as 10.0.2.2:123. It stops by i
     smoke_ntp.py [--seconds N]
 """
 import argparse
+import signal
 import socket
 import struct
 import time
@@ -27,8 +28,18 @@ def main():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", args.port))
     deadline = time.monotonic() + args.seconds
-    answered = 0
     print("smoke_ntp: listening on 127.0.0.1:%d" % args.port, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit()))
+    try:
+        serve(s, deadline)
+    finally:
+        print("smoke_ntp: answered %d requests" % ANSWERED[0], flush=True)
+
+
+ANSWERED = [0]
+
+
+def serve(s, deadline):
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -56,8 +67,7 @@ def main():
         )
         reply += ntp_ts(recv - 1) + data[40:48] + ntp_ts(recv) + ntp_ts(time.time())
         s.sendto(reply, peer)
-        answered += 1
-    print("smoke_ntp: answered %d requests" % answered, flush=True)
+        ANSWERED[0] += 1
 
 
 if __name__ == "__main__":
