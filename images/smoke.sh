@@ -140,4 +140,4 @@ qpid=""
 grep -a '^HEXA-BOOT: FAILED' "$work/bad-console.log" | tr -d '\r' | sed 's/^/  guest: /'
 grep -aq '^HEXA-BOOT: FAILED: dm-verity' "$work/bad-console.log" || { tail -n 30 "$work/bad-console.log"; die "no dm-verity refusal on the console"; }
 say "the corrupted root was refused and the machine powered off"
-say "PASS: image $((img_bytes / 1048576)) MiB ($((xz_bytes / 1048576)) MiB xz), boot to ready ${ready_secs} s under TCG"
+say "PASS: image $((img_bytes / 1048576)) MiB ($((xz_bytes / 1048576)) MiB xz), boot to ready ${ready_secs} s under TCG; ${SECONDS} s in all"
