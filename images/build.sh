@@ -113,6 +113,7 @@ install -Dm755 "$here/hexa-selftest" "$root/usr/lib/hexa/hexa-selftest"
 install -Dm644 "$here/hexa-selftest.service" "$root/usr/lib/systemd/system/hexa-selftest.service"
 install -Dm755 "$here/hexa-ntp-site" "$root/usr/lib/hexa/hexa-ntp-site"
 install -Dm644 "$here/hexa-ntp-site.service" "$root/usr/lib/systemd/system/hexa-ntp-site.service"
+install -Dm644 "$here/timesyncd-hexa.conf" "$root/usr/lib/systemd/system/systemd-timesyncd.service.d/90-hexa.conf"
 cat >"$root/etc/systemd/network/80-hexa-dhcp.network" <<'NET'
 # The appliance takes its address from the hospital's DHCP server (v4) and SLAAC (v6).
 [Match]
@@ -250,8 +251,8 @@ for pair in "$uki_unsigned:$out/hexa-a.efi" "$efidir/systemd-bootx64.efi:$sdboot
 	sbsign --key "$sbkey" --cert "$sbcrt" --output "${pair#*:}" "${pair%%:*}" >"$sdboot/sbsign.log" 2>&1 ||
 		{ cat "$sdboot/sbsign.log" >&2; echo "sbsign failed on ${pair%%:*}" >&2; exit 1; }
 done
-sbverify --cert "$sbcrt" "$out/hexa-a.efi" >/dev/null || { echo "sbverify rejects hexa-a.efi" >&2; exit 1; }
-sbverify --cert "$sbcrt" "$sdboot/BOOTX64.EFI" >/dev/null || { echo "sbverify rejects BOOTX64.EFI" >&2; exit 1; }
+sbverify --cert "$sbcrt" "$out/hexa-a.efi" >/dev/null 2>&1 || { echo "sbverify rejects hexa-a.efi" >&2; exit 1; }
+sbverify --cert "$sbcrt" "$sdboot/BOOTX64.EFI" >/dev/null 2>&1 || { echo "sbverify rejects BOOTX64.EFI" >&2; exit 1; }
 log "hexa-a.efi: $(($(stat -c %s "$out/hexa-a.efi") / 1024)) KiB, signed and verified (sbverify --cert)"
 
 log "EFI system partition (systemd-boot + the UKI)"

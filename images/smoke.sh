@@ -33,6 +33,9 @@ done
 
 say "== static gates"
 systemd-analyze security --offline=yes --threshold=15 "$here/hexa.service" | tail -n1
+systemd-analyze security --offline=yes --threshold=15 "$here/hexa-ntp-site.service" | tail -n1
+# timesyncd needs the clock and the network; its exposure with the appliance's drop-in:
+systemd-analyze security --offline=yes --root="$out/root" --threshold=25 systemd-timesyncd.service | tail -n1
 unshare -rn --root="$out/root" nft -c -f /etc/nftables.conf || die "nft -c rejects the image's ruleset"
 say "nft -c -f /etc/nftables.conf in the image root (unshare -rn): ok"
 veritysetup verify "$out/root.sqfs" "$out/root.verity" "$(cat "$out/roothash")" || die "veritysetup verify"
