@@ -2,12 +2,18 @@
 # Builds the hexa appliance disk image, as root, without docker or loop devices:
 #   images/build.sh [<path/to/hexa>]      (default: $CARGO_TARGET_DIR/release/hexa)
 # Output in $HEXA_IMAGE_OUT (default $CARGO_TARGET_DIR/image, or target/image):
-#   hexa.img (GPT disk), vmlinuz, initrd.img, cmdline, roothash, root.sqfs, root.verity,
-#   hexa_<version>_amd64.deb. Downloaded .debs are cached in /var/cache/hexa-image.
+#   hexa.img (GPT disk), hexa-a.efi (the signed unified kernel image), secureboot-db.crt
+#   (the certificate it is signed under), vmlinuz, initrd.img, cmdline, roothash, root.sqfs,
+#   root.verity, hexa_<version>_amd64.deb. Downloaded .debs are cached in /var/cache/hexa-image.
 # Steps: the .deb; a Debian bookworm root (mmdebstrap, variant essential + systemd);
 # the .deb installed, purged and installed again in that root (the package test);
-# hardening and stripping; squashfs + dm-verity; an initramfs; an ESP with systemd-boot;
-# the disk assembled with sfdisk and dd.
+# hardening and stripping; squashfs + dm-verity; an initramfs; a unified kernel image
+# (kernel + initramfs + command line with the root hash) signed for Secure Boot with
+# sbsign, and a signed systemd-boot, on an ESP; the disk assembled with sfdisk and dd.
+# Secure Boot signing key: HEXA_SB_KEY_DIR=<dir> with db.key and db.crt (the vendor's).
+# Unset, a throwaway TEST key pair is generated in $HEXA_IMAGE_OUT/sb-test-keys/ (never in
+# the image, never committed): such an image boots only on firmware that enrols that test
+# certificate.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 target="${CARGO_TARGET_DIR:-$here/../target}"
@@ -56,7 +62,7 @@ deb=$("$here/build-deb.sh" "$bin" "$out")
 
 log "debian root ($suite, mmdebstrap)"
 mmdebstrap --mode=root --variant=essential --format=directory --quiet \
-	--include=systemd,systemd-sysv,udev,kmod,nftables,cryptsetup-bin,e2fsprogs,init-system-helpers \
+	--include=systemd,systemd-sysv,systemd-timesyncd,udev,kmod,nftables,cryptsetup-bin,e2fsprogs,fdisk,init-system-helpers \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
 	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
@@ -102,8 +108,12 @@ log "hardening"
 install -Dm644 "$here/hexa.nft" "$root/etc/nftables.conf"
 sed -i '1a flush ruleset' "$root/etc/nftables.conf"
 install -Dm644 "$here/90-hexa-hardening.conf" "$root/usr/lib/sysctl.d/90-hexa-hardening.conf"
+install -Dm644 "$here/90-hexa-journal.conf" "$root/usr/lib/systemd/journald.conf.d/90-hexa-journal.conf"
 install -Dm755 "$here/hexa-selftest" "$root/usr/lib/hexa/hexa-selftest"
 install -Dm644 "$here/hexa-selftest.service" "$root/usr/lib/systemd/system/hexa-selftest.service"
+install -Dm755 "$here/hexa-ntp-site" "$root/usr/lib/hexa/hexa-ntp-site"
+install -Dm644 "$here/hexa-ntp-site.service" "$root/usr/lib/systemd/system/hexa-ntp-site.service"
+install -Dm644 "$here/timesyncd-hexa.conf" "$root/usr/lib/systemd/system/systemd-timesyncd.service.d/90-hexa.conf"
 cat >"$root/etc/systemd/network/80-hexa-dhcp.network" <<'NET'
 # The appliance takes its address from the hospital's DHCP server (v4) and SLAAC (v6).
 [Match]
@@ -118,7 +128,12 @@ echo hexa >"$root/etc/hostname"
 : >"$root/etc/machine-id"
 : >"$root/etc/fstab"
 chroot "$root" usermod -p '!' root
-chroot "$root" systemctl enable --quiet systemd-networkd.service nftables.service hexa.service hexa-selftest.service
+# /tmp as a tmpfs (Debian's tmp.mount): a read-only /tmp breaks services' PrivateDevices=
+# (systemd makes the private /dev in /tmp) and tmpfiles.
+cp "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tmp.mount"
+chroot "$root" systemctl enable --quiet tmp.mount
+chroot "$root" systemctl enable --quiet systemd-networkd.service nftables.service hexa.service hexa-selftest.service \
+	systemd-timesyncd.service hexa-ntp-site.service
 # No logins of any kind: no getty on any console, no logind, no debug or emergency shells.
 # (systemd-remount-fs has nothing to do: the root is squashfs, /var is mounted by the initramfs.)
 chroot "$root" systemctl mask --quiet getty@.service serial-getty@.service console-getty.service \
@@ -154,7 +169,7 @@ ir="$out/initramfs"
 mkdir -p "$ir"/{bin,sbin,etc,proc,sys,dev,run,tmp,sysroot,lib/modules}
 cp /bin/busybox "$ir/bin/busybox"
 install -m755 "$here/initramfs/init" "$ir/init"
-for b in /usr/sbin/veritysetup /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/blkid; do
+for b in /usr/sbin/veritysetup /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/blkid /usr/sbin/sfdisk; do
 	cp "$root$b" "$ir/sbin/"
 	chroot "$root" ldd "$b" | grep -o '/[^ ]*' | while read -r lib; do
 		mkdir -p "$ir$(dirname "$lib")"
@@ -170,21 +185,90 @@ done >"$ir/etc/hexa-modules"
 cmdline="console=ttyS0 panic=-1 roothash=$roothash hexa.root=hexa-root-a hexa.verity=hexa-verity-a"
 echo "$cmdline" >"$out/cmdline"
 
-log "EFI system partition (systemd-boot)"
+log "Secure Boot signing key"
+if [ -n "${HEXA_SB_KEY_DIR:-}" ]; then
+	sbkey="$HEXA_SB_KEY_DIR/db.key" sbcrt="$HEXA_SB_KEY_DIR/db.crt"
+	[ -r "$sbkey" ] && [ -r "$sbcrt" ] || { echo "HEXA_SB_KEY_DIR=$HEXA_SB_KEY_DIR needs db.key and db.crt" >&2; exit 1; }
+	log "signing with the key in HEXA_SB_KEY_DIR ($(openssl x509 -noout -subject -in "$sbcrt"))"
+else
+	keys="$out/sb-test-keys"
+	sbkey="$keys/db.key" sbcrt="$keys/db.crt"
+	if [ ! -s "$sbkey" ] || [ ! -s "$sbcrt" ]; then
+		mkdir -p "$keys" && chmod 700 "$keys"
+		openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout "$sbkey" -out "$sbcrt" \
+			-subj "/CN=hexa TEST Secure Boot db key (throwaway, not for production)/" 2>/dev/null
+	fi
+	cat >&2 <<WARN
+build: ############################################################################
+build: WARNING: HEXA_SB_KEY_DIR is not set: the boot loader and the kernel image are
+build: signed with a THROWAWAY TEST KEY ($keys, made on this machine).
+build: This image boots under Secure Boot only where that test certificate is enrolled.
+build: Production images are signed with the vendor's key: HEXA_SB_KEY_DIR=<dir> with
+build: db.key and db.crt.
+build: ############################################################################
+WARN
+fi
+cp "$sbcrt" "$out/secureboot-db.crt"
+
+log "unified kernel image (kernel + initramfs + command line), signed"
 sdboot=$(mktemp -d)
 dpkg-deb -x "$(ls "$cache"/kernel/systemd-boot-efi_*.deb | tail -n1)" "$sdboot"
+efidir="$sdboot/usr/lib/systemd/boot/efi"
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../Cargo.toml" | head -n1)
+# .osrel names the entry in systemd-boot's menu (it lists no UKI without one).
+cat >"$sdboot/os-release" <<OSREL
+NAME="hexa"
+ID=hexa
+ID_LIKE=debian
+PRETTY_NAME="hexa appliance $version (slot A)"
+VERSION_ID="$version"
+IMAGE_ID=hexa
+IMAGE_VERSION="$version"
+OSREL
+printf '%s' "$cmdline" >"$sdboot/cmdline"
+# The stub (systemd-boot-efi 252; bookworm has no ukify) with the sections appended at
+# page-aligned addresses after its own, the kernel last.
+uki_unsigned="$out/hexa-a.unsigned.efi"
+python3 - "$efidir/linuxx64.efi.stub" "$sdboot/os-release" "$sdboot/cmdline" "$out/initrd.img" "$out/vmlinuz" >"$sdboot/objcopy-args" <<'PY'
+import os, subprocess, sys
+stub, files = sys.argv[1], dict(zip((".osrel", ".cmdline", ".initrd", ".linux"), sys.argv[2:]))
+end = 0
+for line in subprocess.run(["objdump", "-h", stub], capture_output=True, text=True, check=True).stdout.splitlines():
+    f = line.split()
+    if len(f) == 7 and f[0].isdigit():
+        end = max(end, int(f[3], 16) + int(f[2], 16))
+align = 0x1000
+for name, path in files.items():
+    vma = (end + align - 1) // align * align
+    print(f"--add-section\n{name}={path}\n--change-section-vma\n{name}={vma:#x}")
+    end = vma + os.path.getsize(path)
+PY
+mapfile -t objargs <"$sdboot/objcopy-args"
+objcopy "${objargs[@]}" "$efidir/linuxx64.efi.stub" "$uki_unsigned"
+# (sbsign warns "data remaining ... gaps between PE/COFF sections?" about the section
+# alignment padding; sbverify below checks the result.)
+for pair in "$uki_unsigned:$out/hexa-a.efi" "$efidir/systemd-bootx64.efi:$sdboot/BOOTX64.EFI"; do
+	sbsign --key "$sbkey" --cert "$sbcrt" --output "${pair#*:}" "${pair%%:*}" >"$sdboot/sbsign.log" 2>&1 ||
+		{ cat "$sdboot/sbsign.log" >&2; echo "sbsign failed on ${pair%%:*}" >&2; exit 1; }
+done
+sbverify --cert "$sbcrt" "$out/hexa-a.efi" >/dev/null 2>&1 || { echo "sbverify rejects hexa-a.efi" >&2; exit 1; }
+sbverify --cert "$sbcrt" "$sdboot/BOOTX64.EFI" >/dev/null 2>&1 || { echo "sbverify rejects BOOTX64.EFI" >&2; exit 1; }
+log "hexa-a.efi: $(($(stat -c %s "$out/hexa-a.efi") / 1024)) KiB, signed and verified (sbverify --cert)"
+
+log "EFI system partition (systemd-boot + the UKI)"
+# Only signed binaries and loader.conf on the ESP. No type #1 loader entry and no loose
+# kernel or initramfs: systemd-boot finds the UKI in EFI/Linux/, whose command line (and
+# so the root hash) is covered by its signature. `editor no`: no editing of command lines
+# at the boot menu (under Secure Boot the stub ignores a passed command line anyway).
 esp="$out/esp.vfat"
 rm -f "$esp"
 truncate -s 64M "$esp"
 mkfs.vfat -F 32 -n HEXA-ESP "$esp" >/dev/null
-mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/hexa
-mcopy -i "$esp" "$sdboot/usr/lib/systemd/boot/efi/systemd-bootx64.efi" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$esp" "$out/vmlinuz" ::/hexa/vmlinuz
-mcopy -i "$esp" "$out/initrd.img" ::/hexa/initrd.img
-printf 'default hexa-a.conf\ntimeout 0\n' >"$sdboot/loader.conf"
-printf 'title hexa (slot A)\nlinux /hexa/vmlinuz\ninitrd /hexa/initrd.img\noptions %s\n' "$cmdline" >"$sdboot/hexa-a.conf"
+mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/EFI/Linux ::/loader
+mcopy -i "$esp" "$sdboot/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+mcopy -i "$esp" "$out/hexa-a.efi" ::/EFI/Linux/hexa-a.efi
+printf 'default hexa-a.efi\ntimeout 0\neditor no\nauto-entries no\nauto-firmware no\n' >"$sdboot/loader.conf"
 mcopy -i "$esp" "$sdboot/loader.conf" ::/loader/loader.conf
-mcopy -i "$esp" "$sdboot/hexa-a.conf" ::/loader/entries/hexa-a.conf
 rm -rf "$sdboot"
 
 log "disk"
