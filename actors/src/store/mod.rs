@@ -386,6 +386,8 @@ impl Store {
 
     /// Current LMDB map size in bytes.
     pub fn map_size(&self) -> usize {
+        // mdb_env_info reads the meta pages inside the map: not while a resize remaps it.
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.env.info().map_size
     }
 
