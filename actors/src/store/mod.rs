@@ -31,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, CompactionOption, Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use heed::{
+    CommitOrAbort, CompactionOption, Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls,
+};
 use hexa_crypto::keyfile::ApplianceSecrets;
 use hexa_crypto::keys::{PublicKey, SigningKey};
 use hexa_crypto::seal::{Aad, BlindIndexKey, SealKey};
@@ -161,7 +163,7 @@ pub struct SearchPage {
 /// The store: LMDB environment, keys and databases. Shared (`Arc<Store>`) between the
 /// registry actors and the writer thread.
 pub struct Store {
-    pub(crate) env: Env,
+    pub(crate) env: Env<WithoutTls>,
     pub(crate) comps: [ComponentDbs; 8],
     pub(crate) audit_log: Db,
     pub(crate) audit_tree: Db,
@@ -206,15 +208,23 @@ const MAX_DBS: u32 = 40;
 
 /// Opens an LMDB environment directory.
 #[allow(unsafe_code)]
-fn open_env(dir: &Path, map_size: usize) -> StoreResult<Env> {
+fn open_env(dir: &Path, map_size: usize) -> StoreResult<Env<WithoutTls>> {
     let page = page_size();
     let map_size = map_size.div_ceil(page).max(16) * page;
     // SAFETY: heed's `open` is unsafe because the memory map must not be modified behind
     // LMDB's back. The store directory is private to this process's store: it is only ever
     // opened through this function, LMDB's own lock file coordinates processes, and no code
     // of ours truncates or writes the data file except via LMDB.
+    //
+    // Read transactions do not use thread-local storage (MDB_NOTLS): with it, LMDB frees a
+    // thread's reader slot from a pthread key destructor when the thread exits, writing
+    // into the lock file's mapping; a registry thread exiting while the last handle closes
+    // the environment (and unmaps that file) then wrote to unmapped memory (a SIGSEGV seen
+    // once in the tests). Without TLS a slot belongs to its transaction and is released
+    // when the transaction ends.
     let env = unsafe {
         EnvOpenOptions::new()
+            .read_txn_without_tls()
             .map_size(map_size)
             .max_dbs(MAX_DBS)
             .max_readers(512)
