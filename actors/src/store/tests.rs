@@ -120,3 +120,17 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     }
     assert!(matches!(s.audit_entry(0), Err(StoreError::Corrupt { .. })));
 }
+
+/// Read transactions use no thread-local storage (MDB_NOTLS): no thread's exit writes a
+/// reader slot into the lock file after the environment was closed, and one thread may
+/// hold two read transactions (with TLS the second is `MDB_BAD_RSLOT`).
+#[test]
+fn read_transactions_do_not_use_thread_local_storage() {
+    const MDB_NOTLS: u32 = 0x20_0000;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    assert_ne!(e.store.env.get_flags().unwrap() & MDB_NOTLS, 0);
+    let a = e.store.env.read_txn().unwrap();
+    let b = e.store.env.read_txn().unwrap();
+    drop((a, b));
+}
