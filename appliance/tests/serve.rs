@@ -190,38 +190,9 @@ fn group_readable_key_file_is_refused() {
 #[test]
 fn binary_serves_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hexa"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .env("RUST_LOG", "info")
-        .env_remove("HEXA_KEY_PASSPHRASE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Whatever happens, the child does not outlive a minute: a watchdog kills it, which
-    // closes its stderr and turns a hang into a test failure.
+    let (mut child, addr, lines) =
+        start_serve(&tmp.path().join("data"), &["--listen", "127.0.0.1:0"]);
     let pid = child.id() as i32;
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    });
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("hexa exited before serving").unwrap();
-        assert!(
-            !line.contains('\x1b'),
-            "log lines to a pipe must carry no terminal escapes: {line:?}"
-        );
-        if let Some(i) = line.find("addr=") {
-            let rest = &line[i + 5..];
-            let end = rest.find(' ').unwrap_or(rest.len());
-            break rest[..end].parse().unwrap();
-        }
-    };
     let (st, _, _) = http(addr, "GET", "/readyz", b"");
     assert_eq!(st, 200);
     // While it serves, no second process may open its store (an export would append to
@@ -533,12 +504,21 @@ fn hexa_in(cwd: &std::path::Path, data: &std::path::Path, args: &[&str]) -> std:
         .unwrap()
 }
 
-/// Starts the `hexa` binary on `data` (its configured address); returns it and the address
-/// it logged. A watchdog kills it after a minute, turning a hang into a failure.
-fn spawn_serve(data: &std::path::Path) -> (std::process::Child, SocketAddr) {
+type LogLines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+
+/// Starts `hexa serve` on `data` with `args`; returns it, the address it logged, and the
+/// rest of its log. Log lines to a pipe must carry no terminal escapes. A watchdog kills it
+/// after a minute, which closes its stderr and turns a hang into a test failure.
+fn start_serve(
+    data: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, SocketAddr, LogLines) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hexa"))
-        .args(["serve", "--data-dir"])
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
         .arg(data)
+        .env("RUST_LOG", "info")
         .env_remove("HEXA_KEY_PASSPHRASE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -554,13 +534,23 @@ fn spawn_serve(data: &std::path::Path) -> (std::process::Child, SocketAddr) {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr: SocketAddr = loop {
         let line = lines.next().expect("hexa exited before serving").unwrap();
+        assert!(
+            !line.contains('\x1b'),
+            "log lines to a pipe must carry no terminal escapes: {line:?}"
+        );
         if let Some(i) = line.find("addr=") {
             let rest = &line[i + 5..];
             let end = rest.find(' ').unwrap_or(rest.len());
             break rest[..end].parse().unwrap();
         }
     };
-    // Keep draining the log so the child never blocks on a full pipe.
+    (child, addr, lines)
+}
+
+/// [`start_serve`] on the configured address, its log drained so the child never blocks
+/// on a full pipe.
+fn spawn_serve(data: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    let (child, addr, lines) = start_serve(data, &[]);
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
     (child, addr)
 }
