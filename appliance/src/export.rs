@@ -207,7 +207,12 @@ pub async fn export_patient(
     for (ty, id) in named {
         let h = match s.history(&ty, &id) {
             Ok(h) => h,
-            Err(StoreError::NotFound { .. } | StoreError::Invalid(_)) => continue,
+            // Entities of failed requests may name ids or types that never existed.
+            Err(
+                StoreError::NotFound { .. }
+                | StoreError::Invalid(_)
+                | StoreError::UnknownResourceType(_),
+            ) => continue,
             Err(e) => return Err(e.into()),
         };
         if h.iter()
