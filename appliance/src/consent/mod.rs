@@ -991,15 +991,7 @@ impl Ceremonies {
         }
         let mut ev = records::evidence_of(&rec.resource)?;
         let (bytes, ch) = records::evidence_challenge(&ev)?;
-        if now
-            > ch.issued_at
-                .saturating_add(self.config.countersign_window_secs)
-        {
-            return Err(CeremonyError::Stale(format!(
-                "a fingerprint consent must be countersigned within {} s of its ceremony",
-                self.config.countersign_window_secs
-            )));
-        }
+        self.in_countersign_window(ch.issued_at, now, "a fingerprint consent")?;
         let key = self.verify_worker_signature(&prac_id, &jws, &bytes).await?;
         ev["countersignature"] = json!({
             "practitioner": format!("Practitioner/{prac_id}"),
@@ -1133,6 +1125,17 @@ impl Ceremonies {
         }
     }
 
+    /// A countersignature of `what`, made at `since`, is on time at `now`.
+    fn in_countersign_window(&self, since: u64, now: u64, what: &str) -> Result<(), CeremonyError> {
+        let window = self.config.countersign_window_secs;
+        if now > since.saturating_add(window) {
+            return Err(CeremonyError::Stale(format!(
+                "{what} must be countersigned within {window} s of its ceremony"
+            )));
+        }
+        Ok(())
+    }
+
     /// The `practitioner` and `signature` parameters of a `$countersign` over `signed`.
     fn countersign_params(p: &Params, signed: &str) -> Result<(String, String), CeremonyError> {
         let prac_id = p
@@ -1246,12 +1249,7 @@ impl Ceremonies {
             )));
         }
         let enrolled_at = st["enrolledAt"].as_u64().unwrap_or(0);
-        if now > enrolled_at.saturating_add(self.config.countersign_window_secs) {
-            return Err(CeremonyError::Stale(format!(
-                "an enrolment must be countersigned within {} s",
-                self.config.countersign_window_secs
-            )));
-        }
+        self.in_countersign_window(enrolled_at, now, "an enrolment")?;
         let key = self
             .verify_worker_signature(&prac_id, &jws, &statement)
             .await?;
