@@ -70,7 +70,7 @@ impl MasterKey {
 
     /// The blind-index key for `purpose` (HKDF-SHA256, info `"hexa blind index v1 " + purpose`).
     pub fn blind_index_key(&self, purpose: &str) -> BlindIndexKey {
-        BlindIndexKey(self.derive("hexa blind index v1 ", purpose))
+        BlindIndexKey::new(self.derive("hexa blind index v1 ", purpose))
     }
 
     fn derive(&self, prefix: &str, purpose: &str) -> [u8; 32] {
@@ -193,8 +193,24 @@ impl SealKey {
 }
 
 /// A key for blind indexes (keyed hashes of searchable fields). Zeroized on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct BlindIndexKey([u8; 32]);
+///
+/// The HMAC is keyed once, when the key is derived: every [`BlindIndexKey::index`] clones
+/// that keyed state instead of hashing the key's inner and outer pads again (two SHA-256
+/// compressions of the four or five an index costs). The keyed state is secret like the
+/// key; `hmac` and `sha2` are built with their `zeroize` feature, so it is wiped on drop too.
+#[derive(Clone)]
+pub struct BlindIndexKey {
+    key: [u8; 32],
+    keyed: Hmac<Sha256>,
+}
+
+impl Drop for BlindIndexKey {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for BlindIndexKey {}
 
 impl std::fmt::Debug for BlindIndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,13 +219,18 @@ impl std::fmt::Debug for BlindIndexKey {
 }
 
 impl BlindIndexKey {
-    /// HMAC-SHA256 over `u64be(len(field)) || field || value`: the field name is bound in, so
-    /// equal values in different fields give unrelated indexes.
-    pub fn index(&self, field: &str, value: &[u8]) -> [u8; 32] {
-        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0) {
+    fn new(key: [u8; 32]) -> Self {
+        let keyed = match <Hmac<Sha256> as KeyInit>::new_from_slice(&key) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts keys of any length"),
         };
+        BlindIndexKey { key, keyed }
+    }
+
+    /// HMAC-SHA256 over `u64be(len(field)) || field || value`: the field name is bound in, so
+    /// equal values in different fields give unrelated indexes.
+    pub fn index(&self, field: &str, value: &[u8]) -> [u8; 32] {
+        let mut mac = self.keyed.clone();
         mac.update(&(field.len() as u64).to_be_bytes());
         mac.update(field.as_bytes());
         mac.update(value);
@@ -266,6 +287,42 @@ mod tests {
         assert_ne!(
             bi.index("family", b"Doe"),
             mk.blind_index_key("x").index("family", b"Doe")
+        );
+    }
+
+    #[test]
+    fn blind_index_from_the_prekeyed_state_is_plain_hmac_sha256() {
+        // Existing stores hold these values as index keys: the keyed-state reuse must give
+        // exactly HMAC-SHA256(key, u64be(len(field)) || field || value), every time.
+        let mk = MasterKey::from_bytes([2u8; 32]);
+        let bi = mk.blind_index_key("patient.index");
+        for (field, value) in [
+            ("Patient.family", &b"p:mukamana"[..]),
+            ("f", b""),
+            ("", b"x"),
+        ] {
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&bi.key).unwrap();
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+            mac.update(value);
+            let expect: [u8; 32] = mac.finalize().into_bytes().into();
+            assert_eq!(bi.index(field, value), expect);
+            assert_eq!(
+                bi.index(field, value),
+                expect,
+                "the keyed state is not consumed"
+            );
+        }
+        // And the derivation itself is pinned: HKDF-SHA256 of the master key, then the HMAC
+        // (value computed independently with Python's hmac and hashlib).
+        let hex: String = bi
+            .index("Patient.family", b"p:mukamana")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "96b01d131a525d011942c5f13c01a6d7b5645ff8dda0b6d77f91b33d3b436f9a"
         );
     }
 }
