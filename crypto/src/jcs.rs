@@ -125,13 +125,10 @@ fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
             out.push(b']');
         }
         Value::Object(m) => {
-            let mut entries: Vec<(Vec<u16>, &String, &Value)> = m
-                .iter()
-                .map(|(k, v)| (k.encode_utf16().collect(), k, v))
-                .collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_by(|a, b| utf16_cmp(a.0, b.0));
             out.push(b'{');
-            for (i, (_, k, v)) in entries.iter().enumerate() {
+            for (i, (k, v)) in entries.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
@@ -143,6 +140,106 @@ fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
         }
     }
     Ok(())
+}
+
+/// Orders member names by their UTF-16 code units (RFC 8785 §3.2.3), without allocating.
+fn utf16_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        // ASCII is one code unit per byte, in the same order.
+        a.as_bytes().cmp(b.as_bytes())
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
+}
+
+/// A JSON tree written canonically without building a `serde_json::Value`: constant names
+/// and strings are borrowed, and no map is hashed. For documents the appliance composes
+/// itself on hot paths (AuditEvents, Provenance). Object members are sorted when written;
+/// the caller must not repeat a name within one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Canon<'a> {
+    /// A borrowed string.
+    Str(&'a str),
+    /// An owned string.
+    String(String),
+    /// `true` or `false`.
+    Bool(bool),
+    /// An array.
+    Array(Vec<Canon<'a>>),
+    /// An object: members in any order, names unique.
+    Object(Vec<(&'a str, Canon<'a>)>),
+}
+
+impl Canon<'_> {
+    /// The RFC 8785 bytes of this tree (equal to [`canonicalize`] of [`Canon::to_value`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        self.write(&mut out);
+        out
+    }
+
+    /// Appends the RFC 8785 bytes of this tree to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Canon::Str(s) => write_string(s, out),
+            Canon::String(s) => write_string(s, out),
+            Canon::Bool(true) => out.extend_from_slice(b"true"),
+            Canon::Bool(false) => out.extend_from_slice(b"false"),
+            Canon::Array(a) => {
+                out.push(b'[');
+                for (i, item) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out);
+                }
+                out.push(b']');
+            }
+            Canon::Object(m) => {
+                debug_assert!(
+                    m.iter()
+                        .enumerate()
+                        .all(|(i, (k, _))| m[..i].iter().all(|(j, _)| j != k)),
+                    "repeated member name"
+                );
+                let mut order: Vec<usize> = (0..m.len()).collect();
+                order.sort_by(|&a, &b| utf16_cmp(m[a].0, m[b].0));
+                out.push(b'{');
+                for (n, &i) in order.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    write_string(m[i].0, out);
+                    out.push(b':');
+                    m[i].1.write(out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
+    /// The same tree as a `serde_json::Value`.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Canon::Str(s) => Value::String((*s).to_string()),
+            Canon::String(s) => Value::String(s.clone()),
+            Canon::Bool(b) => Value::Bool(*b),
+            Canon::Array(a) => Value::Array(a.iter().map(Canon::to_value).collect()),
+            Canon::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| ((*k).to_string(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The member `name` of an object (None for other nodes or when absent).
+    pub fn get(&self, name: &str) -> Option<&Self> {
+        match self {
+            Canon::Object(m) => m.iter().find(|(k, _)| *k == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
@@ -312,5 +409,33 @@ mod tests {
         assert!(canonicalize_str(r#""\ud800""#).is_err());
         assert!(canonicalize_str(r#"{"\udfff":1}"#).is_err());
         assert!(canonicalize_str("1e400").is_err());
+    }
+
+    #[test]
+    fn canon_writes_what_canonicalize_writes() {
+        // RFC 8785 §3.2.3 sorts by UTF-16 code units: U+10000 (a surrogate pair, 0xD800...)
+        // sorts before U+E000, although its UTF-8 bytes sort after.
+        let tree = Canon::Object(vec![
+            ("zeta", Canon::Str("a\"q\"\n\u{1}é")),
+            ("\u{e000}", Canon::Bool(true)),
+            ("\u{10000}", Canon::Bool(false)),
+            (
+                "Alpha",
+                Canon::Array(vec![
+                    Canon::String("x".into()),
+                    Canon::Object(vec![("b", Canon::Str("1")), ("a", Canon::Array(vec![]))]),
+                ]),
+            ),
+            ("alpha", Canon::Object(vec![])),
+        ]);
+        let bytes = tree.to_bytes();
+        assert_eq!(bytes, canonicalize(&tree.to_value()).unwrap());
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text,
+            "{\"Alpha\":[\"x\",{\"a\":[],\"b\":\"1\"}],\"alpha\":{},\"zeta\":\"a\\\"q\\\"\\n\\u0001é\",\"\u{10000}\":false,\"\u{e000}\":true}"
+        );
+        assert_eq!(tree.get("alpha"), Some(&Canon::Object(vec![])));
+        assert_eq!(tree.get("beta"), None);
     }
 }

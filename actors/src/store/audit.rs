@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use heed::{RoTxn, RwTxn};
 use hexa_crypto::checkpoint::{Checkpoint, sign_note};
-use hexa_crypto::jcs;
+use hexa_crypto::jcs::Canon;
 use hexa_crypto::merkle::{self, Frontier, Hash, SubtreeSource};
 use hexa_crypto::seal::Aad;
 use serde_json::{Value, json};
@@ -195,82 +195,191 @@ pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
     out
 }
 
-/// The FHIR AuditEvent of a draft (without `id`; [`prepare_audit`] assigns a UUIDv7).
-pub(crate) fn audit_event_json(store: &Store, d: &AuditDraft, failure: Option<&str>) -> Value {
+/// The FHIR AuditEvent of a draft (without `id`; [`prepare_audit`] assigns a UUIDv7), as a
+/// [`Canon`] tree: every disclosure builds one, so it is composed from borrowed
+/// strings and written canonically without a `serde_json::Value`.
+pub(crate) fn audit_event_canon<'a>(
+    store: &'a Store,
+    d: &'a AuditDraft,
+    failure: Option<&'a str>,
+) -> Canon<'a> {
+    use Canon::{Array as A, Bool as B, Object as O, Str as S, String as Own};
     let failure = failure.or(d.failure.as_deref());
-    let mut agents = vec![json!({
-        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
-        "who": {"identifier": {"system": "urn:hexa:client", "value": d.ctx.client_id}},
-        "requestor": d.ctx.practitioner.is_none(),
-        "purposeOfUse": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}]}]
-    })];
-    agents.push(json!({
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV", "display": "healthcare provider"}]},
-        "who": {"reference": format!("Organization/{}", d.ctx.facility_id)},
-        "requestor": false
-    }));
+    let coding = |system: &'a str, code: &'a str, display: Option<&'a str>| {
+        let mut m = vec![("system", S(system)), ("code", S(code))];
+        if let Some(t) = display {
+            m.push(("display", S(t)));
+        }
+        O(m)
+    };
+    let codeable = |system: &'a str, code: &'a str, display: Option<&'a str>| {
+        O(vec![("coding", A(vec![coding(system, code, display)]))])
+    };
+    const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+    const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+    const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+    let purpose = || A(vec![codeable(ACT_REASON, &d.ctx.purpose_of_use, None)]);
+    let mut agents = vec![
+        O(vec![
+            (
+                "type",
+                codeable(
+                    "http://dicom.nema.org/resources/ontology/DCM",
+                    "110150",
+                    Some("Application"),
+                ),
+            ),
+            (
+                "who",
+                O(vec![(
+                    "identifier",
+                    O(vec![
+                        ("system", S("urn:hexa:client")),
+                        ("value", S(&d.ctx.client_id)),
+                    ]),
+                )]),
+            ),
+            ("requestor", B(d.ctx.practitioner.is_none())),
+            ("purposeOfUse", purpose()),
+        ]),
+        O(vec![
+            (
+                "type",
+                codeable(
+                    "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                    "PROV",
+                    Some("healthcare provider"),
+                ),
+            ),
+            (
+                "who",
+                O(vec![(
+                    "reference",
+                    Own(format!("Organization/{}", d.ctx.facility_id)),
+                )]),
+            ),
+            ("requestor", B(false)),
+        ]),
+    ];
     if let Some(p) = &d.ctx.practitioner {
-        agents.push(json!({
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
-            "who": {"reference": format!("Practitioner/{p}")},
-            "requestor": true
-        }));
+        agents.push(O(vec![
+            (
+                "type",
+                codeable(
+                    "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                    "IRCP",
+                    Some("information recipient"),
+                ),
+            ),
+            (
+                "who",
+                O(vec![("reference", Own(format!("Practitioner/{p}")))]),
+            ),
+            ("requestor", B(true)),
+        ]));
     }
-    let mut entities: Vec<Value> = d
+    let mut entities: Vec<Canon<'a>> = d
         .patients
         .iter()
         .map(|p| {
-            json!({"what": {"reference": p},
-                   "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
-                   "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}})
+            O(vec![
+                ("what", O(vec![("reference", S(p))])),
+                ("type", coding(ENTITY_TYPE, "1", Some("Person"))),
+                ("role", coding(OBJECT_ROLE, "1", Some("Patient"))),
+            ])
         })
         .collect();
     for e in &d.entities {
-        entities.push(json!({"what": {"reference": e},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
+        entities.push(O(vec![
+            ("what", O(vec![("reference", S(e))])),
+            ("type", coding(ENTITY_TYPE, "2", Some("System Object"))),
+        ]));
     }
     for c in &d.consents {
-        entities.push(json!({"what": {"reference": c},
-            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
-            "description": "authorizing consent"}));
+        entities.push(O(vec![
+            ("what", O(vec![("reference", S(c))])),
+            (
+                "type",
+                coding("http://hl7.org/fhir/resource-types", "Consent", None),
+            ),
+            ("description", S("authorizing consent")),
+        ]));
     }
     if let Some(q) = &d.query {
-        entities.push(json!({
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
-            "query": base64::engine::general_purpose::STANDARD.encode(q.as_bytes())
-        }));
+        entities.push(O(vec![
+            ("type", coding(ENTITY_TYPE, "2", None)),
+            ("role", coding(OBJECT_ROLE, "24", Some("Query"))),
+            (
+                "query",
+                Own(base64::engine::general_purpose::STANDARD.encode(q.as_bytes())),
+            ),
+        ]));
     }
-    let mut ev = json!({
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": d.interaction.code()}],
-        "action": d.interaction.action(),
-        "recorded": time::instant(d.recorded),
-        "outcome": if failure.is_some() { "4" } else { "0" },
-        "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}]}],
-        "agent": agents,
-        "source": {"site": d.ctx.facility_id, "observer": {"reference": format!("Device/{}", store.config.appliance_id)}},
-        "entity": entities
-    });
-    if let (false, Some(obj)) = (d.bases.is_empty(), ev.as_object_mut()) {
-        let ext: Vec<Value> = d
+    let purpose_of_event = match &d.ctx.justification {
+        None => purpose(),
+        Some(j) => A(vec![O(vec![
+            (
+                "coding",
+                A(vec![coding(ACT_REASON, &d.ctx.purpose_of_use, None)]),
+            ),
+            ("text", S(j)),
+        ])]),
+    };
+    let mut ev = vec![
+        ("resourceType", S("AuditEvent")),
+        (
+            "type",
+            coding(
+                "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "rest",
+                Some("RESTful Operation"),
+            ),
+        ),
+        (
+            "subtype",
+            A(vec![coding(
+                "http://hl7.org/fhir/restful-interaction",
+                d.interaction.code(),
+                None,
+            )]),
+        ),
+        ("action", S(d.interaction.action())),
+        ("recorded", Own(time::instant(d.recorded))),
+        ("outcome", S(if failure.is_some() { "4" } else { "0" })),
+        ("purposeOfEvent", purpose_of_event),
+        ("agent", A(agents)),
+        (
+            "source",
+            O(vec![
+                ("site", S(&d.ctx.facility_id)),
+                (
+                    "observer",
+                    O(vec![(
+                        "reference",
+                        Own(format!("Device/{}", store.config.appliance_id)),
+                    )]),
+                ),
+            ]),
+        ),
+        ("entity", A(entities)),
+    ];
+    if !d.bases.is_empty() {
+        let ext = d
             .bases
             .iter()
-            .map(|b| json!({"url": BASIS_EXTENSION, "valueCode": b.code()}))
+            .map(|b| {
+                O(vec![
+                    ("url", S(BASIS_EXTENSION)),
+                    ("valueCode", S(b.code())),
+                ])
+            })
             .collect();
-        obj.insert("extension".into(), Value::Array(ext));
+        ev.push(("extension", A(ext)));
     }
-    if let (Some(f), Some(obj)) = (failure, ev.as_object_mut()) {
-        obj.insert("outcomeDesc".into(), json!(f));
+    if let Some(f) = failure {
+        ev.push(("outcomeDesc", S(f)));
     }
-    if let (Some(j), Some(obj)) = (&d.ctx.justification, ev.as_object_mut()) {
-        obj.insert("purposeOfEvent".into(), json!([{
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}],
-            "text": j
-        }]));
-    }
-    ev
+    O(ev)
 }
 
 /// The Provenance of a stored version: target, agent (this appliance, and the author when
@@ -343,13 +452,14 @@ pub(crate) fn prepare_audit(
     d: &AuditDraft,
     failure: Option<&str>,
 ) -> StoreResult<PreparedAudit> {
-    let mut event = audit_event_json(store, d, failure);
+    let mut event = audit_event_canon(store, d, failure);
     let id = super::new_id()?;
-    if let Some(obj) = event.as_object_mut() {
-        obj.insert("id".into(), json!(id));
+    if let Canon::Object(m) = &mut event {
+        m.push(("id", Canon::Str(&id)));
     }
-    let bytes = jcs::canonicalize(&event).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let terms = super::audit_index::event_terms(store, &event);
+    let bytes = event.to_bytes();
+    let terms = super::audit_index::canon_event_terms(store, &event);
+    drop(event);
     Ok(PreparedAudit {
         id,
         leaf: merkle::leaf_hash(&bytes),

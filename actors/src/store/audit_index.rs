@@ -37,6 +37,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use heed::{RoTxn, RwTxn};
+use hexa_crypto::jcs::Canon;
 use serde_json::Value;
 
 use super::error::{StoreError, StoreResult};
@@ -162,6 +163,35 @@ pub(crate) fn event_terms(store: &Store, event: &Value) -> Vec<[u8; 32]> {
         .map(|(field, term)| store.blind(Component::Audit, &field, &term))
         .collect();
     terms.into_iter().collect()
+}
+
+/// [`event_terms`] of an AuditEvent composed as a [`Canon`] tree. The AuditEvent search
+/// parameters read only `recorded`, `action`, `outcome`, `agent.who` and `entity.what`
+/// (`params::AUDIT_EVENT`), so only those are turned into a `Value`; a test checks the
+/// terms equal those of the whole event.
+pub(crate) fn canon_event_terms(store: &Store, event: &Canon<'_>) -> Vec<[u8; 32]> {
+    let mut mini = serde_json::Map::new();
+    for name in ["resourceType", "recorded", "action", "outcome"] {
+        if let Some(v) = event.get(name) {
+            mini.insert(name.into(), v.to_value());
+        }
+    }
+    for (list, member) in [("agent", "who"), ("entity", "what")] {
+        if let Some(Canon::Array(items)) = event.get(list) {
+            let picked = items
+                .iter()
+                .map(|item| {
+                    let mut m = serde_json::Map::new();
+                    if let Some(v) = item.get(member) {
+                        m.insert(member.into(), v.to_value());
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            mini.insert(list.into(), Value::Array(picked));
+        }
+    }
+    event_terms(store, &Value::Object(mini))
 }
 
 impl Store {

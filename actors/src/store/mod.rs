@@ -24,6 +24,8 @@ pub mod time;
 pub mod writer;
 
 #[cfg(test)]
+mod audit_canon_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;

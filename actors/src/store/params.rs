@@ -684,44 +684,104 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
     terms
 }
 
+/// How [`all_terms`] indexes one parameter of one resource type (derived from the static
+/// tables once per type and thread: [`split_parts`] and [`covering`] allocate).
+struct TermPlan {
+    def: &'static ParamDef,
+    /// `<type>.<param>`, the blind-index field.
+    field: String,
+    how: PlanKind,
+}
+
+enum PlanKind {
+    /// The parts are indexed under their own parameters; these fields are removed first.
+    Split(Parts),
+    /// Only these paths (the others are filed by a covering parameter).
+    Paths(Vec<&'static str>),
+    /// Every path of the definition.
+    All,
+}
+
+fn term_plans(resource_type: &str) -> Vec<TermPlan> {
+    params_for(resource_type)
+        .iter()
+        .map(|def| {
+            let how = if let Some(parts) = split_parts(resource_type, def.name) {
+                PlanKind::Split(parts)
+            } else {
+                let covered: Vec<&str> = covering(resource_type, def)
+                    .into_iter()
+                    .flat_map(|(_, paths)| paths.iter().copied())
+                    .collect();
+                if covered.is_empty() {
+                    PlanKind::All
+                } else {
+                    PlanKind::Paths(
+                        def.paths
+                            .iter()
+                            .copied()
+                            .filter(|p| !covered.contains(p))
+                            .collect(),
+                    )
+                }
+            };
+            TermPlan {
+                def,
+                field: format!("{resource_type}.{}", def.name),
+                how,
+            }
+        })
+        .collect()
+}
+
+thread_local! {
+    static PLANS: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<Vec<TermPlan>>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// Every (blind-index field, term) pair of a resource; the field is `<type>.<param>`.
 pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)> {
+    let plans = PLANS.with(|cell| {
+        if let Some(p) = cell.borrow().get(resource_type) {
+            return p.clone();
+        }
+        let p = std::rc::Rc::new(term_plans(resource_type));
+        cell.borrow_mut()
+            .insert(resource_type.to_string(), p.clone());
+        p
+    });
     let mut out = Vec::new();
-    for def in params_for(resource_type) {
-        let terms = if let Some(parts) = split_parts(resource_type, def.name) {
-            // The parts are indexed under their own parameters.
-            let stripped: Vec<Value> = values(def, resource)
-                .into_iter()
-                .map(|v| match v {
-                    Value::Object(m) => {
-                        let mut m = m.clone();
-                        for (_, field) in parts {
-                            m.remove(*field);
+    for plan in plans.iter() {
+        let def = plan.def;
+        let terms = match &plan.how {
+            PlanKind::Split(parts) => {
+                // The parts are indexed under their own parameters.
+                let stripped: Vec<Value> = values(def, resource)
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Object(m) => {
+                            let mut m = m.clone();
+                            for (_, field) in parts.iter() {
+                                m.remove(*field);
+                            }
+                            Value::Object(m)
                         }
-                        Value::Object(m)
-                    }
-                    other => other.clone(),
-                })
-                .collect();
-            terms_of_values(def, stripped.iter().collect())
-        } else {
-            let covered: Vec<&str> = covering(resource_type, def)
-                .into_iter()
-                .flat_map(|(_, paths)| paths.iter().copied())
-                .collect();
-            if covered.is_empty() {
-                index_terms(def, resource)
-            } else {
-                // Only the paths no covering parameter files.
+                        other => other.clone(),
+                    })
+                    .collect();
+                terms_of_values(def, stripped.iter().collect())
+            }
+            PlanKind::All => index_terms(def, resource),
+            PlanKind::Paths(paths) => {
                 let mut vals = Vec::new();
-                for path in def.paths.iter().filter(|p| !covered.contains(p)) {
+                for path in paths {
                     collect(resource, path, &mut vals);
                 }
                 terms_of_values(def, vals)
             }
         };
         for t in terms {
-            out.push((format!("{resource_type}.{}", def.name), t));
+            out.push((plan.field.clone(), t));
         }
     }
     out

@@ -1,0 +1,162 @@
+//! The AuditEvent composed without `serde_json::Value` ([`audit::audit_event_canon`]) is the
+//! same document, with the same bytes and search terms, as the `json!` builder it replaced.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::audit::{self, AccessContext, AuditDraft, Interaction};
+use super::policy::{BASIS_EXTENSION, Basis};
+use super::{Store, time};
+
+/// The AuditEvent builder as it was before `audit_event_canon`, on `serde_json::Value`: the
+/// oracle the composed tree must equal.
+fn audit_event_json_oracle(store: &Store, d: &AuditDraft, failure: Option<&str>) -> Value {
+    let failure = failure.or(d.failure.as_deref());
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+        "who": {"identifier": {"system": "urn:hexa:client", "value": d.ctx.client_id}},
+        "requestor": d.ctx.practitioner.is_none(),
+        "purposeOfUse": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}]}]
+    })];
+    agents.push(json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass", "code": "PROV", "display": "healthcare provider"}]},
+        "who": {"reference": format!("Organization/{}", d.ctx.facility_id)},
+        "requestor": false
+    }));
+    if let Some(p) = &d.ctx.practitioner {
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+            "who": {"reference": format!("Practitioner/{p}")},
+            "requestor": true
+        }));
+    }
+    let mut entities: Vec<Value> = d
+        .patients
+        .iter()
+        .map(|p| {
+            json!({"what": {"reference": p},
+                   "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                   "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}})
+        })
+        .collect();
+    for e in &d.entities {
+        entities.push(json!({"what": {"reference": e},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"}}));
+    }
+    for c in &d.consents {
+        entities.push(json!({"what": {"reference": c},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+            "description": "authorizing consent"}));
+    }
+    if let Some(q) = &d.query {
+        entities.push(json!({
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+            "query": base64::engine::general_purpose::STANDARD.encode(q.as_bytes())
+        }));
+    }
+    let mut ev = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": d.interaction.code()}],
+        "action": d.interaction.action(),
+        "recorded": time::instant(d.recorded),
+        "outcome": if failure.is_some() { "4" } else { "0" },
+        "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}]}],
+        "agent": agents,
+        "source": {"site": d.ctx.facility_id, "observer": {"reference": format!("Device/{}", store.config.appliance_id)}},
+        "entity": entities
+    });
+    if let (false, Some(obj)) = (d.bases.is_empty(), ev.as_object_mut()) {
+        let ext: Vec<Value> = d
+            .bases
+            .iter()
+            .map(|b| json!({"url": BASIS_EXTENSION, "valueCode": b.code()}))
+            .collect();
+        obj.insert("extension".into(), Value::Array(ext));
+    }
+    if let (Some(f), Some(obj)) = (failure, ev.as_object_mut()) {
+        obj.insert("outcomeDesc".into(), json!(f));
+    }
+    if let (Some(j), Some(obj)) = (&d.ctx.justification, ev.as_object_mut()) {
+        obj.insert("purposeOfEvent".into(), json!([{
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": d.ctx.purpose_of_use}],
+            "text": j
+        }]));
+    }
+    ev
+}
+
+fn drafts() -> Vec<AuditDraft> {
+    let plain = AccessContext::system("fac");
+    let mut rich = AccessContext::system("fac-\"é");
+    rich.client_id = "emr \\ 1".into();
+    rich.practitioner = Some("pr-1".into());
+    rich.purpose_of_use = "ETREAT".into();
+    rich.justification = Some("unconscious, \nno card".into());
+    let mut out = Vec::new();
+    for (i, ctx) in [plain, rich].iter().enumerate() {
+        for interaction in [Interaction::Read, Interaction::Search, Interaction::Create] {
+            let mut d = AuditDraft::new(interaction, ctx);
+            out.push(d.clone());
+            d.entities.push("Patient/p1/_history/2".into());
+            d.entities.push("Observation/o1/_history/1".into());
+            d.patients.push("Patient/p1".into());
+            d.patients.push("Patient/p2".into());
+            d.consents.push("Consent/c1/_history/1".into());
+            d.bases = vec![Basis::Consent, Basis::Emergency];
+            d.query = Some(format!("Patient?name=ü{i}&_count=5"));
+            out.push(d.clone());
+            d.failure = Some("forbidden: no consent".into());
+            out.push(d);
+        }
+    }
+    out
+}
+
+#[test]
+fn composed_audit_event_equals_the_value_builder() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = hexa_crypto::keyfile::ApplianceSecrets {
+        node_key: hexa_crypto::keys::SigningKey::from_seed(&[3; 32]),
+        master_key: hexa_crypto::seal::MasterKey::from_bytes([4; 32]),
+    };
+    let store = Store::open(
+        super::StoreConfig::new(dir.path(), "node-\"1", "fac"),
+        secrets,
+    )
+    .unwrap();
+    for d in drafts() {
+        for failure in [None, Some("conflict")] {
+            let canon = audit::audit_event_canon(&store, &d, failure);
+            let oracle = audit_event_json_oracle(&store, &d, failure);
+            assert_eq!(canon.to_value(), oracle);
+            assert_eq!(
+                canon.to_bytes(),
+                hexa_crypto::jcs::canonicalize(&oracle).unwrap()
+            );
+            let mut with_id = canon.clone();
+            if let hexa_crypto::jcs::Canon::Object(m) = &mut with_id {
+                m.push((
+                    "id",
+                    hexa_crypto::jcs::Canon::Str("0192f0a0-1111-7222-8333-444455556666"),
+                ));
+            }
+            let mut oracle_id = oracle.clone();
+            oracle_id["id"] = json!("0192f0a0-1111-7222-8333-444455556666");
+            let terms = super::audit_index::canon_event_terms(&store, &with_id);
+            assert_eq!(terms, super::audit_index::event_terms(&store, &oracle_id));
+            assert!(
+                terms.len() >= 6,
+                "date, agent, action and outcome terms at least"
+            );
+        }
+    }
+    // prepare_audit's bytes are the canonical form of the event it names.
+    let d = &drafts()[1];
+    let p = audit::prepare_audit(&store, d, None).unwrap();
+    let mut v = audit_event_json_oracle(&store, d, None);
+    v["id"] = json!(p.id);
+    assert_eq!(p.bytes, hexa_crypto::jcs::canonicalize(&v).unwrap());
+    assert_eq!(p.terms, super::audit_index::event_terms(&store, &v));
+}
