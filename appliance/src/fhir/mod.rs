@@ -195,6 +195,42 @@ fn fhir_json(status: StatusCode, v: &Value) -> Resp {
     crate::http::json_response(status, crate::http::FHIR_JSON, v)
 }
 
+/// A searchset Bundle's JSON: `resourceType`, `type`, `total`, `link`, then `entry` (when
+/// there are entries) with each resource's stored canonical bytes spliced in.
+fn searchset_body(
+    base: &str,
+    total: usize,
+    links: &[Value],
+    entries: &[(&Record, &str)],
+) -> Vec<u8> {
+    let size: usize = entries.iter().map(|(r, _)| r.canonical.len() + 128).sum();
+    let mut out = Vec::with_capacity(256 + size);
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset","total":"#);
+    out.extend_from_slice(total.to_string().as_bytes());
+    out.extend_from_slice(br#","link":"#);
+    // Serialising Values and strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, links);
+    if !entries.is_empty() {
+        out.extend_from_slice(br#","entry":["#);
+        for (i, (rec, mode)) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"fullUrl":"#);
+            let url = format!("{base}/{}/{}", rec.resource_type, rec.id);
+            let _ = serde_json::to_writer(&mut out, &url);
+            out.extend_from_slice(br#","resource":"#);
+            out.extend_from_slice(&rec.canonical);
+            out.extend_from_slice(br#","search":{"mode":"#);
+            let _ = serde_json::to_writer(&mut out, mode);
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    out
+}
+
 /// Parses a JSON body that must be a resource of `expected` type (or any when `None`).
 fn parse_resource(body: &[u8], expected: Option<&str>) -> ApiResult<Value> {
     let v: Value = serde_json::from_slice(body)
@@ -703,17 +739,25 @@ impl Call<'_> {
 
     async fn search(&self, r: &Req, ty: &str, params: Vec<(String, String)>) -> ApiResult<Resp> {
         self.allow(ty, Interaction::Search)?;
-        let b = self.search_bundle(&r.base, ty, params).await?;
-        Ok(fhir_json(StatusCode::OK, &b))
+        let body = self.search_bundle(&r.base, ty, params).await?;
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(crate::http::FHIR_JSON),
+        );
+        Ok(resp)
     }
 
-    /// Runs a search and builds its searchset Bundle with `self` and `next` links.
+    /// Runs a search and writes its searchset Bundle with `self` and `next` links. The
+    /// entries' resources are the stored canonical bytes, copied in as they are (no
+    /// re-serialisation of each resource).
     async fn search_bundle(
         &self,
         base: &str,
         ty: &str,
         params: Vec<(String, String)>,
-    ) -> ApiResult<Value> {
+    ) -> ApiResult<Vec<u8>> {
         let mut summary_count = false;
         let mut count = DEFAULT_COUNT;
         let mut offset = 0usize;
@@ -794,39 +838,18 @@ impl Call<'_> {
         if !summary_count && offset > 0 {
             links.push(json!({"relation": "previous", "url": link(offset.saturating_sub(count))}));
         }
-        let mut entries: Vec<Value> = if summary_count {
+        let mut entries: Vec<(&Record, &str)> = if summary_count {
             Vec::new()
         } else {
-            page.items
-                .iter()
-                .map(|rec| {
-                    json!({
-                        "fullUrl": format!("{base}/{}/{}", rec.resource_type, rec.id),
-                        "resource": rec.resource,
-                        "search": {"mode": "match"},
-                    })
-                })
-                .collect()
+            page.items.iter().map(|rec| (rec, "match")).collect()
         };
-        if !summary_count && !includes.is_empty() {
-            for rec in include::resolve(self, &page.items, &includes).await {
-                entries.push(json!({
-                    "fullUrl": format!("{base}/{}/{}", rec.resource_type, rec.id),
-                    "resource": rec.resource,
-                    "search": {"mode": "include"},
-                }));
-            }
-        }
-        let mut b = json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": page.total,
-            "link": links,
-        });
-        if !entries.is_empty() {
-            b["entry"] = Value::Array(entries);
-        }
-        Ok(b)
+        let included = if !summary_count && !includes.is_empty() {
+            include::resolve(self, &page.items, &includes).await
+        } else {
+            Vec::new()
+        };
+        entries.extend(included.iter().map(|rec| (rec, "include")));
+        Ok(searchset_body(base, page.total, &links, &entries))
     }
 
     async fn history(&self, r: &Req, ty: &str, id: &str) -> ApiResult<Resp> {
