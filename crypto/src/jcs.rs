@@ -249,6 +249,15 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
     let b = s.as_bytes();
     out.reserve(b.len() + 2);
     out.push(b'"');
+    // Most strings need no escape at all: one branch-free pass (which the compiler
+    // vectorises) decides, and the whole string is copied at once.
+    if !b.iter().fold(false, |acc, &c| {
+        acc | (c < 0x20) | (c == b'"') | (c == b'\\')
+    }) {
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {
