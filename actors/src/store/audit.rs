@@ -14,7 +14,7 @@ use hexa_crypto::checkpoint::{Checkpoint, sign_note};
 use hexa_crypto::jcs::Canon;
 use hexa_crypto::merkle::{self, Frontier, Hash, SubtreeSource};
 use hexa_crypto::seal::Aad;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::error::{StoreError, StoreResult};
 use super::policy::{BASIS_EXTENSION, Basis, Decision};
@@ -383,56 +383,94 @@ pub(crate) fn audit_event_canon<'a>(
 }
 
 /// The Provenance of a stored version: target, agent (this appliance, and the author when
-/// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose).
-pub(crate) fn provenance_json(store: &Store, r: &Record, id: &str, author: Option<&str>) -> Value {
-    let device = json!({"reference": format!("Device/{}", store.config.appliance_id)});
+/// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose). Composed
+/// as a [`Canon`] tree like the AuditEvent: one is written with every version.
+pub(crate) fn provenance_canon<'a>(
+    store: &'a Store,
+    r: &'a Record,
+    id: &'a str,
+    author: Option<&'a str>,
+) -> Canon<'a> {
+    use Canon::{Array as A, Object as O, Str as S, String as Own};
+    let device = || {
+        O(vec![(
+            "reference",
+            Own(format!("Device/{}", store.config.appliance_id)),
+        )])
+    };
     let when = time::instant(r.last_updated);
     let activity = match (r.version, r.deleted) {
         (_, true) => "DELETE",
         (1, false) => "CREATE",
         _ => "UPDATE",
     };
-    let author_sig_type = json!([{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1", "display": "Author's Signature"}]);
-    let mut agents = vec![json!({
-        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian"}]},
-        "who": device
-    })];
+    let sig_type = || {
+        A(vec![O(vec![
+            ("system", S("urn:iso-astm:E1762-95:2013")),
+            ("code", S("1.2.840.10065.1.12.1.1")),
+            ("display", S("Author's Signature")),
+        ])])
+    };
+    let participant = |code: &'a str| {
+        O(vec![(
+            "coding",
+            A(vec![O(vec![
+                (
+                    "system",
+                    S("http://terminology.hl7.org/CodeSystem/provenance-participant-type"),
+                ),
+                ("code", S(code)),
+            ])]),
+        )])
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut sigs = vec![json!({
-        "type": author_sig_type,
-        "when": when,
-        "who": device,
-        "targetFormat": "application/fhir+json",
-        "sigFormat": "application/jose",
-        "data": b64.encode(r.jws.as_bytes())
-    })];
+    let signature = |who: Canon<'a>, jws: &str| {
+        O(vec![
+            ("type", sig_type()),
+            ("when", Own(when.clone())),
+            ("who", who),
+            ("targetFormat", S("application/fhir+json")),
+            ("sigFormat", S("application/jose")),
+            ("data", Own(b64.encode(jws.as_bytes()))),
+        ])
+    };
+    let mut agents = vec![O(vec![
+        ("type", participant("custodian")),
+        ("who", device()),
+    ])];
+    let mut sigs = vec![signature(device(), &r.jws)];
     if let Some(a) = &r.author_jws {
-        let author = match author {
-            Some(a) => json!({"reference": a}),
-            None => json!({"display": "author (identified by the JWS kid)"}),
+        let author = || match author {
+            Some(a) => O(vec![("reference", S(a))]),
+            None => O(vec![("display", S("author (identified by the JWS kid)"))]),
         };
-        agents.push(json!({
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
-            "who": author
-        }));
-        sigs.push(json!({
-            "type": author_sig_type,
-            "when": when,
-            "who": author,
-            "targetFormat": "application/fhir+json",
-            "sigFormat": "application/jose",
-            "data": b64.encode(a.as_bytes())
-        }));
+        agents.push(O(vec![("type", participant("author")), ("who", author())]));
+        sigs.push(signature(author(), a));
     }
-    json!({
-        "resourceType": "Provenance",
-        "id": id,
-        "target": [{"reference": r.versioned_reference()}],
-        "recorded": when,
-        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": activity}]},
-        "agent": agents,
-        "signature": sigs
-    })
+    O(vec![
+        ("resourceType", S("Provenance")),
+        ("id", S(id)),
+        (
+            "target",
+            A(vec![O(vec![("reference", Own(r.versioned_reference()))])]),
+        ),
+        ("recorded", Own(when.clone())),
+        (
+            "activity",
+            O(vec![(
+                "coding",
+                A(vec![O(vec![
+                    (
+                        "system",
+                        S("http://terminology.hl7.org/CodeSystem/v3-DataOperation"),
+                    ),
+                    ("code", S(activity)),
+                ])]),
+            )]),
+        ),
+        ("agent", A(agents)),
+        ("signature", A(sigs)),
+    ])
 }
 
 /// An AuditEvent ready for the log: id, exact JCS bytes, Merkle leaf hash and blinded

@@ -1,12 +1,13 @@
 //! The AuditEvent composed without `serde_json::Value` ([`audit::audit_event_canon`]) is the
-//! same document, with the same bytes and search terms, as the `json!` builder it replaced.
+//! same document, with the same bytes and search terms, as the `json!` builder it replaced;
+//! so is the Provenance ([`audit::provenance_canon`]).
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::audit::{self, AccessContext, AuditDraft, Interaction};
 use super::policy::{BASIS_EXTENSION, Basis};
-use super::{Store, time};
+use super::{Record, Store, time};
 
 /// The AuditEvent builder as it was before `audit_event_canon`, on `serde_json::Value`: the
 /// oracle the composed tree must equal.
@@ -159,4 +160,103 @@ fn composed_audit_event_equals_the_value_builder() {
     v["id"] = json!(p.id);
     assert_eq!(p.bytes, hexa_crypto::jcs::canonicalize(&v).unwrap());
     assert_eq!(p.terms, super::audit_index::event_terms(&store, &v));
+}
+
+/// The Provenance builder as it was before `provenance_canon` (the oracle). The Provenance of a stored version: target, agent (this appliance, and the author when
+/// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose).
+fn provenance_json_oracle(store: &Store, r: &Record, id: &str, author: Option<&str>) -> Value {
+    let device = json!({"reference": format!("Device/{}", store.config.appliance_id)});
+    let when = time::instant(r.last_updated);
+    let activity = match (r.version, r.deleted) {
+        (_, true) => "DELETE",
+        (1, false) => "CREATE",
+        _ => "UPDATE",
+    };
+    let author_sig_type = json!([{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1", "display": "Author's Signature"}]);
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian"}]},
+        "who": device
+    })];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut sigs = vec![json!({
+        "type": author_sig_type,
+        "when": when,
+        "who": device,
+        "targetFormat": "application/fhir+json",
+        "sigFormat": "application/jose",
+        "data": b64.encode(r.jws.as_bytes())
+    })];
+    if let Some(a) = &r.author_jws {
+        let author = match author {
+            Some(a) => json!({"reference": a}),
+            None => json!({"display": "author (identified by the JWS kid)"}),
+        };
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
+            "who": author
+        }));
+        sigs.push(json!({
+            "type": author_sig_type,
+            "when": when,
+            "who": author,
+            "targetFormat": "application/fhir+json",
+            "sigFormat": "application/jose",
+            "data": b64.encode(a.as_bytes())
+        }));
+    }
+    json!({
+        "resourceType": "Provenance",
+        "id": id,
+        "target": [{"reference": r.versioned_reference()}],
+        "recorded": when,
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": activity}]},
+        "agent": agents,
+        "signature": sigs
+    })
+}
+
+#[test]
+fn composed_provenance_equals_the_value_builder() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = hexa_crypto::keyfile::ApplianceSecrets {
+        node_key: hexa_crypto::keys::SigningKey::from_seed(&[3; 32]),
+        master_key: hexa_crypto::seal::MasterKey::from_bytes([4; 32]),
+    };
+    let store = Store::open(super::StoreConfig::new(dir.path(), "node", "fac"), secrets).unwrap();
+    let base = Record {
+        resource_type: "Observation".into(),
+        id: "o1".into(),
+        version: 1,
+        last_updated: 1_764_000_000_123,
+        deleted: false,
+        resource: json!({"resourceType": "Observation", "id": "o1"}),
+        canonical: br#"{"id":"o1","resourceType":"Observation"}"#.to_vec(),
+        jws: "eyJhbGciOiJFZERTQSJ9..c2ln".into(),
+        author_jws: None,
+    };
+    let mut cases = vec![base.clone()];
+    cases.push(Record {
+        version: 3,
+        ..base.clone()
+    });
+    cases.push(Record {
+        version: 4,
+        deleted: true,
+        ..base.clone()
+    });
+    cases.push(Record {
+        author_jws: Some("eyJraWQiOiJ3In0..YXV0aG9y".into()),
+        ..base
+    });
+    for r in &cases {
+        for author in [None, Some("Practitioner/pr-\"1")] {
+            let canon = audit::provenance_canon(&store, r, "prov-1", author);
+            let oracle = provenance_json_oracle(&store, r, "prov-1", author);
+            assert_eq!(canon.to_value(), oracle);
+            assert_eq!(
+                canon.to_bytes(),
+                hexa_crypto::jcs::canonicalize(&oracle).unwrap()
+            );
+        }
+    }
 }

@@ -730,9 +730,8 @@ impl Store {
 
         let record = Record::from_envelope(env)?;
         let prov_id = new_id()?;
-        let provenance = audit::provenance_json(self, &record, &prov_id, spec.author.as_deref());
         let prov_plain =
-            serde_json::to_vec(&provenance).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            audit::provenance_canon(self, &record, &prov_id, spec.author.as_deref()).to_bytes();
         let prov_sealed = self
             .seal_provenance
             .seal(
