@@ -195,6 +195,23 @@ pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
     out
 }
 
+/// A FHIR Coding as a [`Canon`] object (`display` only when given).
+fn coding<'a>(system: &'a str, code: &'a str, display: Option<&'a str>) -> Canon<'a> {
+    let mut m = vec![("system", Canon::Str(system)), ("code", Canon::Str(code))];
+    if let Some(t) = display {
+        m.push(("display", Canon::Str(t)));
+    }
+    Canon::Object(m)
+}
+
+/// A FHIR CodeableConcept of one [`coding`].
+fn codeable<'a>(system: &'a str, code: &'a str, display: Option<&'a str>) -> Canon<'a> {
+    Canon::Object(vec![(
+        "coding",
+        Canon::Array(vec![coding(system, code, display)]),
+    )])
+}
+
 /// The FHIR AuditEvent of a draft (without `id`; [`prepare_audit`] assigns a UUIDv7), as a
 /// [`Canon`] tree: every disclosure builds one, so it is composed from borrowed
 /// strings and written canonically without a `serde_json::Value`.
@@ -205,16 +222,6 @@ pub(crate) fn audit_event_canon<'a>(
 ) -> Canon<'a> {
     use Canon::{Array as A, Bool as B, Object as O, Str as S, String as Own};
     let failure = failure.or(d.failure.as_deref());
-    let coding = |system: &'a str, code: &'a str, display: Option<&'a str>| {
-        let mut m = vec![("system", S(system)), ("code", S(code))];
-        if let Some(t) = display {
-            m.push(("display", S(t)));
-        }
-        O(m)
-    };
-    let codeable = |system: &'a str, code: &'a str, display: Option<&'a str>| {
-        O(vec![("coding", A(vec![coding(system, code, display)]))])
-    };
     const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
     const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
     const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
@@ -405,23 +412,18 @@ pub(crate) fn provenance_canon<'a>(
         _ => "UPDATE",
     };
     let sig_type = || {
-        A(vec![O(vec![
-            ("system", S("urn:iso-astm:E1762-95:2013")),
-            ("code", S("1.2.840.10065.1.12.1.1")),
-            ("display", S("Author's Signature")),
-        ])])
+        A(vec![coding(
+            "urn:iso-astm:E1762-95:2013",
+            "1.2.840.10065.1.12.1.1",
+            Some("Author's Signature"),
+        )])
     };
     let participant = |code: &'a str| {
-        O(vec![(
-            "coding",
-            A(vec![O(vec![
-                (
-                    "system",
-                    S("http://terminology.hl7.org/CodeSystem/provenance-participant-type"),
-                ),
-                ("code", S(code)),
-            ])]),
-        )])
+        codeable(
+            "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+            code,
+            None,
+        )
     };
     let b64 = base64::engine::general_purpose::STANDARD;
     let signature = |who: Canon<'a>, jws: &str| {
@@ -457,16 +459,11 @@ pub(crate) fn provenance_canon<'a>(
         ("recorded", Own(when.clone())),
         (
             "activity",
-            O(vec![(
-                "coding",
-                A(vec![O(vec![
-                    (
-                        "system",
-                        S("http://terminology.hl7.org/CodeSystem/v3-DataOperation"),
-                    ),
-                    ("code", S(activity)),
-                ])]),
-            )]),
+            codeable(
+                "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                activity,
+                None,
+            ),
         ),
         ("agent", A(agents)),
         ("signature", A(sigs)),

@@ -88,6 +88,15 @@ fn audit_event_json_oracle(store: &Store, d: &AuditDraft, failure: Option<&str>)
     ev
 }
 
+/// A store in `dir` for appliance `appliance` and facility `fac`, under fixed test keys.
+fn open_store(dir: &std::path::Path, appliance: &str) -> Store {
+    let secrets = hexa_crypto::keyfile::ApplianceSecrets {
+        node_key: hexa_crypto::keys::SigningKey::from_seed(&[3; 32]),
+        master_key: hexa_crypto::seal::MasterKey::from_bytes([4; 32]),
+    };
+    Store::open(super::StoreConfig::new(dir, appliance, "fac"), secrets).unwrap()
+}
+
 fn drafts() -> Vec<AuditDraft> {
     let plain = AccessContext::system("fac");
     let mut rich = AccessContext::system("fac-\"é");
@@ -118,15 +127,7 @@ fn drafts() -> Vec<AuditDraft> {
 #[test]
 fn composed_audit_event_equals_the_value_builder() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = hexa_crypto::keyfile::ApplianceSecrets {
-        node_key: hexa_crypto::keys::SigningKey::from_seed(&[3; 32]),
-        master_key: hexa_crypto::seal::MasterKey::from_bytes([4; 32]),
-    };
-    let store = Store::open(
-        super::StoreConfig::new(dir.path(), "node-\"1", "fac"),
-        secrets,
-    )
-    .unwrap();
+    let store = open_store(dir.path(), "node-\"1");
     for d in drafts() {
         for failure in [None, Some("conflict")] {
             let canon = audit::audit_event_canon(&store, &d, failure);
@@ -218,11 +219,7 @@ fn provenance_json_oracle(store: &Store, r: &Record, id: &str, author: Option<&s
 #[test]
 fn composed_provenance_equals_the_value_builder() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = hexa_crypto::keyfile::ApplianceSecrets {
-        node_key: hexa_crypto::keys::SigningKey::from_seed(&[3; 32]),
-        master_key: hexa_crypto::seal::MasterKey::from_bytes([4; 32]),
-    };
-    let store = Store::open(super::StoreConfig::new(dir.path(), "node", "fac"), secrets).unwrap();
+    let store = open_store(dir.path(), "node");
     let base = Record {
         resource_type: "Observation".into(),
         id: "o1".into(),
