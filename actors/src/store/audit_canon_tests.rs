@@ -163,6 +163,59 @@ fn composed_audit_event_equals_the_value_builder() {
     assert_eq!(p.terms, super::audit_index::event_terms(&store, &v));
 }
 
+/// Shapes the composer never produces still get the terms of the whole event: the direct
+/// path hands them to the generic one instead of guessing.
+#[test]
+fn unexpected_audit_event_shapes_fall_back_to_the_generic_terms() {
+    use hexa_crypto::jcs::Canon;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), "node-1");
+    let all = drafts();
+    let base = audit::audit_event_canon(&store, &all[1], None);
+    fn set<'a>(c: &Canon<'a>, name: &'static str, v: Canon<'a>) -> Canon<'a> {
+        let mut c = c.clone();
+        if let Canon::Object(m) = &mut c {
+            m.retain(|(k, _)| *k != name);
+            m.push((name, v));
+        }
+        c
+    }
+    let who = |v: Canon<'static>| Canon::Array(vec![Canon::Object(vec![("who", v)])]);
+    let variants = [
+        set(&base, "action", Canon::Bool(true)),
+        set(
+            &base,
+            "recorded",
+            Canon::Object(vec![("start", Canon::Str("2026-01-02"))]),
+        ),
+        set(
+            &base,
+            "agent",
+            who(Canon::Str("https://x.example/fhir/Practitioner/p1")),
+        ),
+        set(
+            &base,
+            "agent",
+            who(Canon::Array(vec![Canon::Str("Patient/a")])),
+        ),
+        set(
+            &base,
+            "agent",
+            who(Canon::Object(vec![("reference", Canon::Bool(false))])),
+        ),
+        set(&base, "entity", Canon::Str("Patient/b")),
+        set(&base, "entity", Canon::Array(vec![Canon::Str("Patient/c")])),
+    ];
+    for v in &variants {
+        let terms = super::audit_index::canon_event_terms(&store, v);
+        assert_eq!(
+            terms,
+            super::audit_index::event_terms(&store, &v.to_value())
+        );
+        assert_eq!(terms, super::audit_index::generic_event_terms(&store, v));
+    }
+}
+
 /// The Provenance builder as it was before `provenance_canon` (the oracle). The Provenance of a stored version: target, agent (this appliance, and the author when
 /// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose).
 fn provenance_json_oracle(store: &Store, r: &Record, id: &str, author: Option<&str>) -> Value {

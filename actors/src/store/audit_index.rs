@@ -167,9 +167,90 @@ pub(crate) fn event_terms(store: &Store, event: &Value) -> Vec<[u8; 32]> {
 
 /// [`event_terms`] of an AuditEvent composed as a [`Canon`] tree. The AuditEvent search
 /// parameters read only `recorded`, `action`, `outcome`, `agent.who` and `entity.what`
-/// (`params::AUDIT_EVENT`), so only those are turned into a `Value`; a test checks the
-/// terms equal those of the whole event.
+/// (`params::AUDIT_EVENT`; `patient` is covered by `agent` and `entity`), so the terms are
+/// read straight from those members, through the same helpers `params::all_terms` uses.
+/// A member of a shape the composer does not produce falls back to the generic path; a test
+/// keeps both equal to the terms of the whole event.
 pub(crate) fn canon_event_terms(store: &Store, event: &Canon<'_>) -> Vec<[u8; 32]> {
+    match direct_event_terms(event) {
+        Some(pairs) => {
+            let mut terms: Vec<[u8; 32]> = pairs
+                .iter()
+                .map(|(field, term)| store.blind(Component::Audit, field, term))
+                .collect();
+            terms.sort_unstable();
+            terms.dedup();
+            terms
+        }
+        None => generic_event_terms(store, event),
+    }
+}
+
+/// The (field, term) pairs of [`canon_event_terms`], or `None` for a shape it leaves to
+/// [`generic_event_terms`].
+fn direct_event_terms(event: &Canon<'_>) -> Option<Vec<(&'static str, String)>> {
+    fn text<'c>(c: &'c Canon<'_>) -> Option<&'c str> {
+        match c {
+            Canon::Str(s) => Some(s),
+            Canon::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(16);
+    if let Some(recorded) = event.get("recorded")
+        && let Some((lo, hi)) = params::date_str_range(text(recorded)?)
+    {
+        for d in [lo, hi] {
+            if d.starts_with("0000") || d.starts_with("9999") {
+                continue;
+            }
+            out.push(("AuditEvent.date", format!("y:{}", &d[..4])));
+            out.push(("AuditEvent.date", format!("m:{}", &d[..7])));
+            out.push(("AuditEvent.date", format!("d:{d}")));
+        }
+    }
+    for (member, field) in [
+        ("action", "AuditEvent.action"),
+        ("outcome", "AuditEvent.outcome"),
+    ] {
+        if let Some(v) = event.get(member) {
+            let code = text(v)?;
+            if !code.is_empty() {
+                out.push((field, format!("c:{code}")));
+            }
+        }
+    }
+    for (list, member, field) in [
+        ("agent", "who", "AuditEvent.agent"),
+        ("entity", "what", "AuditEvent.entity"),
+    ] {
+        let items = match event.get(list) {
+            None => continue,
+            Some(Canon::Array(items)) => items,
+            Some(_) => return None,
+        };
+        for item in items {
+            let raw = match item.get(member) {
+                None => continue,
+                Some(Canon::Object(m)) => match m.iter().find(|(k, _)| *k == "reference") {
+                    None => continue,
+                    Some((_, r)) => text(r)?,
+                },
+                Some(other) => text(other)?,
+            };
+            if let Some(r) = params::normalize_reference(raw) {
+                if let Some((_, id)) = r.split_once('/') {
+                    out.push((field, format!("i:{id}")));
+                }
+                out.push((field, format!("r:{r}")));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// [`canon_event_terms`] through a `Value` of the five members and `params::all_terms`.
+pub(crate) fn generic_event_terms(store: &Store, event: &Canon<'_>) -> Vec<[u8; 32]> {
     let mut mini = serde_json::Map::new();
     for name in ["resourceType", "recorded", "action", "outcome"] {
         if let Some(v) = event.get(name) {

@@ -134,3 +134,33 @@ fn read_transactions_do_not_use_thread_local_storage() {
     let b = e.store.env.read_txn().unwrap();
     drop((a, b));
 }
+
+/// Resource and audit ids are RFC 9562 UUIDv7 text: the unix-millisecond time first, so
+/// ids sort by creation and the id-keyed trees append.
+#[test]
+fn new_ids_are_time_ordered_uuid_v7() {
+    let before = super::time::now_millis();
+    let ids: Vec<String> = (0..64).map(|_| super::new_id().unwrap()).collect();
+    let after = super::time::now_millis();
+    for id in &ids {
+        assert_eq!(id.len(), 36, "{id}");
+        for (i, c) in id.char_indices() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                assert_eq!(c, '-', "{id}");
+            } else {
+                assert!(c.is_ascii_digit() || ('a'..='f').contains(&c), "{id}");
+            }
+        }
+        assert_eq!(&id[14..15], "7", "version 7: {id}");
+        assert!("89ab".contains(&id[19..20]), "RFC 9562 variant: {id}");
+        let millis = u64::from_str_radix(&id[..8], 16).unwrap() << 16
+            | u64::from_str_radix(&id[9..13], 16).unwrap();
+        assert!((before..=after).contains(&millis), "{id}");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len(), "64 distinct ids");
+    // The first 48 bits are the time, so ids of later milliseconds sort after.
+    assert!(ids.first().unwrap()[..13] <= ids.last().unwrap()[..13]);
+}
