@@ -197,17 +197,12 @@ fn direct_event_terms(event: &Canon<'_>) -> Option<Vec<(&'static str, String)>> 
         }
     }
     let mut out = Vec::with_capacity(16);
+    let mut terms = Vec::with_capacity(8);
     if let Some(recorded) = event.get("recorded")
         && let Some((lo, hi)) = params::date_str_range(text(recorded)?)
     {
-        for d in [lo, hi] {
-            if d.starts_with("0000") || d.starts_with("9999") {
-                continue;
-            }
-            out.push(("AuditEvent.date", format!("y:{}", &d[..4])));
-            out.push(("AuditEvent.date", format!("m:{}", &d[..7])));
-            out.push(("AuditEvent.date", format!("d:{d}")));
-        }
+        params::date_terms(&lo, &hi, &mut terms);
+        out.extend(terms.drain(..).map(|t| ("AuditEvent.date", t)));
     }
     for (member, field) in [
         ("action", "AuditEvent.action"),
@@ -239,10 +234,9 @@ fn direct_event_terms(event: &Canon<'_>) -> Option<Vec<(&'static str, String)>> 
                 Some(other) => text(other)?,
             };
             if let Some(r) = params::normalize_reference(raw) {
-                if let Some((_, id)) = r.split_once('/') {
-                    out.push((field, format!("i:{id}")));
-                }
-                out.push((field, format!("r:{r}")));
+                // `agent` and `entity` are not restricted to one target type.
+                params::reference_terms(&r, true, &mut terms);
+                out.extend(terms.drain(..).map(|t| (field, t)));
             }
         }
     }

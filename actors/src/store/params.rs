@@ -655,26 +655,12 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
             }
             Ref(restrict) => {
                 for r in references(v, restrict) {
-                    // A bare-id query can only name a target type when the parameter is
-                    // restricted to one; otherwise index the id alone too.
-                    if restrict.is_none()
-                        && let Some((_, id)) = r.split_once('/')
-                    {
-                        terms.push(format!("i:{id}"));
-                    }
-                    terms.push(format!("r:{r}"));
+                    reference_terms(&r, restrict.is_none(), &mut terms);
                 }
             }
             Date => {
                 if let Some((lo, hi)) = date_range(v) {
-                    for d in [lo, hi] {
-                        if d.starts_with("0000") || d.starts_with("9999") {
-                            continue;
-                        }
-                        terms.push(format!("y:{}", &d[..4]));
-                        terms.push(format!("m:{}", &d[..7]));
-                        terms.push(format!("d:{d}"));
-                    }
+                    date_terms(&lo, &hi, &mut terms);
                 }
             }
         }
@@ -682,6 +668,28 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
     terms.sort();
     terms.dedup();
     terms
+}
+
+/// The terms of a normalised reference `Type/id`: `r:Type/id`, and `i:id` when the
+/// parameter is not restricted to one target type (a bare-id query can only name the type
+/// when it is).
+pub(crate) fn reference_terms(r: &str, unrestricted: bool, out: &mut Vec<String>) {
+    if unrestricted && let Some((_, id)) = r.split_once('/') {
+        out.push(format!("i:{id}"));
+    }
+    out.push(format!("r:{r}"));
+}
+
+/// The `y:`, `m:` and `d:` terms of both ends of a day range (open ends are skipped).
+pub(crate) fn date_terms(lo: &str, hi: &str, out: &mut Vec<String>) {
+    for d in [lo, hi] {
+        if d.starts_with("0000") || d.starts_with("9999") {
+            continue;
+        }
+        out.push(format!("y:{}", &d[..4]));
+        out.push(format!("m:{}", &d[..7]));
+        out.push(format!("d:{d}"));
+    }
 }
 
 /// How [`all_terms`] indexes one parameter of one resource type (derived from the static
