@@ -447,19 +447,30 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
     r
 }
 
+/// A response with `status`, `content_type` and `body` as they are.
+pub fn bytes_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
 /// A JSON response with `status`.
 pub fn json_response(
     status: StatusCode,
     content_type: &'static str,
     v: &serde_json::Value,
 ) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(
+    bytes_response(
+        status,
+        content_type,
         serde_json::to_vec(v).expect("JSON serializes"),
-    )));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
+    )
 }
 
 /// A FHIR OperationOutcome response with one issue of `code` and a sentence for people.

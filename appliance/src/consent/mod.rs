@@ -80,7 +80,7 @@ use hexa_crypto::consent::{
 use hexa_hal::ctap2::Assertion;
 use hexa_hal::reader::ReaderError;
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, ETAG, HeaderValue, LOCATION};
+use hyper::header::{ETAG, HeaderValue, LOCATION};
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -211,13 +211,8 @@ fn purpose_text(code: &str) -> &str {
 
 /// A FHIR response carrying a stored version (ETag, Location).
 fn record_response(status: StatusCode, rec: &Record, base: &str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(rec.canonical.clone())));
-    *r.status_mut() = status;
+    let mut r = crate::http::bytes_response(status, crate::http::FHIR_JSON, rec.canonical.clone());
     let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(crate::http::FHIR_JSON),
-    );
     if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", rec.version)) {
         h.insert(ETAG, v);
     }

@@ -28,8 +28,8 @@ use hexa_actors::store::{AccessContext, Record, component_for};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue,
-    LAST_MODIFIED, LOCATION, WWW_AUTHENTICATE,
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, ETAG, HeaderMap, HeaderValue, LAST_MODIFIED, LOCATION,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use outcome::{ApiError, Op};
@@ -740,13 +740,11 @@ impl Call<'_> {
     async fn search(&self, r: &Req, ty: &str, params: Vec<(String, String)>) -> ApiResult<Resp> {
         self.allow(ty, Interaction::Search)?;
         let body = self.search_bundle(&r.base, ty, params).await?;
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
-        *resp.status_mut() = StatusCode::OK;
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(crate::http::FHIR_JSON),
-        );
-        Ok(resp)
+        Ok(crate::http::bytes_response(
+            StatusCode::OK,
+            crate::http::FHIR_JSON,
+            body,
+        ))
     }
 
     /// Runs a search and writes its searchset Bundle with `self` and `next` links. The
@@ -1079,13 +1077,7 @@ fn record_response(
         *r.status_mut() = status;
         r
     } else {
-        let mut r = Response::new(Full::new(Bytes::from(rec.canonical.clone())));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(crate::http::FHIR_JSON),
-        );
-        r
+        crate::http::bytes_response(status, crate::http::FHIR_JSON, rec.canonical.clone())
     };
     let h = resp.headers_mut();
     h.insert(ETAG, etag(rec.version));
