@@ -1,0 +1,605 @@
+//! The floor under #3's write goal: the work the brief requires of one durable Observation
+//! create, done with nothing else around it.
+//!
+//! No actors, no access policy, no generic search-parameter extraction, no transaction
+//! bookkeeping: two preparation threads and one group-commit writer thread, with the
+//! appliance's own primitives (`hexa-crypto`'s RFC 8785 canonicalisation, detached Ed25519
+//! JWS, XChaCha20-Poly1305 sealing, HMAC blind indexes, Merkle frontier; `hexa-actors`'s
+//! key layout and UUIDv7 ids) on a real LMDB environment with the default (durable) sync.
+//!
+//! Per create, what the brief asks for and nothing more:
+//! - the version: `id` and `meta` set, canonicalised, signed, sealed under an AAD naming its
+//!   database, key and version, and put with its current-version pointer (after checking
+//!   the resource does not exist yet: optimistic concurrency);
+//! - five blind index postings: `subject`/`patient`, `code` as `system|code` and as `code`,
+//!   `date`, `status` (the clinical parameters of the issue that an Observation has);
+//! - its Provenance (target, recorded, agent, the signature), sealed, keyed by the version
+//!   and by its own id;
+//! - the AuditEvent of the write, sealed under its log index, appended to the Merkle log
+//!   (leaf and completed subtrees), findable by id, and four blind postings for the search
+//!   parameters the issue names for AuditEvent (patient, date, agent, entity).
+//!
+//! The `_runs` case stores the same postings differently: each commit appends its nine
+//! postings per create, sorted, as one value keyed by the commit's sequence number (a
+//! sorted run, as an LSM tree's level 0 would hold it). Nothing merges those runs and no
+//! search could use them as they are, so that case is a ceiling for a run-structured index,
+//! not a design: it shows what the same writes cost when their postings are written
+//! sequentially instead of into random B-tree leaves.
+//!
+//! A write is acknowledged only after the LMDB commit that holds all of it. The real store
+//! (`benches/benches/store.rs`) does more per write (policy check, every search parameter
+//! of the resource, richer AuditEvents and Provenances, the frontier persisted, a fallible
+//! per-member protocol); this bench says what is left if all of that were free.
+//!
+//! ```sh
+//! cargo bench -p hexa-benches --bench floor -- --warm-up-time 1 --measurement-time 4
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use heed::types::Bytes;
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
+use hexa_actors::store::format;
+use hexa_crypto::jcs::{self, Canon};
+use hexa_crypto::keys::SigningKey;
+use hexa_crypto::merkle::{self, Frontier, Hash};
+use hexa_crypto::seal::{Aad, BlindIndexKey, MasterKey, SealKey};
+use serde_json::{Value, json};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Creates per Criterion iteration.
+const BURST: u64 = 2048;
+/// Preparation threads (the store runs two per registry).
+const PREP_THREADS: usize = 2;
+/// Largest group commit.
+const MAX_BATCH: usize = 1024;
+
+type Db = Database<'static, Bytes, Bytes>;
+
+struct Keys {
+    node: SigningKey,
+    seal_versions: SealKey,
+    seal_provenance: SealKey,
+    seal_log: SealKey,
+    blind: BlindIndexKey,
+    blind_audit: BlindIndexKey,
+}
+
+struct Dbs {
+    current: Db,
+    versions: Db,
+    index: Db,
+    provenance: Db,
+    provids: Db,
+    tree: Db,
+    log: Db,
+    ids: Db,
+    audit_index: Db,
+}
+
+/// Where the postings go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Postings {
+    /// One B-tree entry per posting (as the store files them).
+    BTree,
+    /// One sorted run per commit, appended (a ceiling; see the module comment).
+    Runs,
+}
+
+/// One prepared create: only bytes for the writer.
+struct Prepared {
+    current_key: Vec<u8>,
+    version_key: Vec<u8>,
+    sealed: Vec<u8>,
+    postings: Vec<Vec<u8>>,
+    prov_id: String,
+    prov_sealed: Vec<u8>,
+    audit_id: String,
+    audit_bytes: Vec<u8>,
+    audit_leaf: Hash,
+    audit_terms: Vec<[u8; 32]>,
+}
+
+fn observation(i: u64) -> Value {
+    json!({
+        "resourceType": "Observation", "status": "final",
+        "subject": {"reference": format!("Patient/p{}", i % 1000)},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "effectiveDateTime": "2024-05-05T10:00:00Z",
+        "valueQuantity": {"value": 60 + (i % 40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+fn now_instant() -> String {
+    // A fixed-width UTC instant, as `meta.lastUpdated` and `recorded` carry.
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("2026-12-04T12:00:{:02}.{:03}Z", (ms / 1000) % 60, ms % 1000)
+}
+
+fn prepare(k: &Keys, i: u64) -> Prepared {
+    let id = hexa_actors::store::new_id().expect("id");
+    let now = now_instant();
+    let mut resource = observation(i);
+    let obj = resource.as_object_mut().expect("object");
+    obj.insert("id".into(), json!(id));
+    obj.insert(
+        "meta".into(),
+        json!({"versionId": "1", "lastUpdated": now, "source": "#fac"}),
+    );
+    let canonical = jcs::canonicalize(&resource).expect("jcs");
+    let jws = hexa_crypto::jws::sign_detached(&k.node, &canonical);
+    let version_key = format::version_key("Observation", &id, 1);
+    let mut envelope = Vec::with_capacity(canonical.len() + jws.len() + 16);
+    envelope.push(2);
+    envelope.extend_from_slice(&(canonical.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(&canonical);
+    envelope.extend_from_slice(jws.as_bytes());
+    let sealed = k
+        .seal_versions
+        .seal(
+            &envelope,
+            &Aad {
+                database: "shr.versions",
+                key: &version_key,
+                version: 1,
+            },
+        )
+        .expect("seal");
+    let subject = format!("Patient/p{}", i % 1000);
+    let postings = [
+        ("Observation.subject", subject.as_str()),
+        ("Observation.code", "http://loinc.org|8867-4"),
+        ("Observation.code", "8867-4"),
+        ("Observation.date", "2024-05-05"),
+        ("Observation.status", "final"),
+    ]
+    .iter()
+    .map(|(field, term)| {
+        format::index_key("Observation", &k.blind.index(field, term.as_bytes()), &id)
+    })
+    .collect();
+    let target = format!("Observation/{id}/_history/1");
+    let prov_id = hexa_actors::store::new_id().expect("id");
+    let prov = Canon::Object(vec![
+        ("resourceType", Canon::Str("Provenance")),
+        ("id", Canon::Str(&prov_id)),
+        (
+            "target",
+            Canon::Array(vec![Canon::Object(vec![(
+                "reference",
+                Canon::Str(&target),
+            )])]),
+        ),
+        ("recorded", Canon::Str(&now)),
+        (
+            "agent",
+            Canon::Array(vec![Canon::Object(vec![(
+                "who",
+                Canon::Object(vec![("reference", Canon::Str("Device/node"))]),
+            )])]),
+        ),
+        (
+            "signature",
+            Canon::Array(vec![Canon::Object(vec![
+                ("when", Canon::Str(&now)),
+                ("sigFormat", Canon::Str("application/jose")),
+                ("data", Canon::Str(&jws)),
+            ])]),
+        ),
+    ])
+    .to_bytes();
+    let prov_sealed = k
+        .seal_provenance
+        .seal(
+            &prov,
+            &Aad {
+                database: "audit.provenance",
+                key: &version_key,
+                version: 1,
+            },
+        )
+        .expect("seal");
+    let audit_id = hexa_actors::store::new_id().expect("id");
+    let audit = Canon::Object(vec![
+        ("resourceType", Canon::Str("AuditEvent")),
+        ("id", Canon::Str(&audit_id)),
+        (
+            "type",
+            Canon::Object(vec![
+                (
+                    "system",
+                    Canon::Str("http://terminology.hl7.org/CodeSystem/audit-event-type"),
+                ),
+                ("code", Canon::Str("rest")),
+            ]),
+        ),
+        (
+            "subtype",
+            Canon::Array(vec![Canon::Object(vec![("code", Canon::Str("create"))])]),
+        ),
+        ("action", Canon::Str("C")),
+        ("recorded", Canon::Str(&now)),
+        ("outcome", Canon::Str("0")),
+        (
+            "agent",
+            Canon::Array(vec![Canon::Object(vec![
+                (
+                    "who",
+                    Canon::Object(vec![("reference", Canon::Str("Practitioner/dr"))]),
+                ),
+                ("requestor", Canon::Bool(true)),
+            ])]),
+        ),
+        (
+            "source",
+            Canon::Object(vec![(
+                "observer",
+                Canon::Object(vec![("reference", Canon::Str("Device/node"))]),
+            )]),
+        ),
+        (
+            "entity",
+            Canon::Array(vec![
+                Canon::Object(vec![(
+                    "what",
+                    Canon::Object(vec![("reference", Canon::Str(&target))]),
+                )]),
+                Canon::Object(vec![(
+                    "what",
+                    Canon::Object(vec![("reference", Canon::Str(&subject))]),
+                )]),
+            ]),
+        ),
+    ])
+    .to_bytes();
+    let audit_terms = vec![
+        k.blind_audit
+            .index("AuditEvent.patient", subject.as_bytes()),
+        k.blind_audit.index("AuditEvent.date", b"2026-12-04"),
+        k.blind_audit.index("AuditEvent.agent", b"Practitioner/dr"),
+        k.blind_audit.index("AuditEvent.entity", target.as_bytes()),
+    ];
+    Prepared {
+        current_key: format::current_key("Observation", &id),
+        version_key,
+        sealed,
+        postings,
+        prov_id,
+        prov_sealed,
+        audit_leaf: merkle::leaf_hash(&audit),
+        audit_bytes: audit,
+        audit_id,
+        audit_terms,
+    }
+}
+
+/// Writer counters: members, commits, nanoseconds applying and committing.
+#[derive(Default)]
+struct Stats {
+    members: AtomicU64,
+    commits: AtomicU64,
+    apply: AtomicU64,
+    commit: AtomicU64,
+}
+
+fn write_batch(
+    env: &Env<WithoutTls>,
+    dbs: &Dbs,
+    keys: &Keys,
+    frontier: &mut Frontier,
+    batch: &[Prepared],
+    stats: &Stats,
+    postings: Postings,
+) {
+    let t0 = Instant::now();
+    let mut wtxn = env.write_txn().expect("write txn");
+    // Sorted puts per database, as the store's group commit stages them.
+    let mut current: Vec<(&[u8], &[u8])> = Vec::with_capacity(batch.len());
+    let mut versions = Vec::with_capacity(batch.len());
+    let mut index: Vec<&[u8]> = Vec::with_capacity(batch.len() * 5);
+    let mut provenance = Vec::with_capacity(batch.len());
+    let mut provids = Vec::with_capacity(batch.len());
+    let mut tree: Vec<([u8; 9], Hash)> = Vec::with_capacity(batch.len() * 2);
+    let mut log: Vec<([u8; 8], Vec<u8>)> = Vec::with_capacity(batch.len());
+    let mut ids: Vec<(&[u8], [u8; 8])> = Vec::with_capacity(batch.len());
+    let mut audit_index: Vec<Vec<u8>> = Vec::with_capacity(batch.len() * 4);
+    let one: &[u8] = &[0, 0, 0, 0, 0, 0, 0, 1];
+    for p in batch {
+        // Optimistic concurrency: a create must find no current version.
+        assert!(
+            dbs.current
+                .get(&wtxn, &p.current_key)
+                .expect("get")
+                .is_none()
+        );
+        current.push((p.current_key.as_slice(), one));
+        versions.push((p.version_key.as_slice(), p.sealed.as_slice()));
+        index.extend(p.postings.iter().map(Vec::as_slice));
+        provenance.push((p.version_key.as_slice(), p.prov_sealed.as_slice()));
+        provids.push((p.prov_id.as_bytes(), p.version_key.as_slice()));
+        let n = frontier.size();
+        for (level, i, h) in frontier.append(p.audit_leaf) {
+            let mut k = [0u8; 9];
+            k[0] = level as u8;
+            k[1..].copy_from_slice(&i.to_be_bytes());
+            tree.push((k, h));
+        }
+        let key = n.to_be_bytes();
+        let sealed = keys
+            .seal_log
+            .seal(
+                &p.audit_bytes,
+                &Aad {
+                    database: "audit.log",
+                    key: &key,
+                    version: n,
+                },
+            )
+            .expect("seal");
+        log.push((key, sealed));
+        ids.push((p.audit_id.as_bytes(), key));
+        for t in &p.audit_terms {
+            let mut k = Vec::with_capacity(40);
+            k.extend_from_slice(t);
+            k.extend_from_slice(&key);
+            audit_index.push(k);
+        }
+    }
+    current.sort_unstable();
+    for (k, v) in current {
+        dbs.current.put(&mut wtxn, k, v).expect("put");
+    }
+    versions.sort_unstable();
+    for (k, v) in versions {
+        dbs.versions.put(&mut wtxn, k, v).expect("put");
+    }
+    index.sort_unstable();
+    audit_index.sort_unstable();
+    match postings {
+        Postings::BTree => {
+            for k in index {
+                dbs.index.put(&mut wtxn, k, &[]).expect("put");
+            }
+            for k in &audit_index {
+                dbs.audit_index.put(&mut wtxn, k, &[]).expect("put");
+            }
+        }
+        Postings::Runs => {
+            let mut run = Vec::with_capacity(index.len() * 80 + audit_index.len() * 40);
+            for k in index {
+                run.extend_from_slice(&(k.len() as u16).to_be_bytes());
+                run.extend_from_slice(k);
+            }
+            for k in &audit_index {
+                run.extend_from_slice(k);
+            }
+            let seq = stats.commits.load(Relaxed).to_be_bytes();
+            dbs.index
+                .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, &run)
+                .expect("append run");
+        }
+    }
+    provenance.sort_unstable();
+    for (k, v) in provenance {
+        dbs.provenance.put(&mut wtxn, k, v).expect("put");
+    }
+    provids.sort_unstable();
+    for (k, v) in provids {
+        dbs.provids.put(&mut wtxn, k, v).expect("put");
+    }
+    tree.sort_unstable();
+    for (k, v) in &tree {
+        dbs.tree.put(&mut wtxn, k, v).expect("put");
+    }
+    for (k, v) in &log {
+        dbs.log
+            .put_with_flags(&mut wtxn, PutFlags::APPEND, k, v)
+            .expect("append");
+    }
+    ids.sort_unstable();
+    for (k, v) in &ids {
+        dbs.ids.put(&mut wtxn, k, v).expect("put");
+    }
+    let t1 = Instant::now();
+    wtxn.commit().expect("commit");
+    stats.members.fetch_add(batch.len() as u64, Relaxed);
+    stats.commits.fetch_add(1, Relaxed);
+    stats.apply.fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
+    stats
+        .commit
+        .fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
+}
+
+/// The pipeline: `jobs` → preparation threads → writer → `acks` (members per commit).
+struct Pipeline {
+    jobs: Vec<Sender<u64>>,
+    acks: Receiver<usize>,
+    stats: std::sync::Arc<Stats>,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(unsafe_code)]
+fn pipeline(postings: Postings) -> Pipeline {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // SAFETY: the directory is fresh and private to this bench; only LMDB maps it.
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .read_txn_without_tls()
+            .map_size(8 << 30)
+            .max_dbs(16)
+            .open(dir.path())
+            .expect("open env")
+    };
+    let names = [
+        "shr.current",
+        "shr.versions",
+        "shr.index",
+        "audit.provenance",
+        "audit.provids",
+        "audit.tree",
+        "audit.log",
+        "audit.ids",
+        "audit.index",
+    ];
+    let wtxn = env.write_txn().expect("txn");
+    let [
+        current,
+        versions,
+        index,
+        provenance,
+        provids,
+        tree,
+        log,
+        ids,
+        audit_index,
+    ] = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+            let mut v = Vec::with_capacity(names.len());
+            for n in names {
+                v.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(n))?);
+            }
+            let arr: [Database<'_, Bytes, Bytes>; 9] = v
+                .try_into()
+                .map_err(|_| heed::Error::Io(std::io::Error::other("database table size")))?;
+            Ok(CommitOrAbort::<_, ()>::Commit(arr))
+        })
+        .expect("create databases")
+        .commit()
+        .expect("committed");
+    let dbs = Dbs {
+        current,
+        versions,
+        index,
+        provenance,
+        provids,
+        tree,
+        log,
+        ids,
+        audit_index,
+    };
+    let mk = MasterKey::from_bytes([2; 32]);
+    let keys = std::sync::Arc::new(Keys {
+        node: SigningKey::from_seed(&[1; 32]),
+        seal_versions: mk.sealing_key("shr.versions"),
+        seal_provenance: mk.sealing_key("audit.provenance"),
+        seal_log: mk.sealing_key("audit.log"),
+        blind: mk.blind_index_key("shr.index"),
+        blind_audit: mk.blind_index_key("audit.index"),
+    });
+    let stats = std::sync::Arc::new(Stats::default());
+    let (to_writer, from_prep) = channel::<Prepared>();
+    let (ack_tx, acks) = channel::<usize>();
+    let mut jobs = Vec::new();
+    for _ in 0..PREP_THREADS {
+        let (tx, rx) = channel::<u64>();
+        jobs.push(tx);
+        let keys = keys.clone();
+        let to_writer = to_writer.clone();
+        std::thread::spawn(move || {
+            while let Ok(i) = rx.recv() {
+                if to_writer.send(prepare(&keys, i)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(to_writer);
+    let wstats = stats.clone();
+    std::thread::spawn(move || {
+        let mut frontier = Frontier::new();
+        while let Ok(first) = from_prep.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match from_prep.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            write_batch(&env, &dbs, &keys, &mut frontier, &batch, &wstats, postings);
+            if ack_tx.send(batch.len()).is_err() {
+                break;
+            }
+        }
+    });
+    Pipeline {
+        jobs,
+        acks,
+        stats,
+        _dir: dir,
+    }
+}
+
+/// Runs `total` creates keeping `in_flight` of them unacknowledged; returns the time.
+fn run(p: &Pipeline, next: &mut u64, total: u64, in_flight: u64) -> Duration {
+    let t0 = Instant::now();
+    let (mut issued, mut acked) = (0u64, 0u64);
+    while acked < total {
+        while issued < total && issued - acked < in_flight {
+            let i = *next;
+            *next += 1;
+            p.jobs[(i % p.jobs.len() as u64) as usize]
+                .send(i)
+                .expect("job");
+            issued += 1;
+        }
+        acked += p.acks.recv().expect("ack") as u64;
+    }
+    t0.elapsed()
+}
+
+/// Bytes this process has passed to `write`-family system calls (`wchar` of
+/// `/proc/self/io`); 0 where that file does not exist.
+fn written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").map(str::to_string))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn floor(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_floor");
+    for (in_flight, postings, name) in [
+        (1u64, Postings::BTree, "observation_1"),
+        (512, Postings::BTree, "observation_512"),
+        (512, Postings::Runs, "observation_512_runs"),
+    ] {
+        let w0 = written();
+        let p = pipeline(postings);
+        let mut next = 0u64;
+        let total = if in_flight == 1 { 1 } else { BURST };
+        g.throughput(Throughput::Elements(total));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| run(&p, &mut next, total, in_flight))
+                    .sum()
+            })
+        });
+        let s = &p.stats;
+        let (m, n) = (s.members.load(Relaxed), s.commits.load(Relaxed).max(1));
+        eprintln!(
+            "floor writer[{name}]: {m} members in {n} commits ({:.1}/commit), apply {:.1} µs/member, \
+             commit {:.2} ms/commit, {:.1} KiB written/member",
+            m as f64 / n as f64,
+            s.apply.load(Relaxed) as f64 / 1e3 / m.max(1) as f64,
+            s.commit.load(Relaxed) as f64 / 1e6 / n as f64,
+            (written() - w0) as f64 / 1024.0 / m.max(1) as f64,
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, floor);
+criterion_main!(benches);
