@@ -24,7 +24,11 @@
 //! sorted run, as an LSM tree's level 0 would hold it). Nothing merges those runs and no
 //! search could use them as they are, so that case is a ceiling for a run-structured index,
 //! not a design: it shows what the same writes cost when their postings are written
-//! sequentially instead of into random B-tree leaves.
+//! sequentially instead of into random B-tree leaves. The `_tiered` case is that ceiling
+//! made searchable: runs stored as blocks of fixed-width postings and merged eight at a
+//! time into the next level, in the commit that fills a level ([`Tiers`]), so its figure
+//! includes what the merges write. When a case ends, the writer looks up the `subject`
+//! postings of the 1 000 patients through its layout and prints the time per term.
 //!
 //! A write is acknowledged only after the LMDB commit that holds all of it. The real store
 //! (`benches/benches/store.rs`) does more per write (policy check, every search parameter
@@ -35,6 +39,7 @@
 //! cargo bench -p hexa-benches --bench floor -- --warm-up-time 1 --measurement-time 4
 //! ```
 
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
@@ -89,6 +94,135 @@ enum Postings {
     BTree,
     /// One sorted run per commit, appended (a ceiling; see the module comment).
     Runs,
+    /// Size-tiered runs, merged [`FANOUT`] at a time (see [`Tiers`]).
+    Tiered,
+}
+
+/// Runs merged when a level holds this many.
+const FANOUT: usize = 8;
+/// Largest block (one LMDB value) of a run, in bytes.
+const BLOCK: usize = 32 * 1024;
+
+/// A size-tiered log-structured posting index in one LMDB database, the layout a
+/// run-structured index of the store could use. A run is a sorted array of fixed-width
+/// postings, stored as blocks of at most [`BLOCK`] bytes under `seq:u64 BE || first
+/// posting of the block`; `seq` only grows, so every block is an `MDB_APPEND` and lands
+/// on fresh pages. Each commit adds one run at level 0; when a level holds [`FANOUT`] runs
+/// they are merged into one run of the next level in the same commit and their blocks
+/// are deleted (their pages go back to LMDB's free list). A term lookup reads the
+/// postings of the term in every run.
+struct Tiers {
+    db: Db,
+    width: usize,
+    /// Run sequence numbers per level, oldest first.
+    levels: Vec<Vec<u64>>,
+    next_seq: u64,
+    /// Postings rewritten by merges (for the bench's report).
+    merged: u64,
+}
+
+impl Tiers {
+    fn new(db: Db, width: usize) -> Self {
+        Tiers {
+            db,
+            width,
+            levels: Vec::new(),
+            next_seq: 0,
+            merged: 0,
+        }
+    }
+
+    /// Writes `postings` (sorted, concatenated, `width` bytes each) as a new run.
+    fn write_run(&mut self, wtxn: &mut heed::RwTxn, postings: &[u8]) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let per_block = (BLOCK / self.width).max(1) * self.width;
+        let mut key = Vec::with_capacity(8 + self.width);
+        for block in postings.chunks(per_block) {
+            key.clear();
+            key.extend_from_slice(&seq.to_be_bytes());
+            key.extend_from_slice(&block[..self.width]);
+            self.db
+                .put_with_flags(wtxn, PutFlags::APPEND, &key, block)
+                .expect("append block");
+        }
+        seq
+    }
+
+    /// Adds one commit's sorted postings as a level-0 run, then merges full levels.
+    fn add(&mut self, wtxn: &mut heed::RwTxn, postings: &[u8]) {
+        if postings.is_empty() {
+            return;
+        }
+        let seq = self.write_run(wtxn, postings);
+        if self.levels.is_empty() {
+            self.levels.push(Vec::new());
+        }
+        self.levels[0].push(seq);
+        let mut level = 0;
+        while level < self.levels.len() && self.levels[level].len() >= FANOUT {
+            let runs = std::mem::take(&mut self.levels[level]);
+            let mut all: Vec<u8> = Vec::new();
+            for &r in &runs {
+                let prefix = r.to_be_bytes();
+                for item in self.db.prefix_iter(wtxn, &prefix).expect("run") {
+                    let (_, block) = item.expect("block");
+                    all.extend_from_slice(block);
+                }
+            }
+            let mut items: Vec<&[u8]> = all.chunks_exact(self.width).collect();
+            items.sort_unstable();
+            let merged: Vec<u8> = items.concat();
+            self.merged += (merged.len() / self.width) as u64;
+            for &r in &runs {
+                let (lo, hi) = (r.to_be_bytes(), (r + 1).to_be_bytes());
+                self.db
+                    .delete_range(wtxn, &(Included(&lo[..]), Excluded(&hi[..])))
+                    .expect("delete run");
+            }
+            let seq = self.write_run(wtxn, &merged);
+            if self.levels.len() == level + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.levels[level + 1].push(seq);
+            level += 1;
+        }
+    }
+
+    /// Number of postings of the term `prefix` (a posting's leading bytes), over every run.
+    fn count(&self, txn: &heed::RoTxn<WithoutTls>, prefix: &[u8]) -> usize {
+        let mut n = 0;
+        let mut key = Vec::with_capacity(8 + prefix.len());
+        for &seq in self.levels.iter().flatten() {
+            key.clear();
+            key.extend_from_slice(&seq.to_be_bytes());
+            key.extend_from_slice(prefix);
+            // The block holding the first posting >= prefix starts at or before it.
+            let start = match self.db.get_lower_than_or_equal_to(txn, &key).expect("seek") {
+                Some((k, _)) if k[..8] == seq.to_be_bytes() => k.to_vec(),
+                _ => seq.to_be_bytes().to_vec(),
+            };
+            'blocks: for item in self
+                .db
+                .range(txn, &(Included(&start[..]), Unbounded))
+                .expect("range")
+            {
+                let (k, block) = item.expect("block");
+                if k[..8] != seq.to_be_bytes() {
+                    break;
+                }
+                let items: Vec<&[u8]> = block.chunks_exact(self.width).collect();
+                let from = items.partition_point(|p| &p[..prefix.len()] < prefix);
+                for p in &items[from..] {
+                    if !p.starts_with(prefix) {
+                        break 'blocks;
+                    }
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
 }
 
 /// One prepared create: only bytes for the writer.
@@ -294,11 +428,11 @@ fn write_batch(
     env: &Env<WithoutTls>,
     dbs: &Dbs,
     keys: &Keys,
-    frontier: &mut Frontier,
+    state: &mut WriterState,
     batch: &[Prepared],
     stats: &Stats,
-    postings: Postings,
 ) {
+    let frontier = &mut state.frontier;
     let t0 = Instant::now();
     let mut wtxn = env.write_txn().expect("write txn");
     // Sorted puts per database, as the store's group commit stages them.
@@ -363,7 +497,7 @@ fn write_batch(
     }
     index.sort_unstable();
     audit_index.sort_unstable();
-    match postings {
+    match state.postings {
         Postings::BTree => {
             for k in index {
                 dbs.index.put(&mut wtxn, k, &[]).expect("put");
@@ -385,6 +519,12 @@ fn write_batch(
             dbs.index
                 .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, &run)
                 .expect("append run");
+        }
+        Postings::Tiered => {
+            if let Some((resource, audit)) = state.tiers.as_mut() {
+                resource.add(&mut wtxn, &index.concat());
+                audit.add(&mut wtxn, &audit_index.concat());
+            }
         }
     }
     provenance.sort_unstable();
@@ -423,11 +563,67 @@ struct Pipeline {
     jobs: Vec<Sender<u64>>,
     acks: Receiver<usize>,
     stats: std::sync::Arc<Stats>,
+    writer: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
+impl Pipeline {
+    /// Stops the threads; the writer reports its term lookups before it exits.
+    fn finish(mut self) {
+        self.jobs.clear();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// What the writer thread keeps between commits.
+struct WriterState {
+    frontier: Frontier,
+    postings: Postings,
+    /// Resource and AuditEvent postings of the `Tiered` case.
+    tiers: Option<(Tiers, Tiers)>,
+}
+
+/// Looks up the `subject` postings of the 1 000 patients the creates refer to, through
+/// the layout of `state`, and prints the time per term.
+fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, state: &WriterState) {
+    if state.frontier.size() == 0 {
+        return; // the case was filtered out
+    }
+    let rtxn = env.read_txn().expect("read txn");
+    let t0 = Instant::now();
+    let mut found = 0;
+    for i in 0..1000 {
+        let term = format!("Patient/p{i}");
+        let blind = keys.blind.index("Observation.subject", term.as_bytes());
+        let prefix = format::index_prefix("Observation", &blind);
+        found += match (&state.postings, &state.tiers) {
+            (Postings::BTree, _) => dbs.index.prefix_iter(&rtxn, &prefix).expect("iter").count(),
+            (Postings::Tiered, Some((resource, _))) => resource.count(&rtxn, &prefix),
+            _ => return,
+        };
+    }
+    let runs = state
+        .tiers
+        .as_ref()
+        .map(|(r, _)| {
+            format!(
+                ", {} runs by level {:?}, {} postings rewritten by merges",
+                r.levels.iter().map(Vec::len).sum::<usize>(),
+                r.levels.iter().map(Vec::len).collect::<Vec<_>>(),
+                r.merged
+            )
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "floor lookups[{name}]: 1000 subject terms, {:.1} µs per term, {found} postings{runs}",
+        t0.elapsed().as_secs_f64() * 1e6 / 1000.0
+    );
+}
+
 #[allow(unsafe_code)]
-fn pipeline(postings: Postings) -> Pipeline {
+fn pipeline(name: &'static str, postings: Postings) -> Pipeline {
     let dir = tempfile::tempdir().expect("tempdir");
     // SAFETY: the directory is fresh and private to this bench; only LMDB maps it.
     let env = unsafe {
@@ -513,8 +709,18 @@ fn pipeline(postings: Postings) -> Pipeline {
     }
     drop(to_writer);
     let wstats = stats.clone();
-    std::thread::spawn(move || {
-        let mut frontier = Frontier::new();
+    let writer = std::thread::spawn(move || {
+        let mut state = WriterState {
+            frontier: Frontier::new(),
+            postings,
+            tiers: (postings == Postings::Tiered).then(|| {
+                let width = format::index_key("Observation", &[0; 32], &"0".repeat(36)).len();
+                (
+                    Tiers::new(dbs.index, width),
+                    Tiers::new(dbs.audit_index, 40),
+                )
+            }),
+        };
         while let Ok(first) = from_prep.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -523,16 +729,18 @@ fn pipeline(postings: Postings) -> Pipeline {
                     Err(_) => break,
                 }
             }
-            write_batch(&env, &dbs, &keys, &mut frontier, &batch, &wstats, postings);
+            write_batch(&env, &dbs, &keys, &mut state, &batch, &wstats);
             if ack_tx.send(batch.len()).is_err() {
                 break;
             }
         }
+        report_lookups(name, &env, &dbs, &keys, &state);
     });
     Pipeline {
         jobs,
         acks,
         stats,
+        writer: Some(writer),
         _dir: dir,
     }
 }
@@ -574,9 +782,10 @@ fn floor(c: &mut Criterion) {
         (1u64, Postings::BTree, "observation_1"),
         (512, Postings::BTree, "observation_512"),
         (512, Postings::Runs, "observation_512_runs"),
+        (512, Postings::Tiered, "observation_512_tiered"),
     ] {
         let w0 = written();
-        let p = pipeline(postings);
+        let p = pipeline(name, postings);
         let mut next = 0u64;
         let total = if in_flight == 1 { 1 } else { BURST };
         g.throughput(Throughput::Elements(total));
@@ -589,6 +798,9 @@ fn floor(c: &mut Criterion) {
         });
         let s = &p.stats;
         let (m, n) = (s.members.load(Relaxed), s.commits.load(Relaxed).max(1));
+        if m == 0 {
+            continue; // filtered out
+        }
         eprintln!(
             "floor writer[{name}]: {m} members in {n} commits ({:.1}/commit), apply {:.1} µs/member, \
              commit {:.2} ms/commit, {:.1} KiB written/member",
@@ -597,6 +809,7 @@ fn floor(c: &mut Criterion) {
             s.commit.load(Relaxed) as f64 / 1e6 / n as f64,
             (written() - w0) as f64 / 1024.0 / m.max(1) as f64,
         );
+        p.finish();
     }
     g.finish();
 }
