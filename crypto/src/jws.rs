@@ -4,7 +4,7 @@
 //! signing input is the standard `b64url(header) + "." + b64url(payload)`. Record signatures
 //! sign the RFC 8785 canonical bytes of a JSON value (see [`crate::jcs`]).
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::b64;
 use crate::keys::{PublicKey, SigningKey};
@@ -49,9 +49,8 @@ pub struct JwsHeader {
 
 /// Signs `payload` and returns the detached compact JWS with header `{"alg":"EdDSA","kid":..}`.
 pub fn sign_detached(key: &SigningKey, payload: &[u8]) -> String {
-    let header = json!({"alg": "EdDSA", "kid": key.kid()});
-    let header_b64 = b64::url_encode(header.to_string().as_bytes());
-    let input = signing_input(&header_b64, payload);
+    let header_b64 = key.jws_header_b64();
+    let input = signing_input(header_b64, payload);
     let sig = key.sign(input.as_bytes());
     format!("{header_b64}..{}", b64::url_encode(&sig))
 }

@@ -41,6 +41,10 @@ pub enum KeyError {
 #[derive(ZeroizeOnDrop)]
 pub struct SigningKey {
     inner: ed25519_dalek::SigningKey,
+    /// The base64url JWS protected header `{"alg":"EdDSA","kid":..}` of this key, built
+    /// once: every signed record version uses it (public data, nothing to wipe).
+    #[zeroize(skip)]
+    jws_header_b64: String,
 }
 
 impl SigningKey {
@@ -53,9 +57,24 @@ impl SigningKey {
 
     /// Builds the key from its 32-byte RFC 8032 seed (the "secret key").
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self {
-            inner: ed25519_dalek::SigningKey::from_bytes(seed),
+        let inner = ed25519_dalek::SigningKey::from_bytes(seed);
+        let vk = inner.verifying_key();
+        let kid = PublicKey {
+            bytes: vk.to_bytes(),
+            vk,
         }
+        .kid();
+        let header = json!({"alg": "EdDSA", "kid": kid}).to_string();
+        Self {
+            inner,
+            jws_header_b64: b64::url_encode(header.as_bytes()),
+        }
+    }
+
+    /// The base64url JWS protected header of this key's signatures (see
+    /// [`crate::jws::sign_detached`]).
+    pub(crate) fn jws_header_b64(&self) -> &str {
+        &self.jws_header_b64
     }
 
     /// The 32-byte seed; only for writing the key file.

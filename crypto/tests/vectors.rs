@@ -246,6 +246,13 @@ fn jws_detached_roundtrip_and_tamper() {
     assert_eq!(token.matches('.').count(), 2);
     assert!(token.contains(".."));
     assert_eq!(jws::peek_kid(&token).unwrap(), Some(key.kid()));
+    // The protected header is exactly {"alg":"EdDSA","kid":<kid>} (stored envelopes and
+    // Provenance signatures carry it, so its bytes must not drift).
+    let (header_b64, _) = token.split_once("..").unwrap();
+    assert_eq!(
+        String::from_utf8(b64url(header_b64)).unwrap(),
+        format!("{{\"alg\":\"EdDSA\",\"kid\":\"{}\"}}", key.kid())
+    );
     let h = jws::verify_detached(&token, &payload, &public).unwrap();
     assert_eq!(h.kid, Some(key.kid()));
 
