@@ -572,7 +572,7 @@ impl Pipeline {
     fn finish(mut self) {
         self.jobs.clear();
         if let Some(w) = self.writer.take() {
-            let _ = w.join();
+            w.join().expect("the floor's writer failed");
         }
     }
 }
@@ -616,6 +616,13 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
             )
         })
         .unwrap_or_default();
+    // Every create filed exactly one `subject` posting: a layout that loses or repeats one
+    // is wrong, whatever its speed.
+    assert_eq!(
+        found as u64,
+        state.frontier.size(),
+        "{name}: subject postings found"
+    );
     eprintln!(
         "floor lookups[{name}]: 1000 subject terms, {:.1} µs per term, {found} postings{runs}",
         t0.elapsed().as_secs_f64() * 1e6 / 1000.0
