@@ -48,6 +48,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
 use hexa_actors::store::format;
+use hexa_benches::ProcUsage;
 use hexa_crypto::jcs::{self, Canon};
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::merkle::{self, Frontier, Hash};
@@ -770,19 +771,6 @@ fn run(p: &Pipeline, next: &mut u64, total: u64, in_flight: u64) -> Duration {
     t0.elapsed()
 }
 
-/// Bytes this process has passed to `write`-family system calls (`wchar` of
-/// `/proc/self/io`); 0 where that file does not exist.
-fn written() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|io| {
-            io.lines()
-                .find_map(|l| l.strip_prefix("wchar: ").map(str::to_string))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn floor(c: &mut Criterion) {
     let mut g = c.benchmark_group("store_floor");
     for (in_flight, postings, name) in [
@@ -791,7 +779,7 @@ fn floor(c: &mut Criterion) {
         (512, Postings::Runs, "observation_512_runs"),
         (512, Postings::Tiered, "observation_512_tiered"),
     ] {
-        let w0 = written();
+        let u0 = ProcUsage::now();
         let p = pipeline(name, postings);
         let mut next = 0u64;
         let total = if in_flight == 1 { 1 } else { BURST };
@@ -808,13 +796,13 @@ fn floor(c: &mut Criterion) {
         if m == 0 {
             continue; // filtered out
         }
+        let (cpu, kib) = ProcUsage::now().per_op_since(&u0, m);
         eprintln!(
             "floor writer[{name}]: {m} members in {n} commits ({:.1}/commit), apply {:.1} µs/member, \
-             commit {:.2} ms/commit, {:.1} KiB written/member",
+             commit {:.2} ms/commit; process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member",
             m as f64 / n as f64,
             s.apply.load(Relaxed) as f64 / 1e3 / m.max(1) as f64,
             s.commit.load(Relaxed) as f64 / 1e6 / n as f64,
-            (written() - w0) as f64 / 1024.0 / m.max(1) as f64,
         );
         p.finish();
     }

@@ -17,6 +17,7 @@ use hexa_actors::store::engine::TxEntry;
 use hexa_actors::store::format::FORMAT_VERSION;
 use hexa_actors::store::search::SearchQuery;
 use hexa_actors::store::{AccessContext, StoreConfig};
+use hexa_benches::ProcUsage;
 use hexa_crypto::keyfile::ApplianceSecrets;
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::seal::{Aad, MasterKey};
@@ -196,10 +197,11 @@ where
 }
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
-/// filed in the index, idle filing commits, idle filing ns).
-fn writer_counters(f: &Fixture) -> [u64; 7] {
+/// filed in the index, idle filing commits, idle filing ns), and of the process's CPU time
+/// and bytes written.
+fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage) {
     let st = f.handle.engine().writer.stats();
-    [
+    let w = [
         st.commits.load(Ordering::Relaxed),
         st.members.load(Ordering::Relaxed),
         st.apply_nanos.load(Ordering::Relaxed),
@@ -207,21 +209,31 @@ fn writer_counters(f: &Fixture) -> [u64; 7] {
         st.audit_indexed.load(Ordering::Relaxed),
         st.index_commits.load(Ordering::Relaxed),
         st.index_nanos.load(Ordering::Relaxed),
-    ]
+    ];
+    (w, ProcUsage::now())
 }
 
 /// Prints what the writer did between two snapshots (where a group commit's time goes).
-fn report_writer(label: &str, before: [u64; 7], after: [u64; 7], wall: Duration) {
+/// Also prints the whole process's CPU time and bytes written per member (the bench's own
+/// driver included).
+fn report_writer(
+    label: &str,
+    before: ([u64; 7], ProcUsage),
+    after: ([u64; 7], ProcUsage),
+    wall: Duration,
+) {
     let [commits, members, apply, commit, filed, idle_commits, idle] =
-        std::array::from_fn(|i| after[i].saturating_sub(before[i]));
+        std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
     if members == 0 {
         return; // filtered out
     }
     let (c, m) = (commits.max(1) as f64, members.max(1) as f64);
+    let (cpu, kib) = after.1.per_op_since(&before.1, members);
     eprintln!(
         "writer[{label}]: {members} members in {commits} commits ({:.1}/commit), apply {:.1} µs/member, \
          commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
-         ({idle_commits} idle commits, {:.0} ms)",
+         ({idle_commits} idle commits, {:.0} ms); process CPU {cpu:.0} µs/member, \
+         {kib:.1} KiB written/member",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
