@@ -115,6 +115,11 @@ const BLOCK: usize = 32 * 1024;
 struct Tiers {
     db: Db,
     width: usize,
+    /// Offset of the 32-byte blind term in a posting (and in a lookup prefix).
+    term_at: usize,
+    /// A Bloom filter of each run's terms (10 bits per posting, 7 probes), kept in memory
+    /// here; a real index would store it beside its run.
+    filters: std::collections::HashMap<u64, Vec<u64>>,
     /// Run sequence numbers per level, oldest first.
     levels: Vec<Vec<u64>>,
     next_seq: u64,
@@ -123,10 +128,12 @@ struct Tiers {
 }
 
 impl Tiers {
-    fn new(db: Db, width: usize) -> Self {
+    fn new(db: Db, width: usize, term_at: usize) -> Self {
         Tiers {
             db,
             width,
+            term_at,
+            filters: Default::default(),
             levels: Vec::new(),
             next_seq: 0,
             merged: 0,
@@ -147,7 +154,34 @@ impl Tiers {
                 .put_with_flags(wtxn, PutFlags::APPEND, &key, block)
                 .expect("append block");
         }
+        let n = postings.len() / self.width;
+        let bits = (n * 10).next_power_of_two().max(64);
+        let mut filter = vec![0u64; bits / 64];
+        for p in postings.chunks_exact(self.width) {
+            for bit in Self::probes(&p[self.term_at..self.term_at + 32], bits) {
+                filter[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        self.filters.insert(seq, filter);
         seq
+    }
+
+    /// The filter bits of a blind term (double hashing over its first 16 bytes, which are
+    /// HMAC output and so already uniform).
+    fn probes(blind: &[u8], bits: usize) -> impl Iterator<Item = usize> {
+        let h1 = u64::from_le_bytes(blind[..8].try_into().unwrap_or_default());
+        let h2 = u64::from_le_bytes(blind[8..16].try_into().unwrap_or_default()) | 1;
+        (0..7u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) as usize) & (bits - 1))
+    }
+
+    /// False when run `seq` certainly holds no posting of the term of `prefix`.
+    fn may_hold(&self, seq: u64, prefix: &[u8]) -> bool {
+        let Some(filter) = self.filters.get(&seq) else {
+            return true;
+        };
+        let bits = filter.len() * 64;
+        Self::probes(&prefix[self.term_at..self.term_at + 32], bits)
+            .all(|bit| filter[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
     /// Adds one commit's sorted postings as a level-0 run, then merges full levels.
@@ -176,6 +210,7 @@ impl Tiers {
             let merged: Vec<u8> = items.concat();
             self.merged += (merged.len() / self.width) as u64;
             for &r in &runs {
+                self.filters.remove(&r);
                 let (lo, hi) = (r.to_be_bytes(), (r + 1).to_be_bytes());
                 self.db
                     .delete_range(wtxn, &(Included(&lo[..]), Excluded(&hi[..])))
@@ -191,10 +226,14 @@ impl Tiers {
     }
 
     /// Number of postings of the term `prefix` (a posting's leading bytes), over every run.
-    fn count(&self, txn: &heed::RoTxn<WithoutTls>, prefix: &[u8]) -> usize {
+    /// With `filtered`, runs whose filter rules the term out are skipped.
+    fn count(&self, txn: &heed::RoTxn<WithoutTls>, prefix: &[u8], filtered: bool) -> usize {
         let mut n = 0;
         let mut key = Vec::with_capacity(8 + prefix.len());
         for &seq in self.levels.iter().flatten() {
+            if filtered && !self.may_hold(seq, prefix) {
+                continue;
+            }
             key.clear();
             key.extend_from_slice(&seq.to_be_bytes());
             key.extend_from_slice(prefix);
@@ -433,7 +472,12 @@ fn write_batch(
     batch: &[Prepared],
     stats: &Stats,
 ) {
-    let frontier = &mut state.frontier;
+    let WriterState {
+        frontier,
+        postings,
+        tiers,
+        entities,
+    } = state;
     let t0 = Instant::now();
     let mut wtxn = env.write_txn().expect("write txn");
     // Sorted puts per database, as the store's group commit stages them.
@@ -448,6 +492,9 @@ fn write_batch(
     let mut audit_index: Vec<Vec<u8>> = Vec::with_capacity(batch.len() * 4);
     let one: &[u8] = &[0, 0, 0, 0, 0, 0, 0, 1];
     for p in batch {
+        if entities.len() < 1000 {
+            entities.push(p.audit_terms[3]);
+        }
         // Optimistic concurrency: a create must find no current version.
         assert!(
             dbs.current
@@ -498,7 +545,7 @@ fn write_batch(
     }
     index.sort_unstable();
     audit_index.sort_unstable();
-    match state.postings {
+    match *postings {
         Postings::BTree => {
             for k in index {
                 dbs.index.put(&mut wtxn, k, &[]).expect("put");
@@ -522,7 +569,7 @@ fn write_batch(
                 .expect("append run");
         }
         Postings::Tiered => {
-            if let Some((resource, audit)) = state.tiers.as_mut() {
+            if let Some((resource, audit)) = tiers.as_mut() {
                 resource.add(&mut wtxn, &index.concat());
                 audit.add(&mut wtxn, &audit_index.concat());
             }
@@ -584,10 +631,14 @@ struct WriterState {
     postings: Postings,
     /// Resource and AuditEvent postings of the `Tiered` case.
     tiers: Option<(Tiers, Tiers)>,
+    /// The AuditEvent `entity` terms of the first 1 000 creates: rare terms (one posting
+    /// each), looked up at the end like an identifier search.
+    entities: Vec<[u8; 32]>,
 }
 
-/// Looks up the `subject` postings of the 1 000 patients the creates refer to, through
-/// the layout of `state`, and prints the time per term.
+/// Looks up the `subject` postings of the 1 000 patients the creates refer to (common
+/// terms), and the AuditEvent `entity` postings of 1 000 creates (rare terms), through the
+/// layout of `state`; prints the time per term.
 fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, state: &WriterState) {
     if state.frontier.size() == 0 {
         return; // the case was filtered out
@@ -601,9 +652,28 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
         let prefix = format::index_prefix("Observation", &blind);
         found += match (&state.postings, &state.tiers) {
             (Postings::BTree, _) => dbs.index.prefix_iter(&rtxn, &prefix).expect("iter").count(),
-            (Postings::Tiered, Some((resource, _))) => resource.count(&rtxn, &prefix),
+            (Postings::Tiered, Some((resource, _))) => resource.count(&rtxn, &prefix, true),
             _ => return,
         };
+    }
+    let subject_us = t0.elapsed().as_secs_f64() * 1e6 / 1000.0;
+    let mut rare = Vec::new();
+    for filtered in [false, true] {
+        let t0 = Instant::now();
+        let found: usize = state
+            .entities
+            .iter()
+            .map(|blind| match (&state.postings, &state.tiers) {
+                (Postings::Tiered, Some((_, audit))) => audit.count(&rtxn, blind, filtered),
+                _ => dbs
+                    .audit_index
+                    .prefix_iter(&rtxn, blind)
+                    .expect("iter")
+                    .count(),
+            })
+            .sum();
+        assert_eq!(found, state.entities.len(), "{name}: entity postings found");
+        rare.push(t0.elapsed().as_secs_f64() * 1e6 / state.entities.len().max(1) as f64);
     }
     let runs = state
         .tiers
@@ -624,9 +694,17 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
         state.frontier.size(),
         "{name}: subject postings found"
     );
+    let rare = match state.postings {
+        Postings::Tiered => format!(
+            "{:.1} µs per term reading every run, {:.1} µs skipping runs by filter",
+            rare[0], rare[1]
+        ),
+        _ => format!("{:.1} µs per term", rare[1]),
+    };
     eprintln!(
-        "floor lookups[{name}]: 1000 subject terms, {:.1} µs per term, {found} postings{runs}",
-        t0.elapsed().as_secs_f64() * 1e6 / 1000.0
+        "floor lookups[{name}]: 1000 subject terms, {subject_us:.1} µs per term, {found} postings; \
+         {} entity terms (one posting each), {rare}{runs}",
+        state.entities.len()
     );
 }
 
@@ -724,10 +802,11 @@ fn pipeline(name: &'static str, postings: Postings) -> Pipeline {
             tiers: (postings == Postings::Tiered).then(|| {
                 let width = format::index_key("Observation", &[0; 32], &"0".repeat(36)).len();
                 (
-                    Tiers::new(dbs.index, width),
-                    Tiers::new(dbs.audit_index, 40),
+                    Tiers::new(dbs.index, width, "Observation".len() + 1),
+                    Tiers::new(dbs.audit_index, 40, 0),
                 )
             }),
+            entities: Vec::with_capacity(1000),
         };
         while let Ok(first) = from_prep.recv() {
             let mut batch = vec![first];
