@@ -51,12 +51,12 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
 use hexa_actors::store::format;
-use hexa_benches::ProcUsage;
+use hexa_benches::{ProcUsage, observation};
 use hexa_crypto::jcs::{self, Canon};
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::merkle::{self, Frontier, Hash};
 use hexa_crypto::seal::{Aad, BlindIndexKey, MasterKey, SealKey};
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -282,16 +282,6 @@ struct Prepared {
     audit_terms: Vec<[u8; 32]>,
 }
 
-fn observation(i: u64) -> Value {
-    json!({
-        "resourceType": "Observation", "status": "final",
-        "subject": {"reference": format!("Patient/p{}", i % 1000)},
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "effectiveDateTime": "2024-05-05T10:00:00Z",
-        "valueQuantity": {"value": 60 + (i % 40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
-    })
-}
-
 fn now_instant() -> String {
     // A fixed-width UTC instant, as `meta.lastUpdated` and `recorded` carry.
     let ms = std::time::SystemTime::now()
@@ -458,6 +448,18 @@ fn prepare(k: &Keys, i: u64) -> Prepared {
     }
 }
 
+/// Puts `items` into `db` in key order, as the store's group commit stages them.
+fn put_sorted<K, V>(db: &Db, wtxn: &mut heed::RwTxn, mut items: Vec<(K, V)>)
+where
+    K: AsRef<[u8]> + Ord,
+    V: AsRef<[u8]> + Ord,
+{
+    items.sort_unstable();
+    for (k, v) in &items {
+        db.put(wtxn, k.as_ref(), v.as_ref()).expect("put");
+    }
+}
+
 /// Writer counters: members, commits, nanoseconds applying and committing.
 #[derive(Default)]
 struct Stats {
@@ -538,14 +540,8 @@ fn write_batch(
             audit_index.push(k);
         }
     }
-    current.sort_unstable();
-    for (k, v) in current {
-        dbs.current.put(&mut wtxn, k, v).expect("put");
-    }
-    versions.sort_unstable();
-    for (k, v) in versions {
-        dbs.versions.put(&mut wtxn, k, v).expect("put");
-    }
+    put_sorted(&dbs.current, &mut wtxn, current);
+    put_sorted(&dbs.versions, &mut wtxn, versions);
     index.sort_unstable();
     audit_index.sort_unstable();
     match *postings {
@@ -578,27 +574,15 @@ fn write_batch(
             }
         }
     }
-    provenance.sort_unstable();
-    for (k, v) in provenance {
-        dbs.provenance.put(&mut wtxn, k, v).expect("put");
-    }
-    provids.sort_unstable();
-    for (k, v) in provids {
-        dbs.provids.put(&mut wtxn, k, v).expect("put");
-    }
-    tree.sort_unstable();
-    for (k, v) in &tree {
-        dbs.tree.put(&mut wtxn, k, v).expect("put");
-    }
+    put_sorted(&dbs.provenance, &mut wtxn, provenance);
+    put_sorted(&dbs.provids, &mut wtxn, provids);
+    put_sorted(&dbs.tree, &mut wtxn, tree);
     for (k, v) in &log {
         dbs.log
             .put_with_flags(&mut wtxn, PutFlags::APPEND, k, v)
             .expect("append");
     }
-    ids.sort_unstable();
-    for (k, v) in &ids {
-        dbs.ids.put(&mut wtxn, k, v).expect("put");
-    }
+    put_sorted(&dbs.ids, &mut wtxn, ids);
     let t1 = Instant::now();
     wtxn.commit().expect("commit");
     stats.members.fetch_add(batch.len() as u64, Relaxed);

@@ -17,11 +17,11 @@ use hexa_actors::store::engine::TxEntry;
 use hexa_actors::store::format::FORMAT_VERSION;
 use hexa_actors::store::search::SearchQuery;
 use hexa_actors::store::{AccessContext, StoreConfig};
-use hexa_benches::ProcUsage;
+use hexa_benches::{ProcUsage, observation};
 use hexa_crypto::keyfile::ApplianceSecrets;
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::seal::{Aad, MasterKey};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The appliance's allocator (`appliance/src/main.rs`), so the store is measured as it runs
 /// there; under glibc's malloc a quarter of a write's CPU went to malloc/free.
@@ -47,16 +47,6 @@ fn ctx() -> AccessContext {
         justification: None,
         patient_session: None,
     }
-}
-
-fn observation(i: u64) -> Value {
-    json!({
-        "resourceType": "Observation", "status": "final",
-        "subject": {"reference": format!("Patient/p{}", i % 1000)},
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-        "effectiveDateTime": "2024-05-05T10:00:00Z",
-        "valueQuantity": {"value": 60 + (i % 40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
-    })
 }
 
 struct Fixture {

@@ -3,6 +3,20 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
+/// The Observation the store benches create (`i` picks one of 1 000 patients and one of 40
+/// values), shared so that `store` and `store_floor` measure the same write.
+pub fn observation(i: u64) -> Value {
+    json!({
+        "resourceType": "Observation", "status": "final",
+        "subject": {"reference": format!("Patient/p{}", i % 1000)},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "effectiveDateTime": "2024-05-05T10:00:00Z",
+        "valueQuantity": {"value": 60 + (i % 40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
 /// What this process has used so far, read from `/proc/self` (Linux): the CPU time of all
 /// its threads (user and system, `/proc/self/stat`, in the kernel's fixed 1/100 s ticks)
 /// and the bytes it passed to `write`-family calls (`wchar` of `/proc/self/io`). Zero
