@@ -57,18 +57,13 @@ impl SigningKey {
 
     /// Builds the key from its 32-byte RFC 8032 seed (the "secret key").
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        let inner = ed25519_dalek::SigningKey::from_bytes(seed);
-        let vk = inner.verifying_key();
-        let kid = PublicKey {
-            bytes: vk.to_bytes(),
-            vk,
-        }
-        .kid();
-        let header = json!({"alg": "EdDSA", "kid": kid}).to_string();
-        Self {
-            inner,
-            jws_header_b64: b64::url_encode(header.as_bytes()),
-        }
+        let mut key = Self {
+            inner: ed25519_dalek::SigningKey::from_bytes(seed),
+            jws_header_b64: String::new(),
+        };
+        let header = json!({"alg": "EdDSA", "kid": key.kid()}).to_string();
+        key.jws_header_b64 = b64::url_encode(header.as_bytes());
+        key
     }
 
     /// The base64url JWS protected header of this key's signatures (see
