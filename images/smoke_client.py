@@ -73,6 +73,15 @@ def exercise(base, d):
     if status != 200 or read.get("name") != patient["name"] or read.get("id") != pid:
         sys.exit(f"read Patient/{pid}: {status} {read}")
     print(f"smoke: Patient/{pid} created (201) and read back (200, version {read['meta']['versionId']})")
+    # The hardened unit lets the store's writer thread raise its priority (LimitNICE=30 and
+    # setpriority allowed past the seccomp filter); /metrics reports what it got.
+    with urllib.request.urlopen(f"{base}/metrics", timeout=TIMEOUT) as r:
+        metrics = r.read().decode()
+    nice = [ln.split()[1] for ln in metrics.splitlines()
+            if ln.startswith("hexa_store_writer_nice ")]
+    if nice != ["-10"]:
+        sys.exit(f"store writer nice under the unit: {nice}, expected ['-10']")
+    print("smoke: the store writer thread runs at nice -10 under the hardened unit")
 
 
 if __name__ == "__main__":

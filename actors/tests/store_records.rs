@@ -642,3 +642,39 @@ fn group_commit_shares_commits_and_isolates_failing_members() {
     let q = SearchQuery::from_pairs("Observation", &[("patient", "g")]).unwrap();
     assert_eq!(e.store.search(&q).unwrap().total, 300);
 }
+
+#[test]
+fn writer_thread_runs_at_its_configured_nice() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // A lower priority than the default: every process may ask for that.
+    cfg.writer_nice = 7;
+    let e = open_with(cfg, 1);
+    let t0 = std::time::Instant::now();
+    while e.writer.stats().nice.load(Relaxed) == i32::MIN {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "writer never reported its nice value"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(e.writer.stats().nice.load(Relaxed), 7);
+    // The kernel agrees: a thread named after the writer (comm is cut at 15 bytes) has nice
+    // 7 (field 19 of /proc/<tid>/stat; other tests' writers run at their own values).
+    let nices: Vec<i64> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            if comm.trim_end() != "hexa-store-writ" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect();
+    assert!(nices.contains(&7), "writer threads' nice values: {nices:?}");
+    close(e);
+}

@@ -412,6 +412,14 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
             store.restarts(),
             store.store().map_size(),
         ));
+        let nice = w.nice.load(Ordering::Relaxed);
+        if nice != i32::MIN {
+            body.push_str(&format!(
+                "# HELP hexa_store_writer_nice Nice value of the store's group-commit writer thread.\n\
+                 # TYPE hexa_store_writer_nice gauge\n\
+                 hexa_store_writer_nice {nice}\n"
+            ));
+        }
         match store.audit_status() {
             Ok(a) => {
                 body.push_str(&format!(

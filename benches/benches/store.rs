@@ -74,6 +74,14 @@ fn fixture_at(path: &Path) -> Fixture {
     {
         cfg.audit_index_lag = lag;
     }
+    // `HEXA_BENCH_WRITER_NICE`: the writer thread's nice value (default: the store's, -10;
+    // 0 leaves it at the default priority, as before session 7).
+    if let Some(n) = std::env::var("HEXA_BENCH_WRITER_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.writer_nice = n;
+    }
     let handle = sys
         .block_on(async { StoreHandle::start(cfg, secrets(), 2) })
         .expect("start store");

@@ -107,6 +107,9 @@ pub struct WriterStats {
     pub index_commits: std::sync::atomic::AtomicU64,
     /// Nanoseconds spent in idle-time indexing commits (apply and commit).
     pub index_nanos: std::sync::atomic::AtomicU64,
+    /// The writer thread's nice value once it started (`i32::MIN` before, or where it
+    /// cannot be read).
+    pub nice: std::sync::atomic::AtomicI32,
 }
 
 /// Handle to the writer thread. Dropping every handle stops the thread after it drained
@@ -136,11 +139,19 @@ impl Writer {
             Ok((appender, indexer))
         })?;
         let (tx, rx) = sync_channel(QUEUE);
-        let stats = Arc::new(WriterStats::default());
+        let stats = Arc::new(WriterStats {
+            nice: std::sync::atomic::AtomicI32::new(i32::MIN),
+            ..WriterStats::default()
+        });
         let st = stats.clone();
+        let nice = store.config.writer_nice;
         let thread = std::thread::Builder::new()
             .name("hexa-store-writer".into())
-            .spawn(move || run(store, rx, appender, indexer, st))?;
+            .spawn(move || {
+                let now = set_thread_nice(nice);
+                st.nice.store(now, std::sync::atomic::Ordering::Relaxed);
+                run(store, rx, appender, indexer, st)
+            })?;
         Ok(Writer {
             tx,
             stats,
@@ -186,6 +197,41 @@ impl Writer {
             let _ = h.join();
         }
     }
+}
+
+/// Asks for nice value `nice` for the calling thread (Linux nice values are per thread) and
+/// returns the thread's nice value afterwards. 0 asks for nothing. A refusal (no
+/// `CAP_SYS_NICE`, `RLIMIT_NICE` too low, a seccomp filter) is logged and not an error:
+/// the writer then runs at the default priority, only slower under load.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_thread_nice(nice: i32) -> i32 {
+    // SAFETY: gettid, setpriority and getpriority take and return plain integers; they
+    // touch no memory of ours. `who` = this thread's id selects only this thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0 {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "store writer: priority not raised (needs CAP_SYS_NICE or RLIMIT_NICE, e.g. \
+                 LimitNICE= in the unit); it runs at the default priority"
+            );
+        }
+        // getpriority may return -1 as a value: clear errno first and check it after.
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            i32::MIN
+        } else {
+            now
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_nice(_nice: i32) -> i32 {
+    i32::MIN
 }
 
 fn run(
