@@ -212,6 +212,22 @@ fn clinical_and_registry_search() {
     v.sort();
     assert_eq!(ids(&e, "Observation", &[("patient", "p1")]), v);
     assert_eq!(ids(&e, "Observation", &[("subject", "Patient/p1")]), v);
+    // A bare id on an unrestricted reference: the index holds only `r:<Type>/<id>` terms,
+    // and the search looks the id up under every stored type.
+    assert_eq!(ids(&e, "Observation", &[("subject", "p1")]), v);
+    let mut at_loc = observation("p1", "0000-0", "2023-06-01");
+    at_loc["subject"] = json!({"reference": "Location/ward-3"});
+    at_loc["status"] = json!("preliminary");
+    let ol = mk(at_loc);
+    assert_eq!(
+        ids(&e, "Observation", &[("subject", "ward-3")]),
+        vec![ol.clone()]
+    );
+    let mut all = vec![o1.clone(), o2.clone(), o3.clone(), o4.clone(), ol.clone()];
+    all.sort();
+    assert_eq!(ids(&e, "Observation", &[("subject", "p1,p2,ward-3")]), all);
+    assert!(ids(&e, "Observation", &[("subject", "p3")]).is_empty());
+    assert!(ids(&e, "Observation", &[("patient", "ward-3")]).is_empty());
     let mut v = vec![o1.clone(), o4.clone()];
     v.sort();
     assert_eq!(

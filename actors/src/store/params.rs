@@ -510,12 +510,24 @@ pub fn char_prefix(s: &str, n: usize) -> &str {
     }
 }
 
-/// The index terms of one parameter in a resource (before blinding). Term syntax:
-/// tokens `c:<code>` and `sc:<system>|<code>` (system-only queries are post-filtered);
-/// strings `p:<normalised prefix>`; references `r:<Type/id>` (and `i:<id>` for parameters
-/// not restricted to one target type); dates `y:YYYY`, `m:YYYY-MM`, `d:YYYY-MM-DD`.
-pub fn index_terms(def: &ParamDef, resource: &Value) -> Vec<String> {
-    terms_of_values(def, values(def, resource))
+/// The index terms of one parameter of a `resource_type` resource (before blinding). Term
+/// syntax: tokens `c:<code>` and `sc:<system>|<code>` (system-only queries are
+/// post-filtered); strings `p:<normalised prefix>`; references `r:<Type/id>` (and, in the
+/// audit log only, `i:<id>` for parameters not restricted to one target type: see
+/// [`indexes_bare_ids`]); dates `y:YYYY`, `m:YYYY-MM`, `d:YYYY-MM-DD`.
+pub fn index_terms(resource_type: &str, def: &ParamDef, resource: &Value) -> Vec<String> {
+    terms_of_values(def, values(def, resource), indexes_bare_ids(resource_type))
+}
+
+/// Whether the index of `resource_type` files an `i:<id>` term beside `r:<Type/id>` for
+/// references of parameters not restricted to one target type. Only AuditEvents do: their
+/// terms go to appended runs, where one more posting costs a few bytes. In a resource
+/// index each such term put one more posting on a random B-tree page per write (an
+/// Observation's `subject` cost two random pages instead of one), so a bare-id query
+/// (`subject=p1`) there looks up `r:<Type>/p1` for every type the store holds instead
+/// (`search`): a bare id is a local reference, and only stored types can be local.
+pub fn indexes_bare_ids(resource_type: &str) -> bool {
+    resource_type == "AuditEvent"
 }
 
 /// (part parameter, field of the element) pairs of a split parameter.
@@ -617,7 +629,7 @@ pub fn posting_params(resource_type: &str, param: &'static str) -> Vec<&'static 
 }
 
 /// The index terms of `def` over already-selected element values.
-fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
+fn terms_of_values(def: &ParamDef, vals: Vec<&Value>, bare_ids: bool) -> Vec<String> {
     let mut terms = Vec::new();
     for v in vals {
         match def.kind {
@@ -655,7 +667,7 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>) -> Vec<String> {
             }
             Ref(restrict) => {
                 for r in references(v, restrict) {
-                    reference_terms(&r, restrict.is_none(), &mut terms);
+                    reference_terms(&r, bare_ids && restrict.is_none(), &mut terms);
                 }
             }
             Date => {
@@ -699,6 +711,8 @@ struct TermPlan {
     /// `<type>.<param>`, the blind-index field.
     field: String,
     how: PlanKind,
+    /// [`indexes_bare_ids`] of the type.
+    bare_ids: bool,
 }
 
 enum PlanKind {
@@ -737,6 +751,7 @@ fn term_plans(resource_type: &str) -> Vec<TermPlan> {
                 def,
                 field: format!("{resource_type}.{}", def.name),
                 how,
+                bare_ids: indexes_bare_ids(resource_type),
             }
         })
         .collect()
@@ -777,15 +792,15 @@ pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)>
                         other => other.clone(),
                     })
                     .collect();
-                terms_of_values(def, stripped.iter().collect())
+                terms_of_values(def, stripped.iter().collect(), plan.bare_ids)
             }
-            PlanKind::All => index_terms(def, resource),
+            PlanKind::All => terms_of_values(def, values(def, resource), plan.bare_ids),
             PlanKind::Paths(paths) => {
                 let mut vals = Vec::new();
                 for path in paths {
                     collect(resource, path, &mut vals);
                 }
-                terms_of_values(def, vals)
+                terms_of_values(def, vals, plan.bare_ids)
             }
         };
         for t in terms {
@@ -900,7 +915,7 @@ mod tests {
     }
 
     fn terms(ty: &str, name: &str, v: &Value) -> Vec<String> {
-        index_terms(param(ty, name).unwrap(), v)
+        index_terms(ty, param(ty, name).unwrap(), v)
     }
 
     #[test]
@@ -969,8 +984,13 @@ mod tests {
             "effectivePeriod": {"start": "2024-02-01T10:00:00Z", "end": "2024-02-03"}
         });
         assert!(terms("Observation", "patient", &obs).contains(&"r:Patient/p1".into()));
-        assert!(terms("Observation", "subject", &obs).contains(&"i:p1".into()));
-        assert!(!terms("Observation", "patient", &obs).contains(&"i:p1".into()));
+        // Bare-id terms only in the audit log (`indexes_bare_ids`).
+        assert_eq!(terms("Observation", "subject", &obs), vec!["r:Patient/p1"]);
+        let ae = json!({"resourceType": "AuditEvent", "entity": [{"what": {"reference": "Observation/o1"}}]});
+        assert_eq!(
+            terms("AuditEvent", "entity", &ae),
+            vec!["i:o1", "r:Observation/o1"]
+        );
         assert_eq!(
             terms("Observation", "encounter", &obs),
             vec!["r:Encounter/e1"]

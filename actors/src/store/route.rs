@@ -124,31 +124,52 @@ pub const SHR_TYPES: &[&str] = &[
     "VisionPrescription",
 ];
 
+/// The types of every component but the shared health record, with their component.
+pub const REGISTRY_TYPES: &[(&str, Component)] = &[
+    ("Patient", Component::Patient),
+    ("RelatedPerson", Component::Patient),
+    ("Person", Component::Patient),
+    ("Organization", Component::Facility),
+    ("Location", Component::Facility),
+    ("HealthcareService", Component::Facility),
+    ("Endpoint", Component::Facility),
+    ("OrganizationAffiliation", Component::Facility),
+    ("Practitioner", Component::Worker),
+    ("PractitionerRole", Component::Worker),
+    ("Medication", Component::Product),
+    ("MedicationKnowledge", Component::Product),
+    ("Device", Component::Product),
+    ("DeviceDefinition", Component::Product),
+    ("Substance", Component::Product),
+    ("BiologicallyDerivedProduct", Component::Product),
+    ("NutritionProduct", Component::Product),
+    ("InventoryItem", Component::Product),
+    ("CodeSystem", Component::Term),
+    ("ValueSet", Component::Term),
+    ("ConceptMap", Component::Term),
+    ("NamingSystem", Component::Term),
+    ("Consent", Component::Consent),
+    ("AuditEvent", Component::Audit),
+    ("Provenance", Component::Audit),
+];
+
 /// The component that owns `resource_type`, or `UnknownResourceType`.
 pub fn component_for(resource_type: &str) -> StoreResult<Component> {
-    let c = match resource_type {
-        "Patient" | "RelatedPerson" | "Person" => Component::Patient,
-        "Organization"
-        | "Location"
-        | "HealthcareService"
-        | "Endpoint"
-        | "OrganizationAffiliation" => Component::Facility,
-        "Practitioner" | "PractitionerRole" => Component::Worker,
-        "Medication"
-        | "MedicationKnowledge"
-        | "Device"
-        | "DeviceDefinition"
-        | "Substance"
-        | "BiologicallyDerivedProduct"
-        | "NutritionProduct"
-        | "InventoryItem" => Component::Product,
-        "CodeSystem" | "ValueSet" | "ConceptMap" | "NamingSystem" => Component::Term,
-        "Consent" => Component::Consent,
-        "AuditEvent" | "Provenance" => Component::Audit,
-        t if SHR_TYPES.contains(&t) => Component::Shr,
-        other => return Err(StoreError::UnknownResourceType(other.to_string())),
-    };
-    Ok(c)
+    if let Some((_, c)) = REGISTRY_TYPES.iter().find(|(t, _)| *t == resource_type) {
+        return Ok(*c);
+    }
+    if SHR_TYPES.contains(&resource_type) {
+        return Ok(Component::Shr);
+    }
+    Err(StoreError::UnknownResourceType(resource_type.to_string()))
+}
+
+/// Every resource type the store holds (what a local reference can name).
+pub fn stored_types() -> impl Iterator<Item = &'static str> {
+    REGISTRY_TYPES
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(SHR_TYPES.iter().copied())
 }
 
 /// True for types whose versions are written by clients (everything except the audit log,
@@ -191,6 +212,17 @@ mod tests {
         assert_eq!(component_for("SupplyDelivery").unwrap(), Component::Shr);
         assert_eq!(component_for("Consent").unwrap(), Component::Consent);
         assert_eq!(component_for("Provenance").unwrap(), Component::Audit);
+    }
+
+    #[test]
+    fn stored_types_are_distinct_and_route() {
+        let all: Vec<&str> = stored_types().collect();
+        let set: std::collections::BTreeSet<&str> = all.iter().copied().collect();
+        assert_eq!(set.len(), all.len(), "a type is listed twice");
+        assert!(all.len() > 80, "{} types", all.len());
+        for t in all {
+            assert!(component_for(t).is_ok(), "{t}");
+        }
     }
 
     #[test]

@@ -310,6 +310,24 @@ fn value_term(clause: &Clause, value: &str) -> (Option<String>, bool) {
     }
 }
 
+/// The index terms of one clause value in the index of `ty` (any of them matches): the
+/// [`value_term`], except that a bare id of a reference parameter not restricted to one
+/// target type becomes `r:<T>/<id>` for every type `T` the store holds where that index
+/// files no `i:<id>` terms ([`params::indexes_bare_ids`]).
+fn value_terms(ty: &str, clause: &Clause, value: &str) -> (Option<Vec<String>>, bool) {
+    if let ParamKind::Reference(restrict) = clause.def.kind
+        && !params::indexes_bare_ids(ty)
+        && let RefQuery::Id(id) = reference_query(clause, value, restrict)
+    {
+        let terms = super::route::stored_types()
+            .map(|t| format!("r:{t}/{id}"))
+            .collect();
+        return (Some(terms), false);
+    }
+    let (term, post) = value_term(clause, value);
+    (term.map(|t| vec![t]), post)
+}
+
 enum RefQuery {
     Full(String),
     Id(String),
@@ -456,12 +474,14 @@ impl Store {
             let mut usable = true;
             let mut needs_post = false;
             for v in &clause.values {
-                let (term, p) = value_term(clause, v);
+                let (terms, p) = value_terms(ty, clause, v);
                 needs_post |= p;
-                match term {
-                    Some(t) => {
+                match terms {
+                    Some(terms) => {
                         for param in params::posting_params(ty, clause.def.name) {
-                            self.postings(txn, c, ty, param, &t, &mut set)?;
+                            for t in &terms {
+                                self.postings(txn, c, ty, param, t, &mut set)?;
+                            }
                         }
                     }
                     None => usable = false,
