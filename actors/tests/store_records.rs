@@ -678,3 +678,41 @@ fn writer_thread_runs_at_its_configured_nice() {
     assert!(nices.contains(&7), "writer threads' nice values: {nices:?}");
     close(e);
 }
+
+#[test]
+fn a_written_record_equals_its_later_read() {
+    // The writer builds the returned record's resource without parsing the canonical bytes
+    // (`jcs::reparsed_in_place`); it must be exactly what a read parses: member order,
+    // integral doubles as integers, unsafe integers as the doubles JCS writes.
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = ctx();
+    let obs = serde_json::from_str::<serde_json::Value>(
+        r#"{"status":"final","resourceType":"Observation",
+            "valueQuantity":{"value":100.0,"unit":"/min","comparator":"<"},
+            "subject":{"reference":"Patient/p1"},
+            "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
+            "component":[{"valueInteger":9007199254740993,"code":{"text":"b"}},{"valueQuantity":{"value":-0.0}}]}"#,
+    )
+    .unwrap();
+    let w = e
+        .create(&c, obs, None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    let read = e
+        .read(&c, "Observation", &w.record.id)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    assert_eq!(w.record, read);
+    assert_eq!(
+        serde_json::to_string(&w.record.resource).unwrap(),
+        serde_json::to_string(&read.resource).unwrap()
+    );
+    assert_eq!(
+        w.record.resource["valueQuantity"]["value"].as_u64(),
+        Some(100)
+    );
+    close(e);
+}

@@ -30,6 +30,46 @@ pub fn canonicalize(v: &Value) -> Result<Vec<u8>, JcsError> {
     Ok(out)
 }
 
+/// Rewrites `v` in place into the `Value` that `serde_json` parses from
+/// `canonicalize(v)`, without writing or parsing the text: members sorted, integers within
+/// ±(2^53 − 1) kept, every other number replaced by the number its RFC 8785 form parses to
+/// (so `100.0` becomes the integer 100 and `2^53 + 1` the double JCS writes). Returns
+/// `Ok(false)` when a member name is not ASCII (RFC 8785 orders names by UTF-16 code units,
+/// which the byte order used here can differ from beyond the BMP): `v` is then sorted
+/// only in part, and a caller that needs the exact value parses the canonical bytes.
+pub fn reparsed_in_place(v: &mut Value) -> Result<bool, JcsError> {
+    const SAFE: u64 = (1u64 << 53) - 1;
+    match v {
+        Value::Object(m) => {
+            let mut ascii = true;
+            for (k, x) in m.iter_mut() {
+                ascii &= k.is_ascii();
+                ascii &= reparsed_in_place(x)?;
+            }
+            m.sort_keys();
+            Ok(ascii)
+        }
+        Value::Array(items) => {
+            let mut ascii = true;
+            for x in items {
+                ascii &= reparsed_in_place(x)?;
+            }
+            Ok(ascii)
+        }
+        Value::Number(n) => {
+            let safe = n.as_u64().is_some_and(|u| u <= SAFE)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() <= SAFE);
+            if !safe {
+                let f = n.as_f64().ok_or(JcsError::NonFinite)?;
+                *n = serde_json::from_str(&format_es6(f)?)
+                    .map_err(|e| JcsError::Parse(e.to_string()))?;
+            }
+            Ok(true)
+        }
+        _ => Ok(true),
+    }
+}
+
 /// Parses JSON text (rejecting duplicate member names) and canonicalizes it.
 pub fn canonicalize_str(json: &str) -> Result<Vec<u8>, JcsError> {
     let v = parse_strict(json)?;
@@ -392,6 +432,58 @@ fn round_half_even(x: f64, digits: String, exp: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `reparsed_in_place` must equal: the parse of the canonical bytes, compared
+    /// with member order (a `Value`'s `==` ignores it) and number kinds.
+    fn assert_reparsed(v: &Value) {
+        let want: Value = serde_json::from_slice(&canonicalize(v).unwrap()).unwrap();
+        let mut got = v.clone();
+        assert!(reparsed_in_place(&mut got).unwrap());
+        assert_eq!(
+            serde_json::to_string(&got).unwrap(),
+            serde_json::to_string(&want).unwrap()
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn reparsed_in_place_matches_a_parse_of_the_canonical_form() {
+        let cases = [
+            r#"{"b":1,"a":{"d":[3,{"z":1,"y":2}],"c":null},"A":true,"_a":"x\u00e9\n"}"#,
+            r#"{"int":100.0,"neg":-7.0,"zero":-0.0,"frac":98.6,"tiny":1e-7,"big":1e21,"huge":123456789012345678901234567890}"#,
+            r#"{"safe":9007199254740991,"unsafe":9007199254740993,"nsafe":-9007199254740991,"nunsafe":-9007199254740993,"u64max":18446744073709551615}"#,
+            r#"[{"resourceType":"Observation","valueQuantity":{"value":60,"unit":"/min"}},1.5e300,0.1,-0.0001]"#,
+        ];
+        for c in cases {
+            assert_reparsed(&parse_strict(c).unwrap());
+        }
+    }
+
+    #[test]
+    fn reparsed_in_place_refuses_non_ascii_names() {
+        let mut v = parse_strict(r#"{"\ud83d\ude00":1,"\uff61":2}"#).unwrap();
+        assert!(!reparsed_in_place(&mut v).unwrap());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reparsed_in_place_matches_on_random_documents(
+            ints in proptest::collection::vec(proptest::num::i64::ANY, 0..6),
+            floats in proptest::collection::vec(-1e25f64..1e25, 0..6),
+            names in proptest::collection::vec("[a-zA-Z_]{1,6}", 1..6),
+        ) {
+            let mut m = Map::new();
+            for (i, n) in names.iter().enumerate() {
+                let x = match i % 3 {
+                    0 => Value::from(ints.clone()),
+                    1 => Value::from(floats.iter().map(|f| f.trunc()).collect::<Vec<_>>()),
+                    _ => serde_json::json!({"f": floats.clone(), "n": n}),
+                };
+                m.insert(n.clone(), x);
+            }
+            assert_reparsed(&Value::Object(m));
+        }
+    }
 
     #[test]
     fn duplicates_rejected() {

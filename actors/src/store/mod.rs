@@ -143,7 +143,12 @@ impl Record {
     fn from_envelope(env: Envelope) -> StoreResult<Self> {
         let resource: Value = serde_json::from_slice(&env.canonical)
             .map_err(|e| StoreError::Invalid(format!("stored JSON: {e}")))?;
-        Ok(Record {
+        Ok(Self::from_parts(env, resource))
+    }
+
+    /// A record of `env` whose `resource` is already the parse of `env.canonical`.
+    fn from_parts(env: Envelope, resource: Value) -> Self {
+        Record {
             resource_type: env.resource_type,
             id: env.id,
             version: env.version_id,
@@ -153,7 +158,7 @@ impl Record {
             canonical: env.canonical,
             jws: env.jws,
             author_jws: env.author_jws,
-        })
+        }
     }
 
     /// `Type/id/_history/version`.
@@ -723,6 +728,16 @@ impl Store {
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
 
+        // From here on the resource is the one every later read parses from the canonical
+        // bytes (sorted members, numbers as JCS writes them), rewritten in place instead of
+        // parsed: index terms of this version and of the next one's base then come from
+        // equal values, and the returned record equals a read of it.
+        let mut resource = resource;
+        if !jcs::reparsed_in_place(&mut resource).map_err(|e| StoreError::Invalid(e.to_string()))? {
+            resource = serde_json::from_slice(&env.canonical)
+                .map_err(|e| StoreError::Invalid(format!("canonical JSON: {e}")))?;
+        }
+
         // Index keys: new terms minus old terms, old minus new.
         let new_keys: BTreeSet<Vec<u8>> = if spec.deleted {
             BTreeSet::new()
@@ -740,7 +755,7 @@ impl Store {
         let add_index = new_keys.difference(&old_keys).cloned().collect();
         let remove_index = old_keys.difference(&new_keys).cloned().collect();
 
-        let record = Record::from_envelope(env)?;
+        let record = Record::from_parts(env, resource);
         let prov_id = new_id()?;
         let prov_plain =
             audit::provenance_canon(self, &record, &prov_id, spec.author.as_deref()).to_bytes();
