@@ -205,7 +205,7 @@ impl Writer {
 /// the writer then runs at the default priority, only slower under load.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn set_thread_nice(nice: i32) -> i32 {
+pub fn set_thread_nice(nice: i32) -> i32 {
     // SAFETY: gettid, setpriority and getpriority take and return plain integers; they
     // touch no memory of ours. `who` = this thread's id selects only this thread.
     unsafe {
@@ -230,7 +230,7 @@ fn set_thread_nice(nice: i32) -> i32 {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_thread_nice(_nice: i32) -> i32 {
+pub fn set_thread_nice(_nice: i32) -> i32 {
     i32::MIN
 }
 
