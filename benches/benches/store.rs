@@ -391,6 +391,17 @@ fn reads_search_match(c: &mut Criterion) {
             );
             pairs(&[("identifier", &v)])
         }),
+        // A reference parameter open to any type, by type and id, and by bare id: the
+        // index files only `r:<Type>/<id>`, so a bare id is looked up under every stored
+        // type (about 80 term lookups).
+        (
+            "general_practitioner_typed",
+            pairs(&[("general-practitioner", "Practitioner/gp-1")]),
+        ),
+        (
+            "general_practitioner_bare_id",
+            pairs(&[("general-practitioner", "gp-1")]),
+        ),
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
