@@ -19,6 +19,10 @@
 //!   (leaf and completed subtrees), findable by id, and four blind postings for the search
 //!   parameters the issue names for AuditEvent (patient, date, agent, entity).
 //!
+//! The plain case files every posting as a B-tree entry. The `_store_layout` case files
+//! them as the store does: the resource's in the B-tree, the AuditEvent's in runs (the
+//! store appends those after the commit, unmerged; here they go to the `_tiered` case's
+//! audit tiers, in the commit).
 //! The `_runs` case stores the same postings differently: each commit appends its nine
 //! postings per create, sorted, as one value keyed by the commit's sequence number (a
 //! sorted run, as an LSM tree's level 0 would hold it). Nothing merges those runs and no
@@ -94,8 +98,11 @@ struct Dbs {
 /// Where the postings go.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Postings {
-    /// One B-tree entry per posting (as the store files them).
+    /// One B-tree entry per posting, the AuditEvent's too.
     BTree,
+    /// The store's layout: the resource's postings as B-tree entries, the AuditEvent's in
+    /// runs (as `audit_index` files them after the commit; here in it, and merged).
+    StoreLayout,
     /// One sorted run per commit, appended (a ceiling; see the module comment).
     Runs,
     /// Size-tiered runs, merged [`FANOUT`] at a time (see [`Tiers`]).
@@ -573,6 +580,14 @@ fn write_batch(
                 audit.add(&mut wtxn, &audit_index.concat());
             }
         }
+        Postings::StoreLayout => {
+            for k in index {
+                dbs.index.put(&mut wtxn, k, &[]).expect("put");
+            }
+            if let Some((_, audit)) = tiers.as_mut() {
+                audit.add(&mut wtxn, &audit_index.concat());
+            }
+        }
     }
     put_sorted(&dbs.provenance, &mut wtxn, provenance);
     put_sorted(&dbs.provids, &mut wtxn, provids);
@@ -638,7 +653,9 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
         let blind = keys.blind.index("Observation.subject", term.as_bytes());
         let prefix = format::index_prefix("Observation", &blind);
         found += match (&state.postings, &state.tiers) {
-            (Postings::BTree, _) => dbs.index.prefix_iter(&rtxn, &prefix).expect("iter").count(),
+            (Postings::BTree | Postings::StoreLayout, _) => {
+                dbs.index.prefix_iter(&rtxn, &prefix).expect("iter").count()
+            }
             (Postings::Tiered, Some((resource, _))) => resource.count(&rtxn, &prefix, true),
             _ => return,
         };
@@ -651,7 +668,9 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
             .entities
             .iter()
             .map(|blind| match (&state.postings, &state.tiers) {
-                (Postings::Tiered, Some((_, audit))) => audit.count(&rtxn, blind, filtered),
+                (Postings::Tiered | Postings::StoreLayout, Some((_, audit))) => {
+                    audit.count(&rtxn, blind, filtered)
+                }
                 _ => dbs
                     .audit_index
                     .prefix_iter(&rtxn, blind)
@@ -665,7 +684,13 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
     let runs = state
         .tiers
         .as_ref()
-        .map(|(r, _)| {
+        .map(|(resource, audit)| {
+            // The store layout keeps only the AuditEvent postings in tiers.
+            let r = if state.postings == Postings::StoreLayout {
+                audit
+            } else {
+                resource
+            };
             format!(
                 ", {} runs by level {:?}, {} postings rewritten by merges",
                 r.levels.iter().map(Vec::len).sum::<usize>(),
@@ -682,7 +707,7 @@ fn report_lookups(name: &str, env: &Env<WithoutTls>, dbs: &Dbs, keys: &Keys, sta
         "{name}: subject postings found"
     );
     let rare = match state.postings {
-        Postings::Tiered => format!(
+        Postings::Tiered | Postings::StoreLayout => format!(
             "{:.1} µs per term reading every run, {:.1} µs skipping runs by filter",
             rare[0], rare[1]
         ),
@@ -794,7 +819,7 @@ fn pipeline(name: &'static str, postings: Postings) -> Pipeline {
         let mut state = WriterState {
             frontier: Frontier::new(),
             postings,
-            tiers: (postings == Postings::Tiered).then(|| {
+            tiers: matches!(postings, Postings::Tiered | Postings::StoreLayout).then(|| {
                 let width = format::index_key("Observation", &[0; 32], &"0".repeat(36)).len();
                 (
                     Tiers::new(dbs.index, width, "Observation".len() + 1),
@@ -850,6 +875,7 @@ fn floor(c: &mut Criterion) {
     for (in_flight, postings, name) in [
         (1u64, Postings::BTree, "observation_1"),
         (512, Postings::BTree, "observation_512"),
+        (512, Postings::StoreLayout, "observation_512_store_layout"),
         (512, Postings::Runs, "observation_512_runs"),
         (512, Postings::Tiered, "observation_512_tiered"),
     ] {
