@@ -811,10 +811,8 @@ fn pipeline(name: &'static str, postings: Postings) -> Pipeline {
         // As the store's writer does (`StoreConfig::writer_nice`): the one serial stage
         // must not wait for a CPU behind the preparation threads. `HEXA_BENCH_WRITER_NICE`
         // overrides it (0: the default priority, as the session-6 figures ran).
-        let nice = std::env::var("HEXA_BENCH_WRITER_NICE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(hexa_actors::store::DEFAULT_WRITER_NICE);
+        let nice =
+            hexa_benches::env_writer_nice().unwrap_or(hexa_actors::store::DEFAULT_WRITER_NICE);
         hexa_actors::store::writer::set_thread_nice(nice);
         let mut state = WriterState {
             frontier: Frontier::new(),

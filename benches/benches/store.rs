@@ -74,12 +74,7 @@ fn fixture_at(path: &Path) -> Fixture {
     {
         cfg.audit_index_lag = lag;
     }
-    // `HEXA_BENCH_WRITER_NICE`: the writer thread's nice value (default: the store's, -10;
-    // 0 leaves it at the default priority, as before session 7).
-    if let Some(n) = std::env::var("HEXA_BENCH_WRITER_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = hexa_benches::env_writer_nice() {
         cfg.writer_nice = n;
     }
     let handle = sys

@@ -17,6 +17,14 @@ pub fn observation(i: u64) -> Value {
     })
 }
 
+/// `HEXA_BENCH_WRITER_NICE`: the nice value the store benches give the group-commit writer
+/// thread instead of the store's default (0: the default priority, as before session 7).
+pub fn env_writer_nice() -> Option<i32> {
+    std::env::var("HEXA_BENCH_WRITER_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// What this process has used so far, read from `/proc/self` (Linux): the CPU time of all
 /// its threads (user and system, `/proc/self/stat`, in the kernel's fixed 1/100 s ticks)
 /// and the bytes it passed to `write`-family calls (`wchar` of `/proc/self/io`). Zero

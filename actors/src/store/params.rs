@@ -711,8 +711,6 @@ struct TermPlan {
     /// `<type>.<param>`, the blind-index field.
     field: String,
     how: PlanKind,
-    /// [`indexes_bare_ids`] of the type.
-    bare_ids: bool,
 }
 
 enum PlanKind {
@@ -751,7 +749,6 @@ fn term_plans(resource_type: &str) -> Vec<TermPlan> {
                 def,
                 field: format!("{resource_type}.{}", def.name),
                 how,
-                bare_ids: indexes_bare_ids(resource_type),
             }
         })
         .collect()
@@ -773,6 +770,7 @@ pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)>
             .insert(resource_type.to_string(), p.clone());
         p
     });
+    let bare_ids = indexes_bare_ids(resource_type);
     let mut out = Vec::new();
     for plan in plans.iter() {
         let def = plan.def;
@@ -792,15 +790,15 @@ pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)>
                         other => other.clone(),
                     })
                     .collect();
-                terms_of_values(def, stripped.iter().collect(), plan.bare_ids)
+                terms_of_values(def, stripped.iter().collect(), bare_ids)
             }
-            PlanKind::All => terms_of_values(def, values(def, resource), plan.bare_ids),
+            PlanKind::All => terms_of_values(def, values(def, resource), bare_ids),
             PlanKind::Paths(paths) => {
                 let mut vals = Vec::new();
                 for path in paths {
                     collect(resource, path, &mut vals);
                 }
-                terms_of_values(def, vals, plan.bare_ids)
+                terms_of_values(def, vals, bare_ids)
             }
         };
         for t in terms {
