@@ -262,7 +262,53 @@ fn writes(c: &mut Criterion) {
         });
         report_writer(&name, before, writer_counters(&f), t.elapsed());
     }
+    // The same creates without the registry actors: two tokio worker threads (as many as
+    // the registry's threads) prepare each create by calling the engine directly and await
+    // its commit, 512 in flight. The difference to `observation_512_concurrent` is what
+    // the actors' messaging costs.
     g.throughput(Throughput::Elements(BURST));
+    let engine_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("tokio runtime");
+    let (before, t) = (writer_counters(&f), Instant::now());
+    g.bench_function("observation_512_engine", |b| {
+        b.iter_custom(|n| {
+            let total = n * BURST;
+            let next = Arc::new(AtomicU64::new(0));
+            engine_rt.block_on(async {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..512)
+                    .map(|_| {
+                        let (h, next) = (f.handle.clone(), next.clone());
+                        tokio::spawn(async move {
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                if i >= total {
+                                    break;
+                                }
+                                let pending = h
+                                    .engine()
+                                    .create(&ctx(), observation(i), None, None)
+                                    .expect("create");
+                                pending.wait().await.expect("commit");
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    report_writer(
+        "observation_512_engine",
+        before,
+        writer_counters(&f),
+        t.elapsed(),
+    );
     let people = Arc::new(
         synth::population(7, 20_000)
             .into_iter()
