@@ -17,7 +17,11 @@
 //!   parameters and `_source`) and of its AuditEvent, as the store files them;
 //! - `merkle_leaf`: the AuditEvent's leaf hash and its append to a Merkle frontier;
 //! - `ids`: the three UUIDv7 ids a create draws (resource, Provenance, AuditEvent);
-//! - `all_required`: all of the above in sequence, the whole required CPU of one create.
+//! - `all_required`: all of the above in sequence, the whole required CPU of one create;
+//! - `store_prepare_create`: what the store's registry thread does for a create (the same
+//!   work through the store's own code: policy, JSON, index extraction, the AuditEvent and
+//!   Provenance composed), without the writer. Its excess over `all_required` is the
+//!   store's preparation overhead.
 //!
 //! Nothing here touches LMDB: the durable commit's page writes and `fdatasync`s, and
 //! everything the store does around the primitives (JSON, actors, policy, B-trees), come on
@@ -71,8 +75,9 @@ fn ctx() -> AccessContext {
     }
 }
 
-/// Creates one Observation in a fresh store and reads back what the store wrote.
-fn written() -> Written {
+/// Creates one Observation in a fresh store and reads back what the store wrote; also
+/// returns the store, for the preparation case.
+fn written() -> (Written, Fixture) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = actix_rt::System::new();
     let cfg = StoreConfig::new(dir.path(), "bench-node", "fac");
@@ -110,7 +115,7 @@ fn written() -> Written {
     audit_terms.sort();
     audit_terms.dedup();
     terms.extend(audit_terms);
-    Written {
+    let w = Written {
         record: created.resource,
         canonical: created.canonical,
         jws: created.jws,
@@ -119,11 +124,26 @@ fn written() -> Written {
         audit_event,
         audit_bytes: event.bytes,
         terms,
-    }
+    };
+    (
+        w,
+        Fixture {
+            _sys: sys,
+            handle,
+            _dir: dir,
+        },
+    )
+}
+
+/// The store the sample create went to (kept open for `store_prepare_create`).
+struct Fixture {
+    _sys: actix_rt::SystemRunner,
+    handle: StoreHandle,
+    _dir: tempfile::TempDir,
 }
 
 fn budget(c: &mut Criterion) {
-    let w = written();
+    let (w, store) = written();
     if std::env::var_os("HEXA_BUDGET_DUMP").is_some() {
         println!(
             "{}\n{}\n{}",
@@ -223,6 +243,26 @@ fn budget(c: &mut Criterion) {
         ids();
     };
     g.bench_function("all_required", |b| b.iter(&mut all));
+    // What the store's registry thread actually does for a create, on one thread.
+    let engine = store.handle.engine();
+    let ctx = ctx();
+    let mut i = 0u64;
+    g.bench_function("store_prepare_create", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                observation(i)
+            },
+            |resource| {
+                black_box(
+                    engine
+                        .prepare_create_unsubmitted(&ctx, resource)
+                        .expect("prepare"),
+                )
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.finish();
 
     // The same sequence timed directly, for the summary line (not in Criterion's test

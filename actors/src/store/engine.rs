@@ -288,6 +288,29 @@ impl Engine {
         }))
     }
 
+    /// The registry-thread half of [`Engine::create`] without the writer: everything a
+    /// create prepares (id, policy, canonical bytes, signature, seals, index keys,
+    /// Provenance, AuditEvent), then dropped. Nothing is written or disclosed. For the
+    /// `budget` bench, which times it on one thread against the required primitives;
+    /// returns the sealed bytes prepared.
+    #[doc(hidden)]
+    pub fn prepare_create_unsubmitted(
+        &self,
+        ctx: &AccessContext,
+        resource: Value,
+    ) -> StoreResult<usize> {
+        let mut draft = AuditDraft::new(Interaction::Create, ctx);
+        let ty = resource_type_of(&resource)?;
+        let id = new_id()?;
+        let spec = self.spec(&ty, &id, 0, resource, false, None, ctx);
+        let prepared = self
+            .store
+            .with_read(|txn| self.store.prepare_version(txn, spec))?;
+        draft.touch(&prepared.record);
+        let audit = prepare_audit(&self.store, &draft, None)?;
+        Ok(prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.bytes.len())
+    }
+
     /// Update (or create with a client-chosen id). `if_match`: expected current version.
     pub fn update(
         &self,
