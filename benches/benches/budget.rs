@@ -38,15 +38,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hexa_actors::handle::StoreHandle;
-use hexa_actors::store::{AccessContext, StoreConfig, new_id, params};
+use hexa_actors::store::{StoreConfig, new_id, params};
 use hexa_benches::observation;
 use hexa_crypto::jcs;
 use hexa_crypto::jws;
-use hexa_crypto::keyfile::ApplianceSecrets;
-use hexa_crypto::keys::SigningKey;
 use hexa_crypto::merkle::{self, Frontier};
-use hexa_crypto::seal::{Aad, MasterKey};
+use hexa_crypto::seal::Aad;
 use serde_json::Value;
+
+mod common;
+use common::{ctx, secrets};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,29 +65,14 @@ struct Written {
     terms: Vec<(String, String)>,
 }
 
-fn ctx() -> AccessContext {
-    AccessContext {
-        client_id: "bench".into(),
-        facility_id: "fac".into(),
-        practitioner: Some("dr".into()),
-        purpose_of_use: "TREAT".into(),
-        justification: None,
-        patient_session: None,
-    }
-}
-
 /// Creates one Observation in a fresh store and reads back what the store wrote; also
 /// returns the store, for the preparation case.
 fn written() -> (Written, Fixture) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = actix_rt::System::new();
     let cfg = StoreConfig::new(dir.path(), "bench-node", "fac");
-    let secrets = ApplianceSecrets {
-        node_key: SigningKey::from_seed(&[1; 32]),
-        master_key: MasterKey::from_bytes([2; 32]),
-    };
     let handle = sys
-        .block_on(async { StoreHandle::start(cfg, secrets, 2) })
+        .block_on(async { StoreHandle::start(cfg, secrets(), 2) })
         .expect("start store");
     let ctx = ctx();
     let (created, provenance, event) = sys.block_on(async {
@@ -152,8 +138,9 @@ fn budget(c: &mut Criterion) {
             String::from_utf8_lossy(&w.audit_bytes)
         );
     }
-    let node = SigningKey::from_seed(&[1; 32]);
-    let master = MasterKey::from_bytes([2; 32]);
+    // The keys the store signs and seals with.
+    let keys = secrets();
+    let (node, master) = (keys.node_key, keys.master_key);
     let (seal_versions, seal_prov, seal_log) = (
         master.sealing_key("shr.versions"),
         master.sealing_key("audit.provenance"),

@@ -13,41 +13,25 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hexa_actors::handle::StoreHandle;
 use hexa_actors::matching::synth;
+use hexa_actors::store::StoreConfig;
 use hexa_actors::store::engine::TxEntry;
 use hexa_actors::store::format::FORMAT_VERSION;
 use hexa_actors::store::search::SearchQuery;
-use hexa_actors::store::{AccessContext, StoreConfig};
 use hexa_benches::{ProcUsage, observation};
-use hexa_crypto::keyfile::ApplianceSecrets;
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::seal::{Aad, MasterKey};
 use serde_json::Value;
 
 /// The appliance's allocator (`appliance/src/main.rs`), so the store is measured as it runs
 /// there; under glibc's malloc a quarter of a write's CPU went to malloc/free.
+mod common;
+use common::{ctx, secrets};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Writes (or reads) per iteration of the concurrent benches.
 const BURST: u64 = 2048;
-
-fn secrets() -> ApplianceSecrets {
-    ApplianceSecrets {
-        node_key: SigningKey::from_seed(&[1; 32]),
-        master_key: MasterKey::from_bytes([2; 32]),
-    }
-}
-
-fn ctx() -> AccessContext {
-    AccessContext {
-        client_id: "bench".into(),
-        facility_id: "fac".into(),
-        practitioner: Some("dr".into()),
-        purpose_of_use: "TREAT".into(),
-        justification: None,
-        patient_session: None,
-    }
-}
 
 struct Fixture {
     sys: actix_rt::SystemRunner,
