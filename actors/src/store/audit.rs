@@ -17,6 +17,7 @@ use hexa_crypto::seal::Aad;
 use serde_json::Value;
 
 use super::error::{StoreError, StoreResult};
+use super::format::StoredProvenance;
 use super::policy::{BASIS_EXTENSION, Basis, Decision};
 use super::writer::{Staged, StagedOp};
 use super::{META_FRONTIER, META_LAST_CKPT, Record, Store, format, params, slot, time};
@@ -389,22 +390,19 @@ pub(crate) fn audit_event_canon<'a>(
     O(ev)
 }
 
-/// The Provenance of a stored version: target, agent (this appliance, and the author when
-/// given), and the detached JWS(s) as `signature` (`sigFormat` application/jose). Composed
-/// as a [`Canon`] tree like the AuditEvent: one is written with every version.
+/// The Provenance of a stored version: target, agent (the custodian appliance
+/// `Device/<custodian>`, and the author when given), and the detached JWS(s) as `signature`
+/// (`sigFormat` application/jose). Composed as a [`Canon`] tree like the AuditEvent, when
+/// the Provenance is read, from the version `r` and its
+/// [`super::format::StoredProvenance`].
 pub(crate) fn provenance_canon<'a>(
-    store: &'a Store,
+    custodian: &'a str,
     r: &'a Record,
     id: &'a str,
     author: Option<&'a str>,
 ) -> Canon<'a> {
     use Canon::{Array as A, Object as O, Str as S, String as Own};
-    let device = || {
-        O(vec![(
-            "reference",
-            Own(format!("Device/{}", store.config.appliance_id)),
-        )])
-    };
+    let device = || O(vec![("reference", Own(format!("Device/{custodian}")))]);
     let when = time::instant(r.last_updated);
     let activity = match (r.version, r.deleted) {
         (_, true) => "DELETE",
@@ -470,12 +468,13 @@ pub(crate) fn provenance_canon<'a>(
     ])
 }
 
-/// An AuditEvent ready for the log: id, exact JCS bytes, Merkle leaf hash and blinded
-/// search terms. Built on the registry threads so the single writer only seals and puts.
+/// An AuditEvent ready for the log: id, the value to seal (its JCS bytes compressed,
+/// [`super::compress`]), the Merkle leaf hash of the JCS bytes and the blinded search
+/// terms. Built on the registry threads so the single writer only seals and puts.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedAudit {
     pub id: String,
-    pub bytes: Vec<u8>,
+    pub stored: Vec<u8>,
     pub leaf: Hash,
     pub terms: Vec<[u8; 32]>,
 }
@@ -498,7 +497,7 @@ pub(crate) fn prepare_audit(
     Ok(PreparedAudit {
         id,
         leaf: merkle::leaf_hash(&bytes),
-        bytes,
+        stored: super::compress::pack_audit(&bytes).map_err(StoreError::Audit)?,
         terms,
     })
 }
@@ -564,7 +563,7 @@ impl AuditAppender {
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Borrowed;
         let id = Borrowed(ev.id.as_bytes());
-        self.append_parts(store, staged, &ev.bytes, ev.leaf, id, ev.terms.clone())
+        self.append_parts(store, staged, &ev.stored, ev.leaf, id, ev.terms.clone())
     }
 
     /// [`AuditAppender::append`] of an event built in the writer (failure audits).
@@ -576,14 +575,14 @@ impl AuditAppender {
     ) -> StoreResult<u64> {
         use std::borrow::Cow::Owned;
         let id = Owned(ev.id.into_bytes());
-        self.append_parts(store, staged, &ev.bytes, ev.leaf, id, ev.terms)
+        self.append_parts(store, staged, &ev.stored, ev.leaf, id, ev.terms)
     }
 
     fn append_parts<'a>(
         &mut self,
         store: &Store,
         staged: &mut Staged<'a>,
-        bytes: &[u8],
+        stored: &[u8],
         leaf: Hash,
         id: Cow<'a, [u8]>,
         terms: Vec<[u8; 32]>,
@@ -602,7 +601,7 @@ impl AuditAppender {
         let sealed = store
             .seal_log
             .seal(
-                bytes,
+                stored,
                 &Aad {
                     database: "audit.log",
                     key: &key,
@@ -731,7 +730,12 @@ impl Store {
             .audit_log
             .get(txn, &key)?
             .ok_or_else(|| StoreError::Audit(format!("no audit entry {index}")))?;
-        let bytes = self
+        let corrupt = |reason: String| StoreError::Corrupt {
+            database: "audit.log".into(),
+            key: index.to_string(),
+            reason,
+        };
+        let plain = self
             .seal_log
             .open(
                 sealed,
@@ -741,11 +745,8 @@ impl Store {
                     version: index,
                 },
             )
-            .map_err(|e| StoreError::Corrupt {
-                database: "audit.log".into(),
-                key: index.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| corrupt(e.to_string()))?;
+        let bytes = super::compress::unpack_audit(plain).map_err(corrupt)?;
         let leaf = merkle::leaf_hash(&bytes);
         Ok(AuditEntry { index, bytes, leaf })
     }
@@ -856,14 +857,15 @@ impl Store {
         self.with_read(|txn| self.audit_index_of(txn, id))
     }
 
-    /// Provenance stored under a version key.
+    /// Provenance stored under a version key: composed from the version's envelope and
+    /// the [`StoredProvenance`] (format 3), or the JSON a format-2 directory stored.
     pub(crate) fn provenance_at(&self, txn: &RoTxn, key: &[u8]) -> StoreResult<Record> {
         let corrupt = |reason: String| StoreError::Corrupt {
             database: "audit.provenance".into(),
             key: format::printable_key(key),
             reason,
         };
-        let (_, _, version) =
+        let (ty, target_id, version) =
             format::parse_version_key(key).ok_or_else(|| corrupt("bad key".into()))?;
         let sealed = self
             .audit_provenance
@@ -883,21 +885,37 @@ impl Store {
                 },
             )
             .map_err(|e| corrupt(e.to_string()))?;
-        let resource: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let id = resource
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let last_updated = 0;
+        let (id, resource, canonical) = if bytes.first() == Some(&b'{') {
+            // Format 2: the whole Provenance as JSON.
+            let resource: Value =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            let id = resource
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            (id, resource, bytes)
+        } else {
+            let stored = StoredProvenance::from_bytes(&bytes).map_err(corrupt)?;
+            let target = self
+                .version_in(txn, ty, target_id, version)?
+                .ok_or_else(|| corrupt("the version it describes is missing".into()))?;
+            let canon = provenance_canon(
+                &stored.custodian,
+                &target,
+                &stored.id,
+                stored.author.as_deref(),
+            );
+            (stored.id.clone(), canon.to_value(), canon.to_bytes())
+        };
         Ok(Record {
             resource_type: "Provenance".into(),
             id,
             version: 1,
-            last_updated,
+            last_updated: 0,
             deleted: false,
             resource,
-            canonical: bytes,
+            canonical,
             jws: String::new(),
             author_jws: None,
         })

@@ -154,12 +154,24 @@ fn composed_audit_event_equals_the_value_builder() {
             );
         }
     }
-    // prepare_audit's bytes are the canonical form of the event it names.
+    // prepare_audit's bytes are the canonical form of the event it names, compressed;
+    // its leaf is the hash of the canonical form.
     let d = &drafts()[1];
     let p = audit::prepare_audit(&store, d, None).unwrap();
     let mut v = audit_event_json_oracle(&store, d, None);
     v["id"] = json!(p.id);
-    assert_eq!(p.bytes, hexa_crypto::jcs::canonicalize(&v).unwrap());
+    let jcs = hexa_crypto::jcs::canonicalize(&v).unwrap();
+    assert_eq!(
+        super::compress::unpack_audit(p.stored.clone()).unwrap(),
+        jcs
+    );
+    assert!(
+        p.stored.len() * 4 < jcs.len(),
+        "{} of {}",
+        p.stored.len(),
+        jcs.len()
+    );
+    assert_eq!(p.leaf, hexa_crypto::merkle::leaf_hash(&jcs));
     assert_eq!(p.terms, super::audit_index::event_terms(&store, &v));
 }
 
@@ -300,7 +312,7 @@ fn composed_provenance_equals_the_value_builder() {
     });
     for r in &cases {
         for author in [None, Some("Practitioner/pr-\"1")] {
-            let canon = audit::provenance_canon(&store, r, "prov-1", author);
+            let canon = audit::provenance_canon(&store.config.appliance_id, r, "prov-1", author);
             let oracle = provenance_json_oracle(&store, r, "prov-1", author);
             assert_eq!(canon.to_value(), oracle);
             assert_eq!(

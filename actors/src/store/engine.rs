@@ -308,7 +308,7 @@ impl Engine {
             .with_read(|txn| self.store.prepare_version(txn, spec))?;
         draft.touch(&prepared.record);
         let audit = prepare_audit(&self.store, &draft, None)?;
-        Ok(prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.bytes.len())
+        Ok(prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.stored.len())
     }
 
     /// Update (or create with a client-chosen id). `if_match`: expected current version.

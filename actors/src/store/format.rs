@@ -9,7 +9,8 @@
 //! The audit component adds `audit.log` (entry index BE -> sealed AuditEvent JCS bytes),
 //! `audit.tree` (level u8 + index u64 BE -> subtree hash), `audit.checkpoints`
 //! (size BE -> signed note), `audit.ids` (AuditEvent id -> entry index BE),
-//! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed Provenance JSON) and
+//! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed [`StoredProvenance`]; JSON
+//! of the whole Provenance in directories written before format 3) and
 //! `audit.provids` (Provenance id -> its `audit.provenance` key); `meta` holds the format,
 //! the key check, the Merkle frontier, the last checkpoint and the audit index watermark.
 
@@ -19,10 +20,14 @@ use super::error::{StoreError, StoreResult};
 
 /// Current on-disk format version.
 ///
+/// 3: `audit.provenance` holds a [`StoredProvenance`] (what the Provenance does not share
+/// with its version) instead of the Provenance's JSON; format-2 values (JSON) stay
+/// readable, so a format-2 directory is upgraded by marking it 3.
+///
 /// 2: AuditEvent search terms are filed after the event's commit (the `audit-indexed`
 /// watermark in `meta`, see [`super::audit_index`]); a format-1 directory (every entry
 /// filed inline, no watermark) is read as fully filed and upgraded in place on open.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// One stored version of a resource (postcard-encoded, then sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +68,51 @@ impl Envelope {
             ));
         }
         Ok(env)
+    }
+}
+
+/// The Provenance of one version as `audit.provenance` stores it from format 3 on
+/// (postcard, then sealed under the version's key): only the facts the version's envelope
+/// does not hold. Everything else a Provenance says (its target, the time, the activity,
+/// the appliance's and the author's detached JWS) is in the envelope, so a read composes
+/// the Provenance from both ([`super::audit::provenance_canon`]) instead of the store
+/// keeping the signatures twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredProvenance {
+    /// Format version (= [`FORMAT_VERSION`] when written, at least 3). Its postcard varint
+    /// is the value's first byte, never `{` (which starts a format-2 JSON Provenance).
+    pub format: u32,
+    /// The Provenance's logical id.
+    pub id: String,
+    /// Id of the appliance that recorded the version (the custodian, `Device/<id>`).
+    pub custodian: String,
+    /// Reference of the authoring health worker (`Practitioner/..`), when the write named
+    /// one.
+    pub author: Option<String>,
+}
+
+impl StoredProvenance {
+    /// postcard bytes.
+    pub fn to_bytes(&self) -> StoreResult<Vec<u8>> {
+        postcard::to_stdvec(self)
+            .map_err(|e| StoreError::Invalid(format!("provenance encode: {e}")))
+    }
+
+    /// Decodes the bytes of a format-3 (or later) value, refusing unknown newer formats
+    /// and trailing bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, String> {
+        let (p, rest): (StoredProvenance, _) =
+            postcard::take_from_bytes(b).map_err(|e| format!("provenance decode: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the provenance", rest.len()));
+        }
+        if p.format < 3 || p.format > FORMAT_VERSION {
+            return Err(format!(
+                "provenance format {} not in 3..={FORMAT_VERSION}",
+                p.format
+            ));
+        }
+        Ok(p)
     }
 }
 
@@ -202,6 +252,41 @@ mod tests {
         .concat();
         assert_eq!(bytes, expected);
         assert_eq!(Envelope::from_bytes(&bytes).unwrap(), env);
+    }
+
+    /// Pins the bytes of a stored Provenance, as [`envelope_bytes_are_pinned`] does for
+    /// envelopes.
+    #[test]
+    fn stored_provenance_bytes_are_pinned() {
+        let p = StoredProvenance {
+            format: 3,
+            id: "pv".into(),
+            custodian: "node".into(),
+            author: Some("Practitioner/d".into()),
+        };
+        let bytes = p.to_bytes().unwrap();
+        let expected: Vec<u8> = [
+            &[0x03][..], // format varint
+            &[0x02],
+            b"pv", // id
+            &[0x04],
+            b"node", // custodian
+            &[0x01, 0x0e],
+            b"Practitioner/d", // author Some
+        ]
+        .concat();
+        assert_eq!(bytes, expected);
+        assert_eq!(StoredProvenance::from_bytes(&bytes).unwrap(), p);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(StoredProvenance::from_bytes(&longer).is_err());
+        let newer = StoredProvenance {
+            format: FORMAT_VERSION + 1,
+            ..p.clone()
+        };
+        assert!(StoredProvenance::from_bytes(&newer.to_bytes().unwrap()).is_err());
+        let older = StoredProvenance { format: 2, ..p };
+        assert!(StoredProvenance::from_bytes(&older.to_bytes().unwrap()).is_err());
     }
 
     #[test]

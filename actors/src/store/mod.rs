@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod audit_index;
+mod compress;
 pub mod consent;
 pub mod engine;
 pub mod error;
@@ -349,9 +350,11 @@ impl Store {
                     });
                 }
                 if found < FORMAT_VERSION {
-                    // Format 1 is format 2 with every audit entry filed (no watermark):
-                    // mark the directory as 2 so an older binary, which would not look at
-                    // the unfiled tail, refuses it from now on.
+                    // Format 1 is format 2 with every audit entry filed (no watermark), and
+                    // format 2 is format 3 with every Provenance stored as JSON (which
+                    // format 3 still reads): mark the directory as 3 so an older binary,
+                    // which would not look at the unfiled tail or read a compact
+                    // Provenance, refuses it from now on.
                     meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                     tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
                 }
@@ -757,8 +760,13 @@ impl Store {
 
         let record = Record::from_parts(env, resource);
         let prov_id = new_id()?;
-        let prov_plain =
-            audit::provenance_canon(self, &record, &prov_id, spec.author.as_deref()).to_bytes();
+        let prov_plain = format::StoredProvenance {
+            format: FORMAT_VERSION,
+            id: prov_id.clone(),
+            custodian: self.config.appliance_id.clone(),
+            author: spec.author,
+        }
+        .to_bytes()?;
         let prov_sealed = self
             .seal_provenance
             .seal(

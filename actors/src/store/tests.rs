@@ -164,3 +164,133 @@ fn new_ids_are_time_ordered_uuid_v7() {
     // The first 48 bits are the time, so ids of later milliseconds sort after.
     assert!(ids.first().unwrap()[..13] <= ids.last().unwrap()[..13]);
 }
+
+/// From format 3, `audit.provenance` holds only what the Provenance does not share with its
+/// version (no second copy of the JWS); a read composes the same Provenance a format-2
+/// directory stored as JSON, and such JSON values still read as they are.
+#[test]
+fn provenance_is_stored_compact_and_format_2_json_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let ctx = AccessContext {
+        practitioner: Some("dr".into()),
+        ..AccessContext::system("fac")
+    };
+    let w = e
+        .create(
+            &ctx,
+            json!({"resourceType": "Patient", "gender": "female"}),
+            Some("eyJraWQiOiJ3In0..YXV0aG9y".into()),
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    let s = &e.store;
+    let key = format::version_key("Patient", &w.record.id, 1);
+    let aad = Aad {
+        database: "audit.provenance",
+        key: &key,
+        version: 1,
+    };
+    let rtxn = s.env.read_txn().unwrap();
+    let sealed = s
+        .audit_provenance
+        .get(&rtxn, &key)
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    drop(rtxn);
+    let plain = s.seal_provenance.open(&sealed, &aad).unwrap();
+    let stored = format::StoredProvenance::from_bytes(&plain).unwrap();
+    assert_eq!(stored.custodian, "node");
+    assert_eq!(stored.author.as_deref(), Some("Practitioner/dr"));
+    assert!(plain.len() < 120, "{} bytes", plain.len());
+
+    let composed = s.provenance_for(&w.record.versioned_reference()).unwrap();
+    assert_eq!(composed.len(), 1);
+    let p = &composed[0];
+    assert_eq!(p.id, stored.id);
+    assert_eq!(
+        p.canonical,
+        hexa_crypto::jcs::canonicalize(&p.resource).unwrap()
+    );
+    let sigs = p.resource["signature"].as_array().unwrap();
+    assert_eq!(sigs.len(), 2, "the node's and the author's JWS");
+    assert_eq!(p.resource["agent"][0]["who"]["reference"], "Device/node");
+    assert_eq!(
+        p.resource["agent"][1]["who"]["reference"],
+        "Practitioner/dr"
+    );
+    assert_eq!(p.resource["activity"]["coding"][0]["code"], "CREATE");
+
+    // What a format-2 directory held: the Provenance's JSON, sealed under the same key.
+    let json_plain =
+        super::audit::provenance_canon("node", &w.record, &stored.id, Some("Practitioner/dr"))
+            .to_bytes();
+    assert_eq!(json_plain, p.canonical);
+    {
+        let _g = s.gate.read().unwrap();
+        let mut wtxn = s.env.write_txn().unwrap();
+        let v = s.seal_provenance.seal(&json_plain, &aad).unwrap();
+        s.audit_provenance.put(&mut wtxn, &key, &v).unwrap();
+        wtxn.commit().unwrap();
+    }
+    let legacy = s.provenance_for(&w.record.versioned_reference()).unwrap();
+    assert_eq!(legacy[0].resource, p.resource);
+    assert_eq!(legacy[0].canonical, p.canonical);
+    assert_eq!(legacy[0].id, p.id);
+
+    // A compact Provenance whose version is gone is corrupt, not empty.
+    {
+        let _g = s.gate.read().unwrap();
+        let mut wtxn = s.env.write_txn().unwrap();
+        s.audit_provenance.put(&mut wtxn, &key, &sealed).unwrap();
+        s.dbs(Component::Patient)
+            .versions
+            .delete(&mut wtxn, &key)
+            .unwrap();
+        wtxn.commit().unwrap();
+    }
+    assert!(matches!(
+        s.provenance_for(&w.record.versioned_reference()),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+/// Log entries written before format 3 hold the event's JCS bytes uncompressed; they read
+/// back as the same bytes with the same Merkle leaf as the compressed entry.
+#[test]
+fn uncompressed_format_2_audit_entries_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    e.create(
+        &AccessContext::system("fac"),
+        json!({"resourceType": "Patient", "gender": "male"}),
+        None,
+        None,
+    )
+    .unwrap()
+    .wait_blocking()
+    .unwrap();
+    let s = &e.store;
+    let entry = s.audit_entry(0).unwrap();
+    assert_eq!(entry.bytes.first(), Some(&b'{'));
+    let key = 0u64.to_be_bytes();
+    let aad = Aad {
+        database: "audit.log",
+        key: &key,
+        version: 0,
+    };
+    {
+        let _g = s.gate.read().unwrap();
+        let mut wtxn = s.env.write_txn().unwrap();
+        let compressed = s.audit_log.get(&wtxn, &key).unwrap().unwrap().to_vec();
+        assert!(compressed.len() * 3 < entry.bytes.len());
+        let sealed = s.seal_log.seal(&entry.bytes, &aad).unwrap();
+        s.audit_log.put(&mut wtxn, &key, &sealed).unwrap();
+        wtxn.commit().unwrap();
+    }
+    assert_eq!(s.audit_entry(0).unwrap(), entry);
+    assert_eq!(s.audit_root(1).unwrap(), entry.leaf);
+}
