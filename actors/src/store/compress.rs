@@ -15,17 +15,17 @@
 //! format-3 entry unreadable, so a test pins its hash. A new dictionary needs a new tag.
 
 /// The dictionary of tag 1. Never edit: pinned by `audit_dictionary_is_pinned`.
-pub(crate) const AUDIT_DICT: &[u8] = include_bytes!("audit_dict_v1.txt");
+pub const AUDIT_DICT: &[u8] = include_bytes!("audit_dict_v1.txt");
 
 /// Tag of an LZ4 block against [`AUDIT_DICT`].
 const TAG_LZ4_DICT1: u8 = 0x01;
 
 /// Largest entry a stored length may announce (the appliance's request limits keep
 /// real events far below it): a bad length is an error, never a huge allocation.
-pub(crate) const MAX_ENTRY: usize = 64 << 20;
+pub const MAX_ENTRY: usize = 64 << 20;
 
 /// The plaintext a format-3 log entry seals for the JCS bytes `jcs`.
-pub(crate) fn pack_audit(jcs: &[u8]) -> Result<Vec<u8>, String> {
+pub fn pack_audit(jcs: &[u8]) -> Result<Vec<u8>, String> {
     if jcs.len() > MAX_ENTRY {
         return Err(format!("audit entry of {} bytes is too large", jcs.len()));
     }
@@ -39,7 +39,7 @@ pub(crate) fn pack_audit(jcs: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The JCS bytes of an opened log entry, whichever format wrote it.
-pub(crate) fn unpack_audit(plain: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn unpack_audit(plain: Vec<u8>) -> Result<Vec<u8>, String> {
     match plain.first() {
         Some(b'{') => Ok(plain),
         Some(&TAG_LZ4_DICT1) => {

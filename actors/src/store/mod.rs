@@ -11,7 +11,7 @@
 
 pub mod audit;
 pub mod audit_index;
-mod compress;
+pub mod compress;
 pub mod consent;
 pub mod engine;
 pub mod error;
