@@ -134,7 +134,7 @@ impl SealKey {
     /// Seals `plaintext` bound to `aad`; returns `nonce(24) || ciphertext || tag(16)`.
     pub fn seal(&self, plaintext: &[u8], aad: &Aad) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
-        crate::os_random(&mut nonce).map_err(|e| SealError::Rng(e.to_string()))?;
+        crate::pooled_random(&mut nonce).map_err(|e| SealError::Rng(e.to_string()))?;
         let ct = self.seal_with_nonce(&nonce, plaintext, &aad.encode())?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);

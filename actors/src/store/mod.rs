@@ -937,7 +937,8 @@ pub(crate) fn put_prepared<'a>(
 /// is also in `meta.lastUpdated`).
 pub fn new_id() -> StoreResult<String> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b[6..]).map_err(|e| StoreError::Crypto(format!("OS RNG: {e}")))?;
+    hexa_crypto::pooled_random(&mut b[6..])
+        .map_err(|e| StoreError::Crypto(format!("OS RNG: {e}")))?;
     b[..6].copy_from_slice(&time::now_millis().to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
