@@ -127,6 +127,12 @@ pub fn pooled_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
     })
 }
 
+/// SHA-256 of `data`.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
 #[cfg(test)]
 mod random_tests {
     use super::*;
@@ -153,10 +159,4 @@ mod random_tests {
         let mut empty = [0u8; 0];
         pooled_random(&mut empty).unwrap();
     }
-}
-
-/// SHA-256 of `data`.
-pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(data).into()
 }
