@@ -3,7 +3,7 @@
 //! it lives (database, key, version) so that a value moved or replayed elsewhere fails to open.
 //! Blind indexes (HMAC-SHA256 keyed hashes) make equality search possible without plaintext.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
@@ -131,14 +131,23 @@ impl SealKey {
         Self(b)
     }
 
-    /// Seals `plaintext` bound to `aad`; returns `nonce(24) || ciphertext || tag(16)`.
+    /// Seals `plaintext` bound to `aad`; returns `nonce(24) || ciphertext || tag(16)`, the
+    /// ciphertext encrypted in place in the one buffer returned.
     pub fn seal(&self, plaintext: &[u8], aad: &Aad) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         crate::pooled_random(&mut nonce).map_err(|e| SealError::Rng(e.to_string()))?;
-        let ct = self.seal_with_nonce(&nonce, plaintext, &aad.encode())?;
-        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(plaintext);
+        let cipher = XChaCha20Poly1305::new(&self.0.into());
+        let tag = cipher
+            .encrypt_inout_detached(
+                &XNonce::from(nonce),
+                &aad.encode(),
+                (&mut out[NONCE_LEN..]).into(),
+            )
+            .map_err(|_| SealError::Seal)?;
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
@@ -241,6 +250,28 @@ impl BlindIndexKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `seal` (in place) writes exactly `nonce || seal_with_nonce(nonce, ..)`.
+    #[test]
+    fn seal_in_place_equals_the_allocating_form() {
+        let k = MasterKey::from_bytes([9; 32]).sealing_key("db");
+        let aad = Aad {
+            database: "db",
+            key: b"k",
+            version: 3,
+        };
+        for len in [0usize, 1, 63, 64, 65, 1000] {
+            let pt: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let sealed = k.seal(&pt, &aad).unwrap();
+            assert_eq!(sealed.len(), NONCE_LEN + len + TAG_LEN);
+            let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().unwrap();
+            assert_eq!(
+                sealed[NONCE_LEN..],
+                k.seal_with_nonce(&nonce, &pt, &aad.encode()).unwrap()[..]
+            );
+            assert_eq!(k.open(&sealed, &aad).unwrap(), pt);
+        }
+    }
 
     #[test]
     fn seal_open_roundtrip_and_binding() {
