@@ -113,8 +113,12 @@ pub fn pooled_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
     if buf.len() > POOL / 4 {
         return getrandom::fill(buf);
     }
-    RANDOM_POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
+    // `try_with`: during the thread's own teardown (a destructor that seals) the pool may
+    // be gone already; the OS is asked directly then, never a panic.
+    let pooled = RANDOM_POOL.try_with(|pool| {
+        let Ok(mut pool) = pool.try_borrow_mut() else {
+            return getrandom::fill(buf);
+        };
         if pool.used + buf.len() > POOL {
             getrandom::fill(&mut pool.bytes[..])?;
             pool.used = 0;
@@ -124,7 +128,11 @@ pub fn pooled_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
         pool.bytes[range].zeroize();
         pool.used += buf.len();
         Ok(())
-    })
+    });
+    match pooled {
+        Ok(r) => r,
+        Err(_) => getrandom::fill(buf),
+    }
 }
 
 /// SHA-256 of `data`.
@@ -158,5 +166,32 @@ mod random_tests {
         assert!(big.iter().any(|&b| b != 0));
         let mut empty = [0u8; 0];
         pooled_random(&mut empty).unwrap();
+    }
+
+    /// A thread-local destructor that draws randomness while the thread ends gets bytes,
+    /// whether the pool is still there or already gone; it never panics.
+    #[test]
+    fn pooled_random_works_in_thread_local_destructors() {
+        struct DrawsOnDrop(std::sync::mpsc::Sender<[u8; 24]>);
+        impl Drop for DrawsOnDrop {
+            fn drop(&mut self) {
+                let mut n = [0u8; 24];
+                pooled_random(&mut n).expect("randomness during teardown");
+                let _ = self.0.send(n);
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<DrawsOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            LATE.with(|l| *l.borrow_mut() = Some(DrawsOnDrop(tx)));
+            let mut n = [0u8; 24];
+            pooled_random(&mut n).unwrap();
+        })
+        .join()
+        .expect("no panic while the thread ends");
+        assert_ne!(rx.recv().unwrap(), [0u8; 24]);
     }
 }
