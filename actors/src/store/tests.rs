@@ -294,35 +294,3 @@ fn uncompressed_format_2_audit_entries_still_read() {
     assert_eq!(s.audit_entry(0).unwrap(), entry);
     assert_eq!(s.audit_root(1).unwrap(), entry.leaf);
 }
-
-#[test]
-fn zz_tmp_mdbstat() {
-    let dir = std::path::Path::new("/tmp/mdbstat");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    let e = engine(dir);
-    let ctx = AccessContext {
-        client_id: "bench".into(),
-        facility_id: "fac".into(),
-        practitioner: Some("dr".into()),
-        purpose_of_use: "TREAT".into(),
-        justification: None,
-        patient_session: None,
-    };
-    for round in 0..25u64 {
-        let mut pend = Vec::new();
-        for j in 0..512u64 {
-            let i = round * 512 + j;
-            pend.push(e.create(&ctx, json!({
-                "resourceType": "Observation", "status": "final",
-                "subject": {"reference": format!("Patient/p{}", i % 1000)},
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-                "effectiveDateTime": "2024-05-05T10:00:00Z",
-                "valueQuantity": {"value": 60 + (i % 40), "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
-            }), None, None).unwrap());
-        }
-        for p in pend {
-            p.wait_blocking().unwrap();
-        }
-    }
-}
