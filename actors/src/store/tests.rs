@@ -20,31 +20,36 @@ fn engine(dir: &std::path::Path) -> Engine {
     Engine::start(Arc::new(store)).unwrap()
 }
 
+/// Creates `resource` as `ctx` (with the author's JWS, if any) and waits for its commit.
+fn created(
+    e: &Engine,
+    ctx: &AccessContext,
+    resource: serde_json::Value,
+    author_jws: Option<String>,
+) -> super::engine::WriteResult {
+    e.create(ctx, resource, author_jws, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+}
+
 #[test]
 fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let ctx = AccessContext::system("fac");
-    let a = e
-        .create(
-            &ctx,
-            json!({"resourceType": "Patient", "gender": "male"}),
-            None,
-            None,
-        )
-        .unwrap()
-        .wait_blocking()
-        .unwrap();
-    let b = e
-        .create(
-            &ctx,
-            json!({"resourceType": "Patient", "gender": "female"}),
-            None,
-            None,
-        )
-        .unwrap()
-        .wait_blocking()
-        .unwrap();
+    let a = created(
+        &e,
+        &ctx,
+        json!({"resourceType": "Patient", "gender": "male"}),
+        None,
+    );
+    let b = created(
+        &e,
+        &ctx,
+        json!({"resourceType": "Patient", "gender": "female"}),
+        None,
+    );
     let s = &e.store;
     let dbs = s.dbs(Component::Patient);
     let ka = format::version_key("Patient", &a.record.id, 1);
@@ -176,16 +181,12 @@ fn provenance_is_stored_compact_and_format_2_json_still_reads() {
         practitioner: Some("dr".into()),
         ..AccessContext::system("fac")
     };
-    let w = e
-        .create(
-            &ctx,
-            json!({"resourceType": "Patient", "gender": "female"}),
-            Some("eyJraWQiOiJ3In0..YXV0aG9y".into()),
-            None,
-        )
-        .unwrap()
-        .wait_blocking()
-        .unwrap();
+    let w = created(
+        &e,
+        &ctx,
+        json!({"resourceType": "Patient", "gender": "female"}),
+        Some("eyJraWQiOiJ3In0..YXV0aG9y".into()),
+    );
     let s = &e.store;
     let key = format::version_key("Patient", &w.record.id, 1);
     let aad = Aad {
@@ -264,15 +265,12 @@ fn provenance_is_stored_compact_and_format_2_json_still_reads() {
 fn uncompressed_format_2_audit_entries_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    e.create(
+    created(
+        &e,
         &AccessContext::system("fac"),
         json!({"resourceType": "Patient", "gender": "male"}),
         None,
-        None,
-    )
-    .unwrap()
-    .wait_blocking()
-    .unwrap();
+    );
     let s = &e.store;
     let entry = s.audit_entry(0).unwrap();
     assert_eq!(entry.bytes.first(), Some(&b'{'));
