@@ -51,7 +51,7 @@ use hexa_benches::observation;
 use hexa_crypto::jcs;
 use hexa_crypto::jws;
 use hexa_crypto::merkle::{self, Frontier};
-use hexa_crypto::seal::Aad;
+use hexa_crypto::seal::{Aad, SealKey};
 use serde_json::Value;
 
 mod common;
@@ -191,27 +191,12 @@ fn budget(c: &mut Criterion) {
     let canon_prov = || black_box(jcs::canonicalize(black_box(&w.provenance)).expect("jcs"));
     let compress_event = || black_box(pack_audit(black_box(&w.audit_bytes)).expect("pack"));
     let canon_event = || black_box(jcs::canonicalize(black_box(&w.audit_event)).expect("jcs"));
-    let seal_version = || {
-        black_box(
-            seal_versions
-                .seal(black_box(&envelope), &aad("shr.versions"))
-                .expect("seal"),
-        )
+    let seal = |key: &SealKey, value: &[u8], database| {
+        black_box(key.seal(black_box(value), &aad(database)).expect("seal"))
     };
-    let seal_provenance = || {
-        black_box(
-            seal_prov
-                .seal(black_box(&stored_provenance), &aad("audit.provenance"))
-                .expect("seal"),
-        )
-    };
-    let seal_event = || {
-        black_box(
-            seal_log
-                .seal(black_box(&stored_event), &aad("audit.log"))
-                .expect("seal"),
-        )
-    };
+    let seal_version = || seal(&seal_versions, &envelope, "shr.versions");
+    let seal_provenance = || seal(&seal_prov, &stored_provenance, "audit.provenance");
+    let seal_event = || seal(&seal_log, &stored_event, "audit.log");
     let blind_terms = || {
         for (field, term) in &w.terms {
             black_box(blind.index(field, term.as_bytes()));
