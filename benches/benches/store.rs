@@ -17,7 +17,7 @@ use hexa_actors::store::StoreConfig;
 use hexa_actors::store::engine::TxEntry;
 use hexa_actors::store::format::FORMAT_VERSION;
 use hexa_actors::store::search::SearchQuery;
-use hexa_benches::{ProcUsage, observation};
+use hexa_benches::{ProcUsage, ThreadCpu, observation};
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::seal::{Aad, MasterKey};
 use serde_json::Value;
@@ -176,7 +176,7 @@ where
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
 /// filed in the index, idle filing commits, idle filing ns), and of the process's CPU time
 /// and bytes written.
-fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage) {
+fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
     let w = [
         st.commits.load(Ordering::Relaxed),
@@ -187,7 +187,7 @@ fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage) {
         st.index_commits.load(Ordering::Relaxed),
         st.index_nanos.load(Ordering::Relaxed),
     ];
-    (w, ProcUsage::now())
+    (w, ProcUsage::now(), ThreadCpu::now())
 }
 
 /// Prints what the writer did between two snapshots (where a group commit's time goes).
@@ -195,8 +195,8 @@ fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage) {
 /// driver included).
 fn report_writer(
     label: &str,
-    before: ([u64; 7], ProcUsage),
-    after: ([u64; 7], ProcUsage),
+    before: ([u64; 7], ProcUsage, ThreadCpu),
+    after: ([u64; 7], ProcUsage, ThreadCpu),
     wall: Duration,
 ) {
     let [commits, members, apply, commit, filed, idle_commits, idle] =
@@ -217,6 +217,10 @@ fn report_writer(
         (apply + commit + idle) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
         wall.as_secs_f64(),
         idle as f64 / 1e6
+    );
+    eprintln!(
+        "writer[{label}]: CPU µs/member by thread: {}",
+        after.2.report_since(&before.2, members)
     );
 }
 
