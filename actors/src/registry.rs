@@ -186,15 +186,17 @@ impl Registry {
         threads: usize,
         restarts: Arc<AtomicU64>,
     ) -> Addr<Registry> {
-        SyncArbiter::start(threads.max(1), move || {
-            // The factory runs on the pool's own thread (again after a restart).
-            name_thread(&format!("hexa-{}", c.name()));
-            Registry {
+        // Named threads (`hexa-shr`, `hexa-patient`, ...) let `top -H`, `ps -L` and `perf`
+        // tell the pools apart; a restarted actor is rebuilt on the same thread.
+        SyncArbiter::start_with_thread_builder(
+            threads.max(1),
+            move || std::thread::Builder::new().name(format!("hexa-{}", c.name())),
+            move || Registry {
                 component: c,
                 engine: engine.clone(),
                 restarts: restarts.clone(),
-            }
-        })
+            },
+        )
     }
 
     fn handle_op(&mut self, op: Op) -> StoreResult<Response> {
@@ -310,25 +312,6 @@ impl Handler<Op> for Registry {
         }
     }
 }
-
-/// Names the calling thread (at most 15 bytes on Linux), so `top -H`, `ps -L` and `perf`
-/// tell the registries' threads apart. A name that does not fit or a refusal is ignored.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-pub(crate) fn name_thread(name: &str) {
-    let Ok(c) = std::ffi::CString::new(&name.as_bytes()[..name.len().min(15)]) else {
-        return;
-    };
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the
-    // pointer, which `c` keeps alive for the call; it changes only this thread's name.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0);
-    }
-}
-
-/// Thread names are a Linux nicety; elsewhere they are left alone.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn name_thread(_name: &str) {}
 
 #[cfg(test)]
 mod tests {
