@@ -199,21 +199,36 @@ mod tests {
         assert_eq!(ThreadCpu::role(9, 9, "store-1234"), 3);
         assert_eq!(ThreadCpu::role(10, 9, "tokio-runtime-w"), 4);
         let a = ThreadCpu::now();
-        // A thread named like a registry burns about 100 ms of CPU.
+        // A thread named like a registry burns at least 100 ms of CPU (by its own clock, so a
+        // loaded machine only makes it take longer), then waits for the second snapshot.
+        let (burnt, done) = std::sync::mpsc::channel();
         let burner = std::thread::Builder::new()
             .name("hexa-test".into())
-            .spawn(|| {
-                let t = std::time::Instant::now();
+            .spawn(move || {
+                let own_ticks = || {
+                    std::fs::read_to_string("/proc/thread-self/stat")
+                        .ok()
+                        .and_then(|s| {
+                            // After the name: state is field 0, utime 11, stime 12.
+                            let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+                            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+                        })
+                };
                 let mut x = 0u64;
-                while t.elapsed() < std::time::Duration::from_millis(100) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let start = std::time::Instant::now();
+                while own_ticks().is_some_and(|t| t < 10)
+                    && start.elapsed() < std::time::Duration::from_secs(20)
+                {
+                    for _ in 0..100_000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
                 }
                 std::hint::black_box(x);
-                // Stay alive for the second snapshot.
-                std::thread::park_timeout(std::time::Duration::from_secs(5));
+                let _ = burnt.send(());
+                std::thread::park_timeout(std::time::Duration::from_secs(20));
             })
             .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        done.recv().expect("burnt");
         let b = ThreadCpu::now();
         burner.thread().unpark();
         burner.join().expect("join");
