@@ -9,7 +9,7 @@ use actix::Addr;
 use hexa_crypto::keyfile::ApplianceSecrets;
 use serde_json::Value;
 
-use crate::registry::{Op, Registry, Request, Response};
+use crate::registry::{Call, Op, Registry, Request, Response};
 use crate::store::audit::AuditEntry;
 use crate::store::engine::{Engine, TxEntry, WriteResult};
 use crate::store::pmatch::PatientMatch;
@@ -119,19 +119,42 @@ impl StoreHandle {
 
     /// Sends a request to the registry of `c`. A stopped or restarting actor is a typed
     /// `Unavailable` error, never a hang.
+    /// The response is final: any write or AuditEvent it depends on is committed.
     pub async fn call(
         &self,
         c: Component,
         ctx: &AccessContext,
         request: Request,
     ) -> StoreResult<Response> {
-        let addr = &self.registries[c.index()];
-        addr.send(Op {
-            ctx: ctx.clone(),
-            request,
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("{} ({e})", Registry::name(c))))?
+        self.dispatch(c, ctx, request).await
+    }
+
+    /// Queues a request to the registry of `c` and returns the future of its final
+    /// response. The pool's queue is not bounded here: each request waits in it for a
+    /// registry thread instead of in its caller, which the HTTP server's connection limits
+    /// bound. A request whose registry has stopped, or stops before answering, gets
+    /// `Unavailable`.
+    fn dispatch(
+        &self,
+        c: Component,
+        ctx: &AccessContext,
+        request: Request,
+    ) -> impl std::future::Future<Output = StoreResult<Response>> + use<> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // Queued even when the mailbox is over its nominal capacity; dropped (so `answer`
+        // fails) if the pool has stopped.
+        self.registries[c.index()].do_send(Call {
+            op: Op {
+                ctx: ctx.clone(),
+                request,
+            },
+            reply,
+        });
+        async move {
+            answer.await.map_err(|_| {
+                StoreError::Unavailable(format!("{} (no answer)", Registry::name(c)))
+            })?
+        }
     }
 
     async fn write(
@@ -445,20 +468,12 @@ impl StoreHandle {
                 BatchEntry::Read { resource_type, id } => Request::Read { resource_type, id },
                 BatchEntry::Search(q) => Request::Search(q),
             };
-            sent.push(routed.map(|c| {
-                self.registries[c.index()].send(Op {
-                    ctx: ctx.clone(),
-                    request,
-                })
-            }));
+            sent.push(routed.map(|c| self.dispatch(c, ctx, request)));
         }
         let mut replies = Vec::with_capacity(sent.len());
         for s in sent {
             replies.push(match s {
-                Ok(fut) => fut
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-                    .and_then(|r| r),
+                Ok(fut) => fut.await,
                 Err(e) => Err(e),
             });
         }

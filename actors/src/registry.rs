@@ -4,8 +4,10 @@
 //!
 //! Each is an actix `SyncActor` in a [`SyncArbiter`] pool: its handlers do the blocking LMDB
 //! reads and the CPU work of a write (canonicalise, sign, seal, blind-index) off the async
-//! executor, hand writes to the group-commit writer and reply with a
-//! [`Pending`](crate::store::engine::Pending) the caller awaits. Supervision: a panic inside
+//! executor and hand writes to the group-commit writer. A caller sends a [`Call`] with the
+//! end of a one-shot channel; the registry answers through it once the answer is final (an
+//! error at once; a write, or the AuditEvent of a read, after its commit, from the
+//! writer), so each request wakes its caller's executor once. Supervision: a panic inside
 //! a handler is caught, the caller gets [`StoreError::Unavailable`], and the actor stops —
 //! which in a `SyncContext` means the pool's factory builds a fresh actor that resumes from
 //! LMDB (all durable state lives there) and serves the messages still queued. Other
@@ -144,7 +146,7 @@ pub enum Response {
     Proof(Vec<[u8; 32]>),
 }
 
-/// Message carrying a request and who makes it.
+/// A request and who makes it.
 #[derive(Debug, Clone)]
 pub struct Op {
     /// Who asks.
@@ -153,8 +155,45 @@ pub struct Op {
     pub request: Request,
 }
 
-impl Message for Op {
-    type Result = StoreResult<Response>;
+/// Message carrying an [`Op`] and where its final [`Response`] goes. The registry replies
+/// once the response is final: at once for an error or a response that needs no commit,
+/// else from the writer thread right after the commit (every [`Pending`] in it is then
+/// resolved). So the caller's executor is woken once per request.
+pub struct Call {
+    /// The request.
+    pub op: Op,
+    /// The caller's end.
+    pub reply: tokio::sync::oneshot::Sender<StoreResult<Response>>,
+}
+
+impl Message for Call {
+    type Result = ();
+}
+
+/// Sends `resp` to `reply` once every Pending in it has resolved.
+fn forward(resp: Response, reply: tokio::sync::oneshot::Sender<StoreResult<Response>>) {
+    fn done<T: 'static>(
+        p: Pending<T>,
+        reply: tokio::sync::oneshot::Sender<StoreResult<Response>>,
+        wrap: fn(Pending<T>) -> Response,
+    ) {
+        p.on_done(move |r| {
+            let _ = reply.send(Ok(wrap(Pending::ready(r))));
+        });
+    }
+    match resp {
+        Response::Write(p) => done(p, reply, Response::Write),
+        Response::Writes(p) => done(p, reply, Response::Writes),
+        Response::Record(p) => done(p, reply, Response::Record),
+        Response::Records(p) => done(p, reply, Response::Records),
+        Response::Page(p) => done(p, reply, Response::Page),
+        Response::Matches(p, found) => p.on_done(move |r| {
+            let _ = reply.send(Ok(Response::Matches(Pending::ready(r), found)));
+        }),
+        r @ (Response::Entry(_) | Response::Proof(_)) => {
+            let _ = reply.send(Ok(r));
+        }
+    }
 }
 
 /// A registry actor: one instance per pool thread, all sharing the engine.
@@ -290,12 +329,16 @@ impl Actor for Registry {
     }
 }
 
-impl Handler<Op> for Registry {
-    type Result = StoreResult<Response>;
+impl Handler<Call> for Registry {
+    type Result = ();
 
-    fn handle(&mut self, op: Op, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, call: Call, ctx: &mut Self::Context) -> Self::Result {
+        let Call { op, reply } = call;
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.handle_op(op))) {
-            Ok(r) => r,
+            Ok(Ok(resp)) => forward(resp, reply),
+            Ok(Err(e)) => {
+                let _ = reply.send(Err(e));
+            }
             Err(_) => {
                 // Supervision: stop this actor; the SyncArbiter's factory replaces it with a
                 // fresh one (state is in LMDB), which then serves the queued messages.
@@ -305,9 +348,9 @@ impl Handler<Op> for Registry {
                     "handler panicked; restarting actor"
                 );
                 ctx.stop();
-                Err(StoreError::Unavailable(
+                let _ = reply.send(Err(StoreError::Unavailable(
                     Registry::name(self.component).into(),
-                ))
+                )));
             }
         }
     }

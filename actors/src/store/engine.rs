@@ -9,6 +9,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use super::ack::AckReceiver;
+
 use super::audit::{AccessContext, AuditDraft, Interaction, prepare_audit};
 use super::error::{StoreError, StoreResult};
 use super::route::{client_writable, component_for, validate_id};
@@ -18,8 +20,17 @@ use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
 
 /// A result that becomes available after the group commit that makes it durable.
 pub struct Pending<T> {
-    rx: oneshot::Receiver<StoreResult<Outcome>>,
-    then: Box<dyn FnOnce(Outcome) -> StoreResult<T> + Send>,
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    /// Waiting for the writer; `then` turns its outcome into the result.
+    Commit {
+        rx: AckReceiver<StoreResult<Outcome>>,
+        then: Box<dyn FnOnce(Outcome) -> StoreResult<T> + Send>,
+    },
+    /// Already resolved (forwarded by a registry after the commit).
+    Ready(StoreResult<T>),
 }
 
 impl<T> std::fmt::Debug for Pending<T> {
@@ -30,29 +41,80 @@ impl<T> std::fmt::Debug for Pending<T> {
 
 impl<T> Pending<T> {
     fn new(
-        rx: oneshot::Receiver<StoreResult<Outcome>>,
+        rx: AckReceiver<StoreResult<Outcome>>,
         then: impl FnOnce(Outcome) -> StoreResult<T> + Send + 'static,
     ) -> Self {
         Pending {
-            rx,
-            then: Box::new(then),
+            inner: Inner::Commit {
+                rx,
+                then: Box::new(then),
+            },
+        }
+    }
+
+    /// A Pending that is already resolved to `r`.
+    pub(crate) fn ready(r: StoreResult<T>) -> Self {
+        Pending {
+            inner: Inner::Ready(r),
+        }
+    }
+
+    /// The same commit, with `f` applied to its result.
+    fn map<U>(self, f: impl FnOnce(T) -> StoreResult<U> + Send + 'static) -> Pending<U>
+    where
+        T: 'static,
+    {
+        match self.inner {
+            Inner::Commit { rx, then } => Pending::new(rx, move |o| then(o).and_then(f)),
+            Inner::Ready(r) => Pending::ready(r.and_then(f)),
         }
     }
 
     /// Waits (async) for the commit.
     pub async fn wait(self) -> StoreResult<T> {
-        let outcome = self.rx.await.map_err(|_| StoreError::WriterStopped)??;
-        (self.then)(outcome)
+        match self.inner {
+            Inner::Commit { rx, then } => {
+                let outcome = rx.await.ok_or(StoreError::WriterStopped)??;
+                then(outcome)
+            }
+            Inner::Ready(r) => r,
+        }
     }
 
     /// Waits (blocking the thread) for the commit. Not for async executors.
     pub fn wait_blocking(self) -> StoreResult<T> {
-        let outcome = self
-            .rx
-            .blocking_recv()
-            .map_err(|_| StoreError::WriterStopped)??;
-        (self.then)(outcome)
+        match self.inner {
+            Inner::Commit { rx, then } => {
+                let outcome = rx.recv_blocking().ok_or(StoreError::WriterStopped)??;
+                then(outcome)
+            }
+            Inner::Ready(r) => r,
+        }
     }
+
+    /// Runs `f` with the result once the commit is durable: on the writer thread, right
+    /// after the commit (so `f` must be short and must not submit to the writer), or here
+    /// at once if the result is already there.
+    pub(crate) fn on_done(self, f: impl FnOnce(StoreResult<T>) + Send + 'static)
+    where
+        T: 'static,
+    {
+        match self.inner {
+            Inner::Commit { rx, then } => rx.then(move |r| {
+                f(r.ok_or(StoreError::WriterStopped)
+                    .and_then(|r| r)
+                    .and_then(then))
+            }),
+            Inner::Ready(r) => f(r),
+        }
+    }
+}
+
+/// The one result of a single-version write.
+fn first_write(ws: Vec<WriteResult>) -> StoreResult<WriteResult> {
+    ws.into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Storage("empty write result".into()))
 }
 
 /// Result of a write.
@@ -275,11 +337,8 @@ impl Engine {
         draft.touch(&prepared.record);
         let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
         let (store, reader) = (self.store.clone(), ctx.clone());
-        Ok(Pending::new(p.rx, move |o| {
-            let w = (p.then)(o)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::Storage("empty write result".into()))?;
+        Ok(p.map(move |ws| {
+            let w = first_write(ws)?;
             if !w.created {
                 // A conditional create that matched returns an existing record: a read.
                 store.disclose_one(&reader, w.record.clone())?;
@@ -374,12 +433,7 @@ impl Engine {
         draft.entities.clear();
         draft.touch(&prepared.record);
         let p = self.submit_versions(vec![prepared], vec![draft], None, vec![created])?;
-        Ok(Pending::new(p.rx, move |o| {
-            (p.then)(o)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::Storage("empty write result".into()))
-        }))
+        Ok(p.map(first_write))
     }
 
     /// Logical delete: a new version with `deleted = true`. Deleting a deleted resource is a
@@ -452,12 +506,7 @@ impl Engine {
                     }
                 }
                 let p = self.submit_versions(vec![prepared], vec![draft], None, vec![false])?;
-                Ok(Pending::new(p.rx, move |o| {
-                    (p.then)(o)?
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| StoreError::Storage("empty write result".into()))
-                }))
+                Ok(p.map(first_write))
             }
         }
     }

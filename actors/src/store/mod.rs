@@ -9,6 +9,7 @@
 //! same writer ([`audit_index`]); AuditEvent searches scan the unfiled tail, so they stay
 //! exact.
 
+pub(crate) mod ack;
 pub mod audit;
 pub mod audit_index;
 pub mod compress;

@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use heed::{PutFlags, RwTxn};
 use tokio::sync::oneshot;
 
+use super::ack::{self, AckReceiver, AckSender};
 use super::audit::{AuditAppender, AuditDraft, PreparedAudit, prepare_audit};
 use super::audit_index::{AuditIndexer, IDLE_CHUNK};
 use super::error::{StoreError, StoreResult};
@@ -85,7 +86,7 @@ impl Outcome {
 // per write for no gain.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Job {
-    Member(Member, oneshot::Sender<StoreResult<Outcome>>),
+    Member(Member, AckSender<StoreResult<Outcome>>),
     Checkpoint(oneshot::Sender<StoreResult<Option<String>>>),
     Shutdown,
 }
@@ -175,8 +176,8 @@ impl Writer {
     }
 
     /// Queues a member; the receiver resolves after its group commit.
-    pub(crate) fn submit(&self, m: Member) -> StoreResult<oneshot::Receiver<StoreResult<Outcome>>> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) fn submit(&self, m: Member) -> StoreResult<AckReceiver<StoreResult<Outcome>>> {
+        let (tx, rx) = ack::channel();
         self.send(Job::Member(m, tx))?;
         Ok(rx)
     }
@@ -403,14 +404,14 @@ fn process(
             for (job, res) in jobs.into_iter().zip(results) {
                 match (job, res) {
                     (Job::Member(m, tx), Res::Member(r)) => {
-                        let _ = tx.send(r);
+                        tx.send(r);
                         done.push(m);
                     }
                     (Job::Checkpoint(tx), _) => {
                         let _ = tx.send(latest.clone().unwrap_or(Ok(None)));
                     }
                     (Job::Member(_, tx), Res::Checkpoint) => {
-                        let _ = tx.send(Err(StoreError::Storage("writer bookkeeping".into())));
+                        tx.send(Err(StoreError::Storage("writer bookkeeping".into())));
                     }
                     (Job::Shutdown, _) => {}
                 }
@@ -421,7 +422,7 @@ fn process(
             for job in jobs {
                 match job {
                     Job::Member(_, tx) => {
-                        let _ = tx.send(Err(e.clone()));
+                        tx.send(Err(e.clone()));
                     }
                     Job::Checkpoint(tx) => {
                         let _ = tx.send(Err(e.clone()));
