@@ -117,9 +117,9 @@ impl StoreHandle {
         self.restarts.load(Ordering::Relaxed)
     }
 
-    /// Sends a request to the registry of `c`. A stopped or restarting actor is a typed
+    /// Sends a request to the registry of `c` and waits for its final response: any write
+    /// or AuditEvent it depends on is committed. A stopped or restarting actor is a typed
     /// `Unavailable` error, never a hang.
-    /// The response is final: any write or AuditEvent it depends on is committed.
     pub async fn call(
         &self,
         c: Component,

@@ -437,6 +437,53 @@ mod tests {
         assert_eq!(h.restarts(), 2);
     }
 
+    /// A call answers only once the write it made is committed: its Pending is already
+    /// resolved (so the caller is woken once, by the commit).
+    #[actix_rt::test]
+    async fn a_call_answers_after_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let ctx = AccessContext::system("fac");
+        let members = || h.engine().writer.stats().members.load(Ordering::SeqCst);
+        for i in 0..20 {
+            let before = members();
+            let resp = h
+                .call(
+                    Component::Shr,
+                    &ctx,
+                    Request::Create {
+                        resource: json!({"resourceType": "Observation", "status": "final"}),
+                        author_jws: None,
+                        if_none_exist: None,
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(members() > before, "call {i} answered before its commit");
+            let Response::Write(p) = resp else {
+                panic!("not a write response");
+            };
+            let w = p.wait().await.unwrap();
+            assert!(w.created && !w.audit_indexes.is_empty());
+        }
+        // A failed read answers with its error, once the failure's AuditEvent is committed.
+        let e = h
+            .call(
+                Component::Shr,
+                &ctx,
+                Request::Read {
+                    resource_type: "Observation".into(),
+                    id: "missing".into(),
+                },
+            )
+            .await;
+        let e = match e {
+            Ok(Response::Record(p)) => p.wait().await.map(|_| ()),
+            other => other.map(|_| ()),
+        };
+        assert!(matches!(e, Err(StoreError::NotFound { .. })), "{e:?}");
+    }
+
     /// Every registry thread carries its component's name (also after a restart).
     #[actix_rt::test]
     async fn registry_threads_are_named_after_their_component() {

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::ack::AckReceiver;
-
 use super::audit::{AccessContext, AuditDraft, Interaction, prepare_audit};
 use super::error::{StoreError, StoreResult};
 use super::route::{client_writable, component_for, validate_id};
