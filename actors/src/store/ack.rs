@@ -8,7 +8,8 @@
 //! must be short and must never submit to the writer.
 //!
 //! A sender dropped without sending (a writer that stopped) completes the slot with `None`.
-//! A callback that panics is caught and logged; its caller gets no answer.
+//! A callback that panics is caught and logged, on whichever thread runs it; its caller
+//! gets no answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,12 +42,7 @@ impl<T> Slot<T> {
         match std::mem::replace(&mut *g, State::Taken) {
             State::Call(f) => {
                 drop(g);
-                // A panicking callback must not take the writer thread down with it: its
-                // caller loses its answer (the reply sender is dropped while unwinding,
-                // which it sees as `Unavailable`), every other member goes on.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(v))).is_err() {
-                    tracing::error!("a commit callback panicked; its caller gets no answer");
-                }
+                run(f, v);
             }
             State::Waiting(w) => {
                 *g = State::Ready(v);
@@ -57,6 +53,16 @@ impl<T> Slot<T> {
             // Completed twice cannot happen (the sender is consumed); keep the first.
             done @ (State::Ready(_) | State::Taken) => *g = done,
         }
+    }
+}
+
+/// Runs a callback. One that panics must not take the writer thread (or the registry
+/// thread that left it, when the value was already there) down with it: its caller loses
+/// its answer (the reply sender is dropped while unwinding, which it sees as
+/// `Unavailable`), and everything else goes on.
+fn run<T>(f: impl FnOnce(Option<T>), v: Option<T>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(v))).is_err() {
+        tracing::error!("a commit callback panicked; its caller gets no answer");
     }
 }
 
@@ -113,13 +119,13 @@ impl<T> AckReceiver<T> {
         match std::mem::replace(&mut *g, State::Taken) {
             State::Ready(v) => {
                 drop(g);
-                f(v);
+                run(f, v);
             }
             State::Empty | State::Waiting(_) => *g = State::Call(Box::new(f)),
             // Already handed over (a receiver polled to completion is consumed by `.await`).
             State::Call(_) | State::Taken => {
                 drop(g);
-                f(None);
+                run(f, None);
             }
         }
     }
@@ -244,6 +250,10 @@ mod tests {
         let (tx, rx) = channel::<u8>();
         rx.then(|_| panic!("callback bug"));
         tx.send(1); // must return normally
+        // Nor into the thread that leaves it when the value is already there.
+        let (tx, rx) = channel::<u8>();
+        tx.send(2);
+        rx.then(|_| panic!("callback bug"));
         let (tx, rx) = channel::<u8>();
         let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
         rx.then(move |_| {
