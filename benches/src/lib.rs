@@ -38,19 +38,24 @@ pub struct ProcUsage {
     pub written: u64,
 }
 
+/// The name and the (user, system) CPU time of a `/proc/.../stat` line: `pid (name) state
+/// ...`, where the name may hold spaces and parentheses and, after it, state is field 0 and
+/// utime and stime (in the kernel's fixed 1/100 s ticks) are fields 11 and 12.
+fn parse_stat(stat: &str) -> Option<(&str, Duration, Duration)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let tick = |i: usize| -> Option<Duration> {
+        Some(Duration::from_millis(f.get(i)?.parse::<u64>().ok()? * 10))
+    };
+    Some((&stat[open + 1..close], tick(11)?, tick(12)?))
+}
+
 impl ProcUsage {
     /// The counters now.
     pub fn now() -> Self {
         let cpu = std::fs::read_to_string("/proc/self/stat")
             .ok()
-            .and_then(|s| {
-                // Fields after the command name (which may hold spaces): state is the
-                // first, utime and stime the 12th and 13th.
-                let rest = &s[s.rfind(')')? + 1..];
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-                Some(Duration::from_millis(ticks * 10))
-            })
+            .and_then(|s| parse_stat(&s).map(|(_, user, sys)| user + sys))
             .unwrap_or_default();
         let written = std::fs::read_to_string("/proc/self/io")
             .ok()
@@ -107,19 +112,10 @@ impl ThreadCpu {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            // `tid (name) state ...`: the name may hold spaces and parentheses.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            let Some((name, user, sys)) = parse_stat(&stat) else {
                 continue;
             };
-            let name = &stat[open + 1..close];
-            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let tick = |i: usize| {
-                f.get(i)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(|t| Duration::from_millis(t * 10))
-                    .unwrap_or_default()
-            };
-            threads.insert(tid, (Self::role(tid, pid, name), tick(11), tick(12)));
+            threads.insert(tid, (Self::role(tid, pid, name), user, sys));
         }
         ThreadCpu { threads }
     }
@@ -168,7 +164,7 @@ impl ThreadCpu {
 
 #[cfg(test)]
 mod tests {
-    use super::{ProcUsage, ThreadCpu};
+    use super::{ProcUsage, ThreadCpu, parse_stat};
 
     #[test]
     fn proc_usage_counts_cpu_and_writes_of_this_process() {
@@ -192,6 +188,20 @@ mod tests {
     }
 
     #[test]
+    fn stat_lines_parse_with_odd_names() {
+        let line = "42 (a (b) c) S 1 42 42 0 -1 4194304 97 0 0 0 7 3 0 0 20 0 1 0 9";
+        assert_eq!(
+            parse_stat(line),
+            Some((
+                "a (b) c",
+                std::time::Duration::from_millis(70),
+                std::time::Duration::from_millis(30)
+            ))
+        );
+        assert_eq!(parse_stat("42 (x) S 1"), None);
+    }
+
+    #[test]
     fn thread_cpu_counts_the_threads_by_role() {
         assert_eq!(ThreadCpu::role(10, 9, "hexa-store-writer"), 1);
         assert_eq!(ThreadCpu::role(10, 9, "hexa-store-janitor"), 2);
@@ -205,18 +215,14 @@ mod tests {
         let burner = std::thread::Builder::new()
             .name("hexa-test".into())
             .spawn(move || {
-                let own_ticks = || {
+                let own_cpu = || {
                     std::fs::read_to_string("/proc/thread-self/stat")
                         .ok()
-                        .and_then(|s| {
-                            // After the name: state is field 0, utime 11, stime 12.
-                            let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-                            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-                        })
+                        .and_then(|s| parse_stat(&s).map(|(_, user, sys)| user + sys))
                 };
                 let mut x = 0u64;
                 let start = std::time::Instant::now();
-                while own_ticks().is_some_and(|t| t < 10)
+                while own_cpu().is_some_and(|t| t < std::time::Duration::from_millis(100))
                     && start.elapsed() < std::time::Duration::from_secs(20)
                 {
                     for _ in 0..100_000 {
