@@ -497,21 +497,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = handle(dir.path());
         let ctx = AccessContext::system("fac");
-        h.create(
-            &ctx,
-            json!({"resourceType": "Observation", "status": "final"}),
-            None,
-        )
-        .await
-        .unwrap();
+        let observe = || {
+            h.create(
+                &ctx,
+                json!({"resourceType": "Observation", "status": "final"}),
+                None,
+            )
+        };
+        observe().await.unwrap();
         assert!(h.call(Component::Shr, &ctx, Request::Panic).await.is_err());
-        h.create(
-            &ctx,
-            json!({"resourceType": "Observation", "status": "final"}),
-            None,
-        )
-        .await
-        .unwrap();
+        observe().await.unwrap();
         let names = names();
         for c in Component::ALL {
             let want = format!("hexa-{}", c.name());

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// A callback left for the value.
@@ -37,8 +37,14 @@ struct Slot<T> {
 }
 
 impl<T> Slot<T> {
+    /// The state, locked (a poisoned lock still holds a consistent state: every change
+    /// is one assignment).
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn complete(&self, v: Option<T>) {
-        let mut g = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut g = self.lock();
         match std::mem::replace(&mut *g, State::Taken) {
             State::Call(f) => {
                 drop(g);
@@ -111,11 +117,7 @@ impl<T> AckReceiver<T> {
     /// else on the sender's thread when it sends (or drops).
     pub(crate) fn then(self, f: impl FnOnce(Option<T>) + Send + 'static) {
         // One lock from look to leave: a send in between would find no one to hand to.
-        let mut g = self
-            .slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut g = self.slot.lock();
         match std::mem::replace(&mut *g, State::Taken) {
             State::Ready(v) => {
                 drop(g);
@@ -147,11 +149,7 @@ impl<T> Future for AckReceiver<T> {
     type Output = Option<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut g = self
-            .slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut g = self.slot.lock();
         match std::mem::replace(&mut *g, State::Taken) {
             State::Ready(v) => Poll::Ready(v),
             State::Empty | State::Waiting(_) => {
