@@ -251,6 +251,18 @@ impl BlindIndexKey {
 mod tests {
     use super::*;
 
+    /// The workspace builds Poly1305's portable backend (`.cargo/config.toml`): for values as
+    /// short as the store's, the AVX2 backend's per-key setup costs more than it saves
+    /// (`budget/seal_*`, benches/README.md). Fails when that setting is lost. The
+    /// XChaCha20-Poly1305 test vector in `tests/vectors.rs` checks the backend's output.
+    #[test]
+    fn poly1305_is_the_portable_backend() {
+        assert!(
+            cfg!(poly1305_backend = "soft"),
+            "built without --cfg poly1305_backend=\"soft\" (.cargo/config.toml, or RUSTFLAGS replaced it)"
+        );
+    }
+
     /// `seal` (in place) writes exactly `nonce || seal_with_nonce(nonce, ..)`.
     #[test]
     fn seal_in_place_equals_the_allocating_form() {
