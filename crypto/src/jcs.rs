@@ -25,7 +25,8 @@ pub enum JcsError {
 
 /// Canonicalizes a JSON value to its RFC 8785 UTF-8 bytes.
 pub fn canonicalize(v: &Value) -> Result<Vec<u8>, JcsError> {
-    let mut out = Vec::with_capacity(256);
+    // A typical record (an Observation is about 460 bytes) fits without growing.
+    let mut out = Vec::with_capacity(1024);
     write_value(v, &mut out)?;
     Ok(out)
 }

@@ -52,7 +52,11 @@ pub fn sign_detached(key: &SigningKey, payload: &[u8]) -> String {
     let header_b64 = key.jws_header_b64();
     let input = signing_input(header_b64, payload);
     let sig = key.sign(input.as_bytes());
-    format!("{header_b64}..{}", b64::url_encode(&sig))
+    let mut jws = String::with_capacity(header_b64.len() + 2 + 86);
+    jws.push_str(header_b64);
+    jws.push_str("..");
+    b64::url_encode_into(&sig, &mut jws);
+    jws
 }
 
 /// Verifies a detached compact JWS over `payload` with `key` (Ed25519 `verify_strict`).
@@ -81,8 +85,13 @@ pub fn peek_kid(jws: &str) -> Result<Option<String>, JwsError> {
     Ok(parse_header(header_b64)?.kid)
 }
 
+/// `header_b64 || '.' || base64url(payload)`, written into one buffer of the right size.
 fn signing_input(header_b64: &str, payload: &[u8]) -> String {
-    format!("{header_b64}.{}", b64::url_encode(payload))
+    let mut input = String::with_capacity(header_b64.len() + 1 + payload.len().div_ceil(3) * 4);
+    input.push_str(header_b64);
+    input.push('.');
+    b64::url_encode_into(payload, &mut input);
+    input
 }
 
 fn split(jws: &str) -> Result<(&str, &str), JwsError> {

@@ -57,6 +57,11 @@ pub(crate) mod b64 {
         URL_SAFE_NO_PAD.encode(b)
     }
 
+    /// Appends the base64url (no padding) of `b` to `out`.
+    pub(crate) fn url_encode_into(b: &[u8], out: &mut String) {
+        URL_SAFE_NO_PAD.encode_string(b, out);
+    }
+
     /// Decodes strict base64url without padding (non-canonical trailing bits are rejected).
     pub(crate) fn url_decode(s: &str) -> Option<Vec<u8>> {
         URL_SAFE_NO_PAD.decode(s).ok()

@@ -55,7 +55,16 @@ pub struct Envelope {
 impl Envelope {
     /// postcard bytes of the envelope.
     pub fn to_bytes(&self) -> StoreResult<Vec<u8>> {
-        postcard::to_stdvec(self).map_err(|e| StoreError::Invalid(format!("envelope encode: {e}")))
+        // Sized for the canonical bytes, both JWS and the names, so it is written without
+        // growing (postcard's own vector starts empty and doubles).
+        let cap = self.canonical.len()
+            + self.jws.len()
+            + self.author_jws.as_ref().map_or(0, String::len)
+            + self.resource_type.len()
+            + self.id.len()
+            + 48;
+        postcard::to_extend(self, Vec::with_capacity(cap))
+            .map_err(|e| StoreError::Invalid(format!("envelope encode: {e}")))
     }
 
     /// Decodes envelope bytes, refusing unknown newer formats.

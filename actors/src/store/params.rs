@@ -694,7 +694,10 @@ pub(crate) fn reference_terms(r: &str, unrestricted: bool, out: &mut Vec<String>
 
 /// The `y:`, `m:` and `d:` terms of both ends of a day range (open ends are skipped).
 pub(crate) fn date_terms(lo: &str, hi: &str, out: &mut Vec<String>) {
-    for d in [lo, hi] {
+    // A single day is both ends: its terms once (callers dedup, but each term of an
+    // AuditEvent is blinded before that).
+    let ends: &[&str] = if lo == hi { &[lo] } else { &[lo, hi] };
+    for &d in ends {
         if d.starts_with("0000") || d.starts_with("9999") {
             continue;
         }
@@ -824,6 +827,31 @@ mod tests {
             "address": [{"city": "Kigali", "district": "Gasabo"}],
             "managingOrganization": {"reference": "Organization/chuk"}
         })
+    }
+
+    /// A day is one end: its three terms once, so an AuditEvent blinds no term twice. A
+    /// range files both ends; open ends none.
+    #[test]
+    fn date_terms_of_a_day_a_range_and_open_ends() {
+        let mut t = Vec::new();
+        date_terms("2026-12-05", "2026-12-05", &mut t);
+        assert_eq!(t, ["y:2026", "m:2026-12", "d:2026-12-05"]);
+        t.clear();
+        date_terms("2026-12-01", "2026-12-31", &mut t);
+        assert_eq!(
+            t,
+            [
+                "y:2026",
+                "m:2026-12",
+                "d:2026-12-01",
+                "y:2026",
+                "m:2026-12",
+                "d:2026-12-31"
+            ]
+        );
+        t.clear();
+        date_terms("0000-01-01", "2026-12-31", &mut t);
+        assert_eq!(t, ["y:2026", "m:2026-12", "d:2026-12-31"]);
     }
 
     #[test]
