@@ -209,6 +209,10 @@ pub enum Canon<'a> {
     Array(Vec<Canon<'a>>),
     /// An object: members in any order, names unique.
     Object(Vec<(&'a str, Canon<'a>)>),
+    /// One value already in RFC 8785 form, written as it is: for constant subtrees rendered
+    /// once with [`Canon::to_bytes`]. [`Canon::get`] does not look inside it, and
+    /// [`Canon::to_value`] parses it (to `null` if the bytes are not JSON).
+    Raw(&'a [u8]),
 }
 
 impl Canon<'_> {
@@ -226,6 +230,7 @@ impl Canon<'_> {
             Canon::String(s) => write_string(s, out),
             Canon::Bool(true) => out.extend_from_slice(b"true"),
             Canon::Bool(false) => out.extend_from_slice(b"false"),
+            Canon::Raw(b) => out.extend_from_slice(b),
             Canon::Array(a) => {
                 out.push(b'[');
                 for (i, item) in a.iter().enumerate() {
@@ -265,6 +270,7 @@ impl Canon<'_> {
             Canon::Str(s) => Value::String((*s).to_string()),
             Canon::String(s) => Value::String(s.clone()),
             Canon::Bool(b) => Value::Bool(*b),
+            Canon::Raw(b) => serde_json::from_slice(b).unwrap_or(Value::Null),
             Canon::Array(a) => Value::Array(a.iter().map(Canon::to_value).collect()),
             Canon::Object(m) => Value::Object(
                 m.iter()
@@ -539,5 +545,23 @@ mod tests {
         );
         assert_eq!(tree.get("alpha"), Some(&Canon::Object(vec![])));
         assert_eq!(tree.get("beta"), None);
+    }
+
+    /// A pre-rendered subtree writes and converts as the tree it was rendered from.
+    #[test]
+    fn a_raw_subtree_is_the_tree_it_was_rendered_from() {
+        let sub = Canon::Object(vec![
+            ("system", Canon::Str("http://x/y")),
+            ("code", Canon::Str("1")),
+            ("display", Canon::Str("é \"q\"")),
+        ]);
+        let rendered = sub.to_bytes();
+        fn whole(v: Canon<'_>) -> Canon<'_> {
+            Canon::Object(vec![("b", Canon::Array(vec![v])), ("a", Canon::Bool(true))])
+        }
+        let (tree, raw) = (whole(sub.clone()), whole(Canon::Raw(&rendered)));
+        assert_eq!(raw.to_bytes(), tree.to_bytes());
+        assert_eq!(raw.to_value(), tree.to_value());
+        assert_eq!(Canon::Raw(b"{not json").to_value(), Value::Null);
     }
 }

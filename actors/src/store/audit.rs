@@ -213,6 +213,63 @@ fn codeable<'a>(system: &'a str, code: &'a str, display: Option<&'a str>) -> Can
     )])
 }
 
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+
+/// A constant subtree of the AuditEvent, rendered once (RFC 8785) and copied into every
+/// event as [`Canon::Raw`]: the codings every event repeats, instead of building and
+/// sorting the same small objects for each disclosure. `audit_canon_tests` compares the
+/// events with an oracle built from plain JSON.
+struct Rendered(std::sync::LazyLock<Vec<u8>>);
+
+impl Rendered {
+    const fn new(f: fn() -> Vec<u8>) -> Self {
+        Rendered(std::sync::LazyLock::new(f))
+    }
+
+    fn canon(&'static self) -> Canon<'static> {
+        Canon::Raw(self.0.as_slice())
+    }
+}
+
+static EVENT_TYPE: Rendered = Rendered::new(|| {
+    coding(
+        "http://terminology.hl7.org/CodeSystem/audit-event-type",
+        "rest",
+        Some("RESTful Operation"),
+    )
+    .to_bytes()
+});
+static APPLICATION: Rendered = Rendered::new(|| {
+    codeable(
+        "http://dicom.nema.org/resources/ontology/DCM",
+        "110150",
+        Some("Application"),
+    )
+    .to_bytes()
+});
+static PROVIDER: Rendered = Rendered::new(|| {
+    codeable(
+        "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+        "PROV",
+        Some("healthcare provider"),
+    )
+    .to_bytes()
+});
+static RECIPIENT: Rendered = Rendered::new(|| {
+    codeable(
+        "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+        "IRCP",
+        Some("information recipient"),
+    )
+    .to_bytes()
+});
+static PERSON: Rendered = Rendered::new(|| coding(ENTITY_TYPE, "1", Some("Person")).to_bytes());
+static PATIENT_ROLE: Rendered =
+    Rendered::new(|| coding(OBJECT_ROLE, "1", Some("Patient")).to_bytes());
+static SYSTEM_OBJECT: Rendered =
+    Rendered::new(|| coding(ENTITY_TYPE, "2", Some("System Object")).to_bytes());
+
 /// The FHIR AuditEvent of a draft (without `id`; [`prepare_audit`] assigns a UUIDv7), as a
 /// [`Canon`] tree: every disclosure builds one, so it is composed from borrowed
 /// strings and written canonically without a `serde_json::Value`.
@@ -224,19 +281,10 @@ pub(crate) fn audit_event_canon<'a>(
     use Canon::{Array as A, Bool as B, Object as O, Str as S, String as Own};
     let failure = failure.or(d.failure.as_deref());
     const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
-    const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
-    const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
     let purpose = || A(vec![codeable(ACT_REASON, &d.ctx.purpose_of_use, None)]);
     let mut agents = vec![
         O(vec![
-            (
-                "type",
-                codeable(
-                    "http://dicom.nema.org/resources/ontology/DCM",
-                    "110150",
-                    Some("Application"),
-                ),
-            ),
+            ("type", APPLICATION.canon()),
             (
                 "who",
                 O(vec![(
@@ -251,14 +299,7 @@ pub(crate) fn audit_event_canon<'a>(
             ("purposeOfUse", purpose()),
         ]),
         O(vec![
-            (
-                "type",
-                codeable(
-                    "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
-                    "PROV",
-                    Some("healthcare provider"),
-                ),
-            ),
+            ("type", PROVIDER.canon()),
             (
                 "who",
                 O(vec![(
@@ -271,14 +312,7 @@ pub(crate) fn audit_event_canon<'a>(
     ];
     if let Some(p) = &d.ctx.practitioner {
         agents.push(O(vec![
-            (
-                "type",
-                codeable(
-                    "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                    "IRCP",
-                    Some("information recipient"),
-                ),
-            ),
+            ("type", RECIPIENT.canon()),
             (
                 "who",
                 O(vec![("reference", Own(format!("Practitioner/{p}")))]),
@@ -292,15 +326,15 @@ pub(crate) fn audit_event_canon<'a>(
         .map(|p| {
             O(vec![
                 ("what", O(vec![("reference", S(p))])),
-                ("type", coding(ENTITY_TYPE, "1", Some("Person"))),
-                ("role", coding(OBJECT_ROLE, "1", Some("Patient"))),
+                ("type", PERSON.canon()),
+                ("role", PATIENT_ROLE.canon()),
             ])
         })
         .collect();
     for e in &d.entities {
         entities.push(O(vec![
             ("what", O(vec![("reference", S(e))])),
-            ("type", coding(ENTITY_TYPE, "2", Some("System Object"))),
+            ("type", SYSTEM_OBJECT.canon()),
         ]));
     }
     for c in &d.consents {
@@ -335,14 +369,7 @@ pub(crate) fn audit_event_canon<'a>(
     };
     let mut ev = vec![
         ("resourceType", S("AuditEvent")),
-        (
-            "type",
-            coding(
-                "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                "rest",
-                Some("RESTful Operation"),
-            ),
-        ),
+        ("type", EVENT_TYPE.canon()),
         (
             "subtype",
             A(vec![coding(
