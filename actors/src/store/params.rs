@@ -303,7 +303,7 @@ pub fn collect<'a>(root: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
     for seg in path.split('.') {
         let mut next = Vec::new();
         for v in cur {
-            if let Some(x) = v.get(seg) {
+            if let Some(x) = member(v, seg) {
                 match x {
                     Value::Array(items) => next.extend(items.iter()),
                     other => next.push(other),
@@ -313,6 +313,17 @@ pub fn collect<'a>(root: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
         cur = next;
     }
     out.extend(cur);
+}
+
+/// The member `name` of an object. A small object (as most FHIR elements are) is scanned
+/// in order, which is cheaper than hashing `name` for the map's index; indexing a
+/// resource looks up every path segment of every search parameter, most of them absent.
+fn member<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Object(m) if m.len() <= 16 => m.iter().find(|(k, _)| *k == name).map(|(_, x)| x),
+        Value::Object(m) => m.get(name),
+        _ => None,
+    }
 }
 
 /// All values of a parameter in a resource.
@@ -827,6 +838,25 @@ mod tests {
             "address": [{"city": "Kigali", "district": "Gasabo"}],
             "managingOrganization": {"reference": "Organization/chuk"}
         })
+    }
+
+    /// `member` answers as `Value::get` for small and large objects and for non-objects.
+    #[test]
+    fn member_matches_get() {
+        let small = json!({"a": 1, "b": {"c": 2}});
+        let large = Value::Object((0..40).map(|i| (format!("k{i}"), json!(i))).collect());
+        for (v, name) in [
+            (&small, "a"),
+            (&small, "b"),
+            (&small, "z"),
+            (&large, "k0"),
+            (&large, "k39"),
+            (&large, "k40"),
+            (&json!([1, 2]), "a"),
+            (&json!("a"), "a"),
+        ] {
+            assert_eq!(member(v, name), v.get(name), "{name} in {v}");
+        }
     }
 
     /// A day is one end: its three terms once, so an AuditEvent blinds no term twice. A
