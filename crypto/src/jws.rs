@@ -52,7 +52,7 @@ pub fn sign_detached(key: &SigningKey, payload: &[u8]) -> String {
     let header_b64 = key.jws_header_b64();
     let input = signing_input(header_b64, payload);
     let sig = key.sign(input.as_bytes());
-    let mut jws = String::with_capacity(header_b64.len() + 2 + 86);
+    let mut jws = String::with_capacity(header_b64.len() + 2 + sig.len().div_ceil(3) * 4);
     jws.push_str(header_b64);
     jws.push_str("..");
     b64::url_encode_into(&sig, &mut jws);

@@ -7,6 +7,7 @@
 //! (`level:u8 || index:u64 BE -> hash`), so roots and proofs are O(log n) reads.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 use heed::{RoTxn, RwTxn};
@@ -216,23 +217,11 @@ fn codeable<'a>(system: &'a str, code: &'a str, display: Option<&'a str>) -> Can
 const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 
-/// A constant subtree of the AuditEvent, rendered once (RFC 8785) and copied into every
-/// event as [`Canon::Raw`]: the codings every event repeats, instead of building and
-/// sorting the same small objects for each disclosure. `audit_canon_tests` compares the
-/// events with an oracle built from plain JSON.
-struct Rendered(std::sync::LazyLock<Vec<u8>>);
-
-impl Rendered {
-    const fn new(f: fn() -> Vec<u8>) -> Self {
-        Rendered(std::sync::LazyLock::new(f))
-    }
-
-    fn canon(&'static self) -> Canon<'static> {
-        Canon::Raw(self.0.as_slice())
-    }
-}
-
-static EVENT_TYPE: Rendered = Rendered::new(|| {
+// Constant subtrees of the AuditEvent, rendered once (RFC 8785) and copied into every event
+// as [`Canon::Raw`]: the codings every event repeats, instead of building and sorting the
+// same small objects for each disclosure. `audit_canon_tests` compares the events with an
+// oracle built from plain JSON.
+static EVENT_TYPE: LazyLock<Vec<u8>> = LazyLock::new(|| {
     coding(
         "http://terminology.hl7.org/CodeSystem/audit-event-type",
         "rest",
@@ -240,7 +229,7 @@ static EVENT_TYPE: Rendered = Rendered::new(|| {
     )
     .to_bytes()
 });
-static APPLICATION: Rendered = Rendered::new(|| {
+static APPLICATION: LazyLock<Vec<u8>> = LazyLock::new(|| {
     codeable(
         "http://dicom.nema.org/resources/ontology/DCM",
         "110150",
@@ -248,7 +237,7 @@ static APPLICATION: Rendered = Rendered::new(|| {
     )
     .to_bytes()
 });
-static PROVIDER: Rendered = Rendered::new(|| {
+static PROVIDER: LazyLock<Vec<u8>> = LazyLock::new(|| {
     codeable(
         "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
         "PROV",
@@ -256,7 +245,7 @@ static PROVIDER: Rendered = Rendered::new(|| {
     )
     .to_bytes()
 });
-static RECIPIENT: Rendered = Rendered::new(|| {
+static RECIPIENT: LazyLock<Vec<u8>> = LazyLock::new(|| {
     codeable(
         "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
         "IRCP",
@@ -264,11 +253,12 @@ static RECIPIENT: Rendered = Rendered::new(|| {
     )
     .to_bytes()
 });
-static PERSON: Rendered = Rendered::new(|| coding(ENTITY_TYPE, "1", Some("Person")).to_bytes());
-static PATIENT_ROLE: Rendered =
-    Rendered::new(|| coding(OBJECT_ROLE, "1", Some("Patient")).to_bytes());
-static SYSTEM_OBJECT: Rendered =
-    Rendered::new(|| coding(ENTITY_TYPE, "2", Some("System Object")).to_bytes());
+static PERSON: LazyLock<Vec<u8>> =
+    LazyLock::new(|| coding(ENTITY_TYPE, "1", Some("Person")).to_bytes());
+static PATIENT_ROLE: LazyLock<Vec<u8>> =
+    LazyLock::new(|| coding(OBJECT_ROLE, "1", Some("Patient")).to_bytes());
+static SYSTEM_OBJECT: LazyLock<Vec<u8>> =
+    LazyLock::new(|| coding(ENTITY_TYPE, "2", Some("System Object")).to_bytes());
 
 /// The FHIR AuditEvent of a draft (without `id`; [`prepare_audit`] assigns a UUIDv7), as a
 /// [`Canon`] tree: every disclosure builds one, so it is composed from borrowed
@@ -284,7 +274,7 @@ pub(crate) fn audit_event_canon<'a>(
     let purpose = || A(vec![codeable(ACT_REASON, &d.ctx.purpose_of_use, None)]);
     let mut agents = vec![
         O(vec![
-            ("type", APPLICATION.canon()),
+            ("type", Canon::Raw(&APPLICATION)),
             (
                 "who",
                 O(vec![(
@@ -299,7 +289,7 @@ pub(crate) fn audit_event_canon<'a>(
             ("purposeOfUse", purpose()),
         ]),
         O(vec![
-            ("type", PROVIDER.canon()),
+            ("type", Canon::Raw(&PROVIDER)),
             (
                 "who",
                 O(vec![(
@@ -312,7 +302,7 @@ pub(crate) fn audit_event_canon<'a>(
     ];
     if let Some(p) = &d.ctx.practitioner {
         agents.push(O(vec![
-            ("type", RECIPIENT.canon()),
+            ("type", Canon::Raw(&RECIPIENT)),
             (
                 "who",
                 O(vec![("reference", Own(format!("Practitioner/{p}")))]),
@@ -326,15 +316,15 @@ pub(crate) fn audit_event_canon<'a>(
         .map(|p| {
             O(vec![
                 ("what", O(vec![("reference", S(p))])),
-                ("type", PERSON.canon()),
-                ("role", PATIENT_ROLE.canon()),
+                ("type", Canon::Raw(&PERSON)),
+                ("role", Canon::Raw(&PATIENT_ROLE)),
             ])
         })
         .collect();
     for e in &d.entities {
         entities.push(O(vec![
             ("what", O(vec![("reference", S(e))])),
-            ("type", SYSTEM_OBJECT.canon()),
+            ("type", Canon::Raw(&SYSTEM_OBJECT)),
         ]));
     }
     for c in &d.consents {
@@ -369,7 +359,7 @@ pub(crate) fn audit_event_canon<'a>(
     };
     let mut ev = vec![
         ("resourceType", S("AuditEvent")),
-        ("type", EVENT_TYPE.canon()),
+        ("type", Canon::Raw(&EVENT_TYPE)),
         (
             "subtype",
             A(vec![coding(
