@@ -36,6 +36,8 @@ fn child(dir: &str) -> ! {
     let mut cfg = config(std::path::Path::new(dir));
     cfg.audit_index_lag = 64;
     cfg.audit_index_idle_run = 16;
+    // And a small index journal, so Observation postings are filed while it is killed.
+    cfg.index_journal_lag = 40;
     let e = open_with(cfg, 1);
     let c = ctx();
     let mut threads = Vec::new();
@@ -198,6 +200,28 @@ fn acknowledged_writes_survive_sigkill() {
             let q = SearchQuery::from_pairs("AuditEvent", &[("action", action)]).unwrap();
             let got = e.store.search(&q).unwrap().total;
             assert_eq!(got, want, "round {round}: AuditEvent action={action}");
+        }
+        // Observation search (shr.index and the replayed index journal) finds every
+        // acknowledged Observation under its subject, and only Observations of that subject.
+        let mut found: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for t in 0..4 {
+            let subject = format!("Patient/p{t}");
+            let mut q = SearchQuery::from_pairs("Observation", &[("subject", &subject)]).unwrap();
+            q.count = usize::MAX;
+            let page = e.store.search(&q).unwrap();
+            assert_eq!(page.total, page.items.len());
+            for r in &page.items {
+                assert_eq!(r.resource["subject"]["reference"], subject.as_str());
+            }
+            found.insert(subject, page.items.into_iter().map(|r| r.id).collect());
+        }
+        for (ty, id) in acked.keys().filter(|(ty, _)| ty == "Observation") {
+            let r = e.store.read(ty, id).unwrap();
+            let subject = r.resource["subject"]["reference"].as_str().unwrap();
+            assert!(
+                found[subject].contains(id),
+                "round {round}: {ty}/{id} not found by subject={subject}"
+            );
         }
         close(e);
     }

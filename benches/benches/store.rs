@@ -58,6 +58,14 @@ fn fixture_at(path: &Path) -> Fixture {
     {
         cfg.audit_index_lag = lag;
     }
+    // `HEXA_BENCH_JOURNAL_LAG`: how many shared-health-record postings may wait in the index
+    // journal before a group commit files them (default: the store's).
+    if let Some(lag) = std::env::var("HEXA_BENCH_JOURNAL_LAG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.index_journal_lag = lag;
+    }
     if let Some(n) = hexa_benches::env_writer_nice() {
         cfg.writer_nice = n;
     }

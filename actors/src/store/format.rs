@@ -11,7 +11,9 @@
 //! (size BE -> signed note), `audit.ids` (AuditEvent id -> entry index BE),
 //! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed [`StoredProvenance`]; JSON
 //! of the whole Provenance in directories written before format 3) and
-//! `audit.provids` (Provenance id -> its `audit.provenance` key); `meta` holds the format,
+//! `audit.provids` (Provenance id -> its `audit.provenance` key); `shr.journal` (write
+//! transaction id BE -> the postings a group commit added to or removed from the index
+//! journal, see [`super::journal`]); `meta` holds the format,
 //! the key check, the Merkle frontier, the last checkpoint and the audit index watermark.
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,10 @@ use super::error::{StoreError, StoreResult};
 
 /// Current on-disk format version.
 ///
+/// 4: new postings of the shared health record wait in `shr.journal` before they are filed
+/// in `shr.index` ([`super::journal`]); a format-3 directory has an empty journal, so it is
+/// upgraded by marking it 4.
+///
 /// 3: `audit.provenance` holds a [`StoredProvenance`] (what the Provenance does not share
 /// with its version) instead of the Provenance's JSON; format-2 values (JSON) stay
 /// readable, so a format-2 directory is upgraded by marking it 3.
@@ -27,7 +33,7 @@ use super::error::{StoreError, StoreResult};
 /// 2: AuditEvent search terms are filed after the event's commit (the `audit-indexed`
 /// watermark in `meta`, see [`super::audit_index`]); a format-1 directory (every entry
 /// filed inline, no watermark) is read as fully filed and upgraded in place on open.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// One stored version of a resource (postcard-encoded, then sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ pub mod consent;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub(crate) mod journal;
 pub mod params;
 pub mod pmatch;
 pub mod policy;
@@ -76,6 +77,10 @@ pub struct StoreConfig {
     /// index terms, it files them (runs of up to 1024 events per commit). Smaller runs make
     /// AuditEvent searches seek more; 0 never files at idle time (only beyond the lag).
     pub audit_index_idle_run: u64,
+    /// Most new postings of the shared health record that wait in the index journal
+    /// ([`journal`]) before a group commit files them into `shr.index` (each takes about
+    /// 150 bytes of memory). 0 files them in the commit that made them.
+    pub index_journal_lag: usize,
     /// Nice value the group-commit writer thread asks for (Linux; 0 leaves it alone).
     /// Every request waits for the writer (writes for their commit, reads for their
     /// AuditEvent), and it is the one serial stage: on two cores it lost about a third of
@@ -91,8 +96,8 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
-    /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events, writer at
-    /// nice -10.
+    /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events, index
+    /// journal lag of 65 536 postings, writer at nice -10.
     pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
@@ -102,6 +107,7 @@ impl StoreConfig {
             checkpoint_interval_ms: 60_000,
             audit_index_lag: 16_384,
             audit_index_idle_run: audit_index::IDLE_CHUNK as u64,
+            index_journal_lag: 65_536,
             writer_nice: DEFAULT_WRITER_NICE,
             appliance_id: appliance_id.to_string(),
             facility_id: facility_id.to_string(),
@@ -194,6 +200,10 @@ pub struct Store {
     /// AuditEvent id (UUID) -> log index.
     pub(crate) audit_ids: Db,
     pub(crate) meta: Db,
+    /// `shr.journal`: the shared health record's postings not yet in `shr.index`.
+    pub(crate) journal_db: Db,
+    /// The in-memory view of `shr.journal` searches read.
+    pub(crate) journal: journal::Journal,
     /// Held shared by every transaction, exclusively by map resizing (no txn may be open
     /// while the map is resized).
     pub(crate) gate: RwLock<()>,
@@ -288,6 +298,7 @@ impl Store {
             "audit.provids",
             "meta",
             "audit.ids",
+            "shr.journal",
         ] {
             names.push(n.to_string());
         }
@@ -298,7 +309,7 @@ impl Store {
                 for n in &names {
                     v.push(opener.create_database::<Bytes, Bytes>(wtxn, Some(n))?);
                 }
-                let arr: [Database<'_, Bytes, Bytes>; 31] = v
+                let arr: [Database<'_, Bytes, Bytes>; 32] = v
                     .try_into()
                     .map_err(|_| heed::Error::Io(std::io::Error::other("database table size")))?;
                 Ok(CommitOrAbort::<_, ()>::Commit(arr))
@@ -319,8 +330,9 @@ impl Store {
             audit_provids,
             meta,
             audit_ids,
+            journal_db,
         ] = [
-            dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29], dbs[30],
+            dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29], dbs[30], dbs[31],
         ];
         let mut wtxn = env.write_txn()?;
 
@@ -351,11 +363,12 @@ impl Store {
                     });
                 }
                 if found < FORMAT_VERSION {
-                    // Format 1 is format 2 with every audit entry filed (no watermark), and
+                    // Format 1 is format 2 with every audit entry filed (no watermark),
                     // format 2 is format 3 with every Provenance stored as JSON (which
-                    // format 3 still reads): mark the directory as 3 so an older binary,
-                    // which would not look at the unfiled tail or read a compact
-                    // Provenance, refuses it from now on.
+                    // format 3 still reads), and format 3 is format 4 with an empty index
+                    // journal: mark the directory as 4 so an older binary, which would not
+                    // look at the unfiled tail, read a compact Provenance or search the
+                    // journal, refuses it from now on.
                     meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                     tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
                 }
@@ -369,6 +382,11 @@ impl Store {
                     )
                 })?;
             }
+        }
+        // Replay the index journal (see [`journal`]): what `shr.index` does not hold yet.
+        let journal = journal::Journal::default();
+        for item in journal_db.iter(&wtxn)? {
+            journal.replay(item?.1)?;
         }
         wtxn.commit()?;
 
@@ -396,6 +414,8 @@ impl Store {
             audit_provids,
             audit_ids,
             meta,
+            journal_db,
+            journal,
             gate: RwLock::new(()),
             config,
             origin,
@@ -427,6 +447,8 @@ impl Store {
     /// Runs `f` with a read transaction, holding the resize gate.
     pub(crate) fn with_read<T>(&self, f: impl FnOnce(&RoTxn) -> StoreResult<T>) -> StoreResult<T> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        // Pinned before the snapshot opens (see [`journal`]).
+        let _pin = self.journal.pin();
         let rtxn = self.env.read_txn()?;
         f(&rtxn)
     }
@@ -914,8 +936,23 @@ pub(crate) fn put_prepared<'a>(
     for k in &p.remove_index {
         staged.push(is, dbs.index, Borrowed(k), Delete);
     }
-    for k in &p.add_index {
-        staged.push(is, dbs.index, Borrowed(k), Put(Borrowed(&[])));
+    if p.component == Component::Shr {
+        // New postings go to the index journal; a removed one that is still there is
+        // removed from it too (and from `shr.index`, where it may be already).
+        let txn = wtxn.id() as u64;
+        for k in &p.remove_index {
+            if store.journal.delete(txn, k) {
+                journal::record_delete(&mut staged.journal, k);
+            }
+        }
+        for k in &p.add_index {
+            store.journal.put(txn, k);
+            journal::record_put(&mut staged.journal, k);
+        }
+    } else {
+        for k in &p.add_index {
+            staged.push(is, dbs.index, Borrowed(k), Put(Borrowed(&[])));
+        }
     }
     staged.push(
         slot::PROVENANCE,

@@ -591,6 +591,12 @@ impl Store {
             let (k, _) = item?;
             out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
         }
+        if c == Component::Shr {
+            // And those still in the index journal, as of this snapshot.
+            self.journal.postings(txn.id() as u64, &prefix, |id| {
+                out.insert(String::from_utf8_lossy(id).into_owned());
+            });
+        }
         Ok(())
     }
 

@@ -292,3 +292,108 @@ fn uncompressed_format_2_audit_entries_still_read() {
     assert_eq!(s.audit_entry(0).unwrap(), entry);
     assert_eq!(s.audit_root(1).unwrap(), entry.leaf);
 }
+
+/// The index journal ([`super::journal`]): searches of the shared health record answer the
+/// same whether the postings wait in the journal (lag far above the test's writes), are
+/// filed at every commit (lag 0) or move between the two along the way (lag 3), across
+/// updates that change the term, deletions and reopening (the journal is replayed).
+#[test]
+fn searches_see_journaled_and_filed_postings_alike() {
+    use std::collections::BTreeMap;
+    let ctx = AccessContext::system("fac");
+    let open = |dir: &std::path::Path, lag: usize| {
+        let secrets = ApplianceSecrets {
+            node_key: SigningKey::from_seed(&[3; 32]),
+            master_key: MasterKey::from_bytes([4; 32]),
+        };
+        let mut cfg = StoreConfig::new(dir, "node", "fac");
+        cfg.index_journal_lag = lag;
+        Engine::start(Arc::new(Store::open(cfg, secrets).unwrap())).unwrap()
+    };
+    let obs = |s: u64| {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/p{s}")}})
+    };
+    for lag in [1_000_000, 0, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = open(dir.path(), lag);
+        // id -> subject of its live version.
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ lag as u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 0..90 {
+            let ids: Vec<String> = model.keys().cloned().collect();
+            match next(6) {
+                0..=2 => {
+                    let s = next(4);
+                    let w = created(&e, &ctx, obs(s), None);
+                    model.insert(w.record.id, s);
+                }
+                3 | 4 if !ids.is_empty() => {
+                    let (id, s) = (&ids[next(ids.len() as u64) as usize], next(4));
+                    let mut r = obs(s);
+                    r["id"] = json!(id);
+                    e.update(&ctx, "Observation", id, r, None, None)
+                        .unwrap()
+                        .wait_blocking()
+                        .unwrap();
+                    model.insert(id.clone(), s);
+                }
+                5 if !ids.is_empty() => {
+                    let id = &ids[next(ids.len() as u64) as usize];
+                    e.delete(&ctx, "Observation", id)
+                        .unwrap()
+                        .wait_blocking()
+                        .unwrap();
+                    model.remove(id);
+                }
+                _ => {}
+            }
+            if step % 30 == 29 {
+                e.close(std::time::Duration::from_secs(10)).unwrap();
+                e = open(dir.path(), lag);
+            }
+            for s in 0..4 {
+                let mut q = super::search::SearchQuery::from_pairs(
+                    "Observation",
+                    &[("subject", &format!("Patient/p{s}"))],
+                )
+                .unwrap();
+                q.count = 1000;
+                let found: Vec<String> = e
+                    .store
+                    .search(&q)
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect();
+                let mut found = found;
+                found.sort();
+                let want: Vec<String> = model
+                    .iter()
+                    .filter(|(_, v)| **v == s)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                assert_eq!(found, want, "lag {lag}, step {step}, subject p{s}");
+            }
+        }
+        // Where the postings are: all in the journal, none, or fewer than the lag.
+        let live = e.store.journal.live();
+        let journal_records = e
+            .store
+            .with_read(|t| Ok(e.store.journal_db.len(t)?))
+            .unwrap();
+        match lag {
+            0 => assert_eq!((live, journal_records), (0, 0)),
+            3 => assert!(live < 3 + 8, "{live} postings wait"),
+            _ => assert!(live > 50 && journal_records > 0, "{live} postings wait"),
+        }
+        let _ = e.close(std::time::Duration::from_secs(10));
+    }
+}

@@ -445,8 +445,28 @@ fn apply<'a>(
     stats: &WriterStats,
     t0: std::time::Instant,
 ) -> StoreResult<(Vec<Res>, usize)> {
+    let wtxn = store.env.write_txn()?;
+    let txn = wtxn.id() as u64;
+    let res = apply_in(store, appender, indexer, jobs, stats, t0, wtxn);
+    if res.is_err() {
+        // Nothing of this transaction committed: neither may its index journal changes.
+        store.journal.undo(txn);
+    }
+    res
+}
+
+/// [`apply`] in its write transaction `wtxn`.
+fn apply_in<'a>(
+    store: &Store,
+    appender: &mut AuditAppender,
+    indexer: &'a AuditIndexer,
+    jobs: &'a [Job],
+    stats: &WriterStats,
+    t0: std::time::Instant,
+    mut wtxn: RwTxn,
+) -> StoreResult<(Vec<Res>, usize)> {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut wtxn = store.env.write_txn()?;
+    let txn = wtxn.id() as u64;
     let mut staged = Staged::default();
     let mut results = Vec::with_capacity(jobs.len());
     let mut force_ckpt = false;
@@ -470,10 +490,16 @@ fn apply<'a>(
     let filed = indexer.forced(appender.frontier.size(), store.config.audit_index_lag);
     indexer.stage(store, &mut wtxn, &mut staged, filed)?;
     staged.flush(&mut wtxn)?;
+    let filing = journal_commit(store, &mut wtxn, &staged)?;
     appender.persist(store, &mut wtxn)?;
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
     let t1 = std::time::Instant::now();
     wtxn.commit()?;
+    if filing {
+        store.journal.filed(txn);
+    } else {
+        store.journal.tidy();
+    }
     stats
         .apply_nanos
         .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
@@ -481,6 +507,27 @@ fn apply<'a>(
         .commit_nanos
         .fetch_add(t1.elapsed().as_nanos() as u64, Relaxed);
     Ok((results, filed))
+}
+
+/// Appends this commit's index journal record and, once the journal holds
+/// `index_journal_lag` live postings, files them into `shr.index` (in key order) and clears
+/// the journal. Returns whether it filed.
+fn journal_commit(store: &Store, wtxn: &mut RwTxn, staged: &Staged) -> StoreResult<bool> {
+    if !staged.journal.is_empty() {
+        let key = (wtxn.id() as u64).to_be_bytes();
+        store
+            .journal_db
+            .put_with_flags(wtxn, PutFlags::APPEND, &key, &staged.journal)?;
+    }
+    if store.journal.live() == 0 || store.journal.live() < store.config.index_journal_lag {
+        return Ok(false);
+    }
+    let index = store.dbs(super::Component::Shr).index;
+    for k in store.journal.live_keys() {
+        index.put(wtxn, &k, &[])?;
+    }
+    store.journal_db.clear(wtxn)?;
+    Ok(true)
 }
 
 /// Applies one member. Outer error: fatal for the batch; inner: this member is rejected.
@@ -624,6 +671,8 @@ pub(crate) enum StagedOp<'a> {
 #[derive(Default)]
 pub(crate) struct Staged<'a> {
     ops: Vec<(u8, Db, Cow<'a, [u8]>, StagedOp<'a>)>,
+    /// This commit's record of the index journal (see [`super::journal`]).
+    pub(crate) journal: Vec<u8>,
 }
 
 impl<'a> Staged<'a> {
