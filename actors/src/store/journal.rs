@@ -18,16 +18,19 @@
 //! before, and, if it is still in the view, recorded in the journal as a deletion.
 //!
 //! **What a reader sees follows its LMDB snapshot.** Each view entry carries the id of the
-//! write transaction that added it and of the one that removed or filed it (`gone`); a
-//! reader whose snapshot is transaction `T` sees an entry when `added <= T < gone`. The
-//! writer changes the view while it applies a batch, before the commit makes the batch
-//! visible (and undoes the batch's changes if it does not commit): a reader of an older
-//! snapshot ignores them, a reader of the new one sees them.
+//! write transaction that added it and of the one that removed it, if any; a reader whose
+//! snapshot is transaction `T` sees an entry when `added <= T < removed`. The writer changes
+//! the view while it applies a batch, before the commit makes the batch visible (and undoes
+//! the batch's changes if it does not commit): a reader of an older snapshot ignores them,
+//! a reader of the new one sees them.
 //!
-//! **Entries that are gone stay until no reader can need them.** Every read transaction
-//! holds a pin on the view's current epoch, taken before it opens. A committed filing
-//! starts a new epoch; the entries gone by then are dropped once no pin of an older epoch is
-//! left (any reader pinning the new epoch opened its snapshot after the filing's commit).
+//! **A filed view stays until no reader can need it.** After a filing's commit (transaction
+//! `F`) the view starts empty; the filed one is kept, and a reader sees its entries only if
+//! its snapshot is older than `F` (newer snapshots find them in `shr.index`, where later
+//! deletions apply). Every read transaction holds a pin on the view's current epoch, taken
+//! before it opens; a filing starts a new epoch, and a filed view is dropped once no pin of
+//! its epoch or an older one is left (a reader pinning a newer epoch opened its snapshot
+//! after the filing's commit).
 //!
 //! On open the journal is replayed into the view (no reader is older than the open), so
 //! the view is exactly the journal, and the journal is exactly what `shr.index` lacks.
