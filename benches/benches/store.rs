@@ -182,9 +182,9 @@ where
 }
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
-/// filed in the index, idle filing commits, idle filing ns), and of the process's CPU time
-/// and bytes written.
-fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage, ThreadCpu) {
+/// filed in the index, idle filing commits, idle filing ns, postings filed from the index
+/// journal, ns spent filing them), and of the process's CPU time and bytes written.
+fn writer_counters(f: &Fixture) -> ([u64; 9], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
     let w = [
         st.commits.load(Ordering::Relaxed),
@@ -194,6 +194,8 @@ fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage, ThreadCpu) {
         st.audit_indexed.load(Ordering::Relaxed),
         st.index_commits.load(Ordering::Relaxed),
         st.index_nanos.load(Ordering::Relaxed),
+        st.journal_filed.load(Ordering::Relaxed),
+        st.journal_nanos.load(Ordering::Relaxed),
     ];
     (w, ProcUsage::now(), ThreadCpu::now())
 }
@@ -203,11 +205,11 @@ fn writer_counters(f: &Fixture) -> ([u64; 7], ProcUsage, ThreadCpu) {
 /// driver included).
 fn report_writer(
     label: &str,
-    before: ([u64; 7], ProcUsage, ThreadCpu),
-    after: ([u64; 7], ProcUsage, ThreadCpu),
+    before: ([u64; 9], ProcUsage, ThreadCpu),
+    after: ([u64; 9], ProcUsage, ThreadCpu),
     wall: Duration,
 ) {
-    let [commits, members, apply, commit, filed, idle_commits, idle] =
+    let [commits, members, apply, commit, filed, idle_commits, idle, jfiled, jnanos] =
         std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
     if members == 0 {
         return; // filtered out
@@ -217,14 +219,15 @@ fn report_writer(
     eprintln!(
         "writer[{label}]: {members} members in {commits} commits ({:.1}/commit), apply {:.1} µs/member, \
          commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
-         ({idle_commits} idle commits, {:.0} ms); process CPU {cpu:.0} µs/member, \
-         {kib:.1} KiB written/member",
+         ({idle_commits} idle commits, {:.0} ms); journal filed {jfiled} postings in {:.0} ms; \
+         process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
         (apply + commit + idle) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
         wall.as_secs_f64(),
-        idle as f64 / 1e6
+        idle as f64 / 1e6,
+        jnanos as f64 / 1e6
     );
     eprintln!(
         "writer[{label}]: CPU µs/member by thread: {}",

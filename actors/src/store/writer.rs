@@ -108,6 +108,11 @@ pub struct WriterStats {
     pub index_commits: std::sync::atomic::AtomicU64,
     /// Nanoseconds spent in idle-time indexing commits (apply and commit).
     pub index_nanos: std::sync::atomic::AtomicU64,
+    /// Postings filed from the index journal into `shr.index` ([`super::journal`]).
+    pub journal_filed: std::sync::atomic::AtomicU64,
+    /// Nanoseconds group commits spent filing them (their puts and the journal's clearing;
+    /// part of `apply_nanos`).
+    pub journal_nanos: std::sync::atomic::AtomicU64,
     /// The writer thread's nice value once it started (`i32::MIN` before, or where it
     /// cannot be read).
     pub nice: std::sync::atomic::AtomicI32,
@@ -490,7 +495,7 @@ fn apply_in<'a>(
     let filed = indexer.forced(appender.frontier.size(), store.config.audit_index_lag);
     indexer.stage(store, &mut wtxn, &mut staged, filed)?;
     staged.flush(&mut wtxn)?;
-    let filing = journal_commit(store, &mut wtxn, &staged)?;
+    let filing = journal_commit(store, &mut wtxn, &staged, stats)?;
     appender.persist(store, &mut wtxn)?;
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
     let t1 = std::time::Instant::now();
@@ -512,7 +517,12 @@ fn apply_in<'a>(
 /// Appends this commit's index journal record and, once the journal holds
 /// `index_journal_lag` live postings, files them into `shr.index` (in key order) and clears
 /// the journal. Returns whether it filed.
-fn journal_commit(store: &Store, wtxn: &mut RwTxn, staged: &Staged) -> StoreResult<bool> {
+fn journal_commit(
+    store: &Store,
+    wtxn: &mut RwTxn,
+    staged: &Staged,
+    stats: &WriterStats,
+) -> StoreResult<bool> {
     if !staged.journal.is_empty() {
         let key = (wtxn.id() as u64).to_be_bytes();
         store
@@ -522,11 +532,18 @@ fn journal_commit(store: &Store, wtxn: &mut RwTxn, staged: &Staged) -> StoreResu
     if store.journal.live() == 0 || store.journal.live() < store.config.index_journal_lag {
         return Ok(false);
     }
+    let t0 = std::time::Instant::now();
     let index = store.dbs(super::Component::Shr).index;
-    for k in store.journal.live_keys() {
-        index.put(wtxn, &k, &[])?;
+    let keys = store.journal.live_keys();
+    for k in &keys {
+        index.put(wtxn, k, &[])?;
     }
     store.journal_db.clear(wtxn)?;
+    use std::sync::atomic::Ordering::Relaxed;
+    stats.journal_filed.fetch_add(keys.len() as u64, Relaxed);
+    stats
+        .journal_nanos
+        .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
     Ok(true)
 }
 
