@@ -209,8 +209,17 @@ fn report_writer(
     after: ([u64; 9], ProcUsage, ThreadCpu),
     wall: Duration,
 ) {
-    let [commits, members, apply, commit, filed, idle_commits, idle, jfiled, jnanos] =
-        std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
+    let [
+        commits,
+        members,
+        apply,
+        commit,
+        filed,
+        idle_commits,
+        idle,
+        jfiled,
+        jnanos,
+    ] = std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
     if members == 0 {
         return; // filtered out
     }
