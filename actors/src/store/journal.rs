@@ -12,7 +12,8 @@
 //! under its transaction id, to `shr.journal` (an append-only database: sequential pages),
 //! and adds them to an in-memory view that every search of the shared health record reads
 //! along with `shr.index`. Once the view holds [`super::StoreConfig::index_journal_lag`]
-//! live postings, a group commit *files* them: puts them into `shr.index` in key order (each
+//! entries (live postings, and postings removed since the last filing), a group commit
+//! *files* the live ones: puts them into `shr.index` in key order (each
 //! posting list's page dirtied once for thousands of creates) and clears the journal. A
 //! deleted posting (a term an update removed) is deleted from `shr.index` at once, as
 //! before, and, if it is still in the view, recorded in the journal as a deletion.
@@ -94,6 +95,8 @@ struct State {
     lists: Lists,
     /// Entries with `gone == LIVE`.
     live: usize,
+    /// Entries in `lists`, live or removed (what the view holds until the next filing).
+    held: usize,
     /// The current epoch's token; readers clone it.
     epoch: Pin,
     /// The views filed so far and kept for the readers of older snapshots: (the epoch that
@@ -148,6 +151,13 @@ impl Journal {
         self.read().live
     }
 
+    /// Entries the view holds since the last filing, live or removed: what the filing
+    /// threshold counts, so that terms put and removed over and over (a status updated
+    /// back and forth) cannot grow the view without bound.
+    pub(crate) fn pending(&self) -> usize {
+        self.read().held
+    }
+
     /// Adds `key` in write transaction `txn`.
     pub(crate) fn put(&self, txn: u64, key: &[u8]) {
         let (prefix, id) = split(key);
@@ -167,6 +177,7 @@ impl Journal {
             e.2 = LIVE; // put, removed and put again in one transaction
         } else {
             list.push((id.into(), txn, LIVE));
+            st.held += 1;
         }
         st.live += 1;
     }
@@ -217,6 +228,7 @@ impl Journal {
         }
         st.lists.retain(|_, l| !l.is_empty());
         st.live = st.lists.values().flatten().filter(|e| e.2 == LIVE).count();
+        st.held = st.lists.values().map(Vec::len).sum();
     }
 
     /// After the commit of write transaction `txn`, which filed every live posting into
@@ -227,6 +239,7 @@ impl Journal {
         let old = std::mem::take(&mut st.epoch);
         let lists = std::mem::take(&mut st.lists);
         st.live = 0;
+        st.held = 0;
         st.filed.push((old, txn, lists));
         let kept = Self::purge(&mut st);
         drop(st);
@@ -280,6 +293,7 @@ impl Journal {
                 if let Some(list) = st.lists.get_mut(prefix) {
                     list.retain(|e| *e.0 != *id || e.2 == LIVE);
                 }
+                st.held = st.lists.values().map(Vec::len).sum();
             }
         }
         Ok(())
@@ -398,6 +412,9 @@ mod tests {
         j.put(9, &key(4, b"x"));
         assert_eq!(j.live(), 4);
         assert_eq!(seen(&j, 9, 4), vec![b"x".to_vec()]);
+        // Removed entries count toward the filing threshold: 5 entries (id1 of 5, removed
+        // in 7, and id1 of 8 are two), 4 of them live.
+        assert_eq!(j.pending(), 5);
     }
 
     #[test]
@@ -409,7 +426,7 @@ mod tests {
         j.undo(6);
         assert_eq!(j.live(), 1);
         assert_eq!(seen(&j, 6, 1), vec![b"a".to_vec()]);
-        assert_eq!(j.held(), 1);
+        assert_eq!((j.held(), j.pending()), (1, 1));
     }
 
     #[test]
@@ -420,7 +437,7 @@ mod tests {
         let old_reader = j.pin();
         assert_eq!(j.live_keys(), vec![key(1, b"a"), key(1, b"b")]);
         j.filed(9);
-        assert_eq!(j.live(), 0);
+        assert_eq!((j.live(), j.pending()), (0, 0));
         // The reader of snapshot 8 still finds them here (shr.index of snapshot 8 lacks
         // them); from snapshot 9 on they are in shr.index, where later deletions apply.
         assert_eq!(seen(&j, 8, 1).len(), 2);

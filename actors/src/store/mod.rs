@@ -77,9 +77,10 @@ pub struct StoreConfig {
     /// index terms, it files them (runs of up to 1024 events per commit). Smaller runs make
     /// AuditEvent searches seek more; 0 never files at idle time (only beyond the lag).
     pub audit_index_idle_run: u64,
-    /// Most new postings of the shared health record that wait in the index journal
-    /// ([`journal`]) before a group commit files them into `shr.index` (each takes about
-    /// 150 bytes of memory). 0 files them in the commit that made them.
+    /// Most entries the index journal's view ([`journal`]) holds before a group commit
+    /// files its live postings into `shr.index`: new postings of the shared health record,
+    /// and those removed again since the last filing (each about 150 bytes of memory).
+    /// 0 files them in the commit that made them.
     pub index_journal_lag: usize,
     /// Nice value the group-commit writer thread asks for (Linux; 0 leaves it alone).
     /// Every request waits for the writer (writes for their commit, reads for their

@@ -397,3 +397,42 @@ fn searches_see_journaled_and_filed_postings_alike() {
         let _ = e.close(std::time::Duration::from_secs(10));
     }
 }
+
+/// A term put and removed over and over (an Observation's status updated back and forth)
+/// keeps few postings live, but every removal stays in the journal's view until it is
+/// filed: the filing threshold counts them, so the view stays bounded.
+#[test]
+fn postings_removed_again_count_toward_filing() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = ApplianceSecrets {
+        node_key: SigningKey::from_seed(&[3; 32]),
+        master_key: MasterKey::from_bytes([4; 32]),
+    };
+    let mut cfg = StoreConfig::new(dir.path(), "node", "fac");
+    cfg.index_journal_lag = 20;
+    let e = Engine::start(Arc::new(Store::open(cfg, secrets).unwrap())).unwrap();
+    let ctx = AccessContext::system("fac");
+    let obs = |status: &str| {
+        json!({"resourceType": "Observation", "status": status, "code": {"text": "pulse"},
+               "subject": {"reference": "Patient/p1"}})
+    };
+    let id = created(&e, &ctx, obs("final"), None).record.id;
+    for i in 0..60 {
+        let mut r = obs(if i % 2 == 0 { "amended" } else { "final" });
+        r["id"] = json!(id);
+        e.update(&ctx, "Observation", &id, r, None, None)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        assert!(
+            e.store.journal.pending() <= 20,
+            "update {i}: {} entries held",
+            e.store.journal.pending()
+        );
+    }
+    let q = super::search::SearchQuery::from_pairs("Observation", &[("status", "final")]).unwrap();
+    assert_eq!(e.store.search(&q).unwrap().total, 1);
+    let q =
+        super::search::SearchQuery::from_pairs("Observation", &[("status", "amended")]).unwrap();
+    assert_eq!(e.store.search(&q).unwrap().total, 0);
+}

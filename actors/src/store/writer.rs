@@ -514,9 +514,9 @@ fn apply_in<'a>(
     Ok((results, filed))
 }
 
-/// Appends this commit's index journal record and, once the journal holds
-/// `index_journal_lag` live postings, files them into `shr.index` (in key order) and clears
-/// the journal. Returns whether it filed.
+/// Appends this commit's index journal record and, once the view holds
+/// `index_journal_lag` entries (live postings and removed ones), files the live postings
+/// into `shr.index` (in key order) and clears the journal. Returns whether it filed.
 fn journal_commit(
     store: &Store,
     wtxn: &mut RwTxn,
@@ -529,7 +529,8 @@ fn journal_commit(
             .journal_db
             .put_with_flags(wtxn, PutFlags::APPEND, &key, &staged.journal)?;
     }
-    if store.journal.live() == 0 || store.journal.live() < store.config.index_journal_lag {
+    let pending = store.journal.pending();
+    if pending == 0 || pending < store.config.index_journal_lag {
         return Ok(false);
     }
     let t0 = std::time::Instant::now();
