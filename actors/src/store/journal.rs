@@ -147,6 +147,7 @@ impl Journal {
     }
 
     /// Live postings (what a filing would put).
+    #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
         self.read().live
     }
