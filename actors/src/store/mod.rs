@@ -98,7 +98,7 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
     /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events, index
-    /// journal lag of 65 536 postings, writer at nice -10.
+    /// journal lag of 65 536 entries, writer at nice -10.
     pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
