@@ -93,8 +93,6 @@ struct State {
     /// What `shr.journal` holds (and, until the commit, what the open write transaction
     /// adds or removes).
     lists: Lists,
-    /// Entries with `gone == LIVE`.
-    live: usize,
     /// Entries in `lists`, live or removed (what the view holds until the next filing).
     held: usize,
     /// The current epoch's token; readers clone it.
@@ -149,7 +147,8 @@ impl Journal {
     /// Live postings (what a filing would put).
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
-        self.read().live
+        let st = self.read();
+        st.lists.values().flatten().filter(|e| e.2 == LIVE).count()
     }
 
     /// Entries the view holds since the last filing, live or removed: what the filing
@@ -172,15 +171,11 @@ impl Journal {
         // Entries are appended in transaction order: this transaction's are at the end.
         let this_txn = list.iter_mut().rev().take_while(|e| e.1 == txn);
         if let Some(e) = this_txn.into_iter().find(|e| *e.0 == *id) {
-            if e.2 == LIVE {
-                return;
-            }
             e.2 = LIVE; // put, removed and put again in one transaction
         } else {
             list.push((id.into(), txn, LIVE));
             st.held += 1;
         }
-        st.live += 1;
     }
 
     /// Removes `key` in write transaction `txn`; false if no live entry held it (it is in
@@ -188,21 +183,20 @@ impl Journal {
     pub(crate) fn delete(&self, txn: u64, key: &[u8]) -> bool {
         let (prefix, id) = split(key);
         let mut st = self.write();
-        let mut hit = 0;
+        let mut hit = false;
         if let Some(list) = st.lists.get_mut(prefix) {
             for e in list.iter_mut().filter(|e| *e.0 == *id && e.2 == LIVE) {
                 e.2 = txn;
-                hit += 1;
+                hit = true;
             }
         }
-        st.live -= hit;
-        hit > 0
+        hit
     }
 
     /// The live postings, in key order (what a filing puts into `shr.index`).
     pub(crate) fn live_keys(&self) -> Vec<Vec<u8>> {
         let st = self.read();
-        let mut out: Vec<Vec<u8>> = Vec::with_capacity(st.live);
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(st.held);
         for (prefix, list) in &st.lists {
             for (id, _, gone) in list {
                 if *gone == LIVE {
@@ -228,7 +222,6 @@ impl Journal {
             }
         }
         st.lists.retain(|_, l| !l.is_empty());
-        st.live = st.lists.values().flatten().filter(|e| e.2 == LIVE).count();
         st.held = st.lists.values().map(Vec::len).sum();
     }
 
@@ -239,7 +232,6 @@ impl Journal {
         let mut st = self.write();
         let old = std::mem::take(&mut st.epoch);
         let lists = std::mem::take(&mut st.lists);
-        st.live = 0;
         st.held = 0;
         st.filed.push((old, txn, lists));
         let kept = Self::purge(&mut st);

@@ -365,7 +365,7 @@ fn searches_see_journaled_and_filed_postings_alike() {
                 )
                 .unwrap();
                 q.count = 1000;
-                let found: Vec<String> = e
+                let mut found: Vec<String> = e
                     .store
                     .search(&q)
                     .unwrap()
@@ -373,7 +373,6 @@ fn searches_see_journaled_and_filed_postings_alike() {
                     .into_iter()
                     .map(|r| r.id)
                     .collect();
-                let mut found = found;
                 found.sort();
                 let want: Vec<String> = model
                     .iter()
