@@ -36,8 +36,9 @@ fn child(dir: &str) -> ! {
     let mut cfg = config(std::path::Path::new(dir));
     cfg.audit_index_lag = 64;
     cfg.audit_index_idle_run = 16;
-    // And a small index journal, so Observation postings are filed while it is killed.
-    cfg.index_journal_lag = 40;
+    // And a small index journal, so Observation and Patient postings are filed while it is
+    // killed.
+    cfg.index_journal_lag = 3000;
     let e = open_with(cfg, 1);
     let c = ctx();
     let mut threads = Vec::new();
@@ -117,7 +118,9 @@ fn acknowledged_writes_survive_sigkill() {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut seen = 0;
-        let record = |line: &str, acked: &mut HashMap<(String, String), u64>| -> bool {
+        // Patients acknowledged in this round (their search postings are checked below).
+        let mut patients_now: Vec<String> = Vec::new();
+        let mut record = |line: &str, acked: &mut HashMap<(String, String), u64>| -> bool {
             let parts: Vec<&str> = line.split_whitespace().collect();
             if parts.len() == 4 && parts[0] == "ACK" {
                 let v: u64 = parts[3].parse().unwrap();
@@ -125,6 +128,9 @@ fn acknowledged_writes_survive_sigkill() {
                     .entry((parts[1].to_string(), parts[2].to_string()))
                     .or_insert(0);
                 *e = (*e).max(v);
+                if parts[1] == "Patient" {
+                    patients_now.push(parts[2].to_string());
+                }
                 true
             } else {
                 false
@@ -222,6 +228,34 @@ fn acknowledged_writes_survive_sigkill() {
                 found[subject].contains(id),
                 "round {round}: {ty}/{id} not found by subject={subject}"
             );
+        }
+        // Patient search (patient.index and the replayed index journal, format 5) finds
+        // every Patient acknowledged in this round (all of them in the last) under the
+        // family name of its current version, and only Patients whose current version has
+        // that name (none under a name an update replaced). Child runs reuse names, so a
+        // name may have several Patients.
+        let patients: Vec<String> = if round + 1 == ROUNDS {
+            acked
+                .keys()
+                .filter(|(ty, _)| ty == "Patient")
+                .map(|(_, id)| id.clone())
+                .collect()
+        } else {
+            patients_now
+        };
+        for id in &patients {
+            let ty = "Patient";
+            let r = e.store.read(ty, id).unwrap();
+            let family = r.resource["name"][0]["family"].as_str().unwrap();
+            let q = SearchQuery::from_pairs("Patient", &[("family:exact", family)]).unwrap();
+            let page = e.store.search(&q).unwrap();
+            assert!(
+                page.items.iter().any(|p| p.id == *id),
+                "round {round}: {ty}/{id} not found by family={family}"
+            );
+            for p in &page.items {
+                assert_eq!(p.resource["name"][0]["family"], family, "round {round}");
+            }
         }
         close(e);
     }

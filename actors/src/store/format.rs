@@ -12,8 +12,8 @@
 //! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed [`StoredProvenance`]; JSON
 //! of the whole Provenance in directories written before format 3) and
 //! `audit.provids` (Provenance id -> its `audit.provenance` key); `shr.journal` (write
-//! transaction id BE -> the postings a group commit added to or removed from the index
-//! journal, see [`super::journal`]); `meta` holds the format,
+//! transaction id BE -> the postings of the shared health record and of the client registry
+//! a group commit added to or removed from the index journal, see [`super::journal`]); `meta` holds the format,
 //! the key check, the Merkle frontier, the last checkpoint and the audit index watermark.
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize};
 use super::error::{StoreError, StoreResult};
 
 /// Current on-disk format version.
+///
+/// 5: the client registry's new postings (Patient) wait in the index journal too, before
+/// they are filed in `patient.index` ([`super::journal`]); a format-4 journal holds
+/// postings of the shared health record only, so a format-4 directory is upgraded by
+/// marking it 5.
 ///
 /// 4: new postings of the shared health record wait in `shr.journal` before they are filed
 /// in `shr.index` ([`super::journal`]); a format-3 directory has an empty journal, so it is
@@ -33,7 +38,7 @@ use super::error::{StoreError, StoreResult};
 /// 2: AuditEvent search terms are filed after the event's commit (the `audit-indexed`
 /// watermark in `meta`, see [`super::audit_index`]); a format-1 directory (every entry
 /// filed inline, no watermark) is read as fully filed and upgraded in place on open.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// One stored version of a resource (postcard-encoded, then sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

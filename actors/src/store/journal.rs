@@ -1,22 +1,29 @@
-//! The index journal: the shared health record's new index postings, filed in bulk.
+//! The index journal: new index postings of the shared health record and of the client
+//! registry, filed in bulk.
 //!
-//! A clinical resource's postings are `{type} 0x00 {blind term} {id}` keys of `shr.index`.
-//! Ids grow with time, but terms do not: the posting of `subject=Patient/p7` lands on p7's
-//! posting list, somewhere in the middle of a B-tree of hundreds of thousands of pages. Put
-//! in the group commit, every create dirtied a random leaf page and its branch pages, and
-//! LMDB writes and syncs every dirty page at the commit: about 450 scattered pages per
-//! commit of 150 creates. This machine's disk syncs 450 sequential pages in 0.4 ms and 450
-//! scattered ones in 13 ms, so those pages set the store's pace, more so as it grows.
+//! A resource's postings are `{type} 0x00 {blind term} {id}` keys of its component's index
+//! (`shr.index`, `patient.index`). Ids grow with time, but terms do not: the posting of
+//! `subject=Patient/p7` lands on p7's posting list, and a Patient's name, birth date and
+//! matching blocking keys land on theirs, somewhere in the middle of a B-tree of hundreds
+//! of thousands of pages. Put in the group commit, every posting dirtied a random leaf page
+//! and its branch pages, and LMDB writes and syncs every dirty page at the commit: about
+//! 450 scattered pages per commit of 150 Observations, and 96 KiB per Patient. This
+//! machine's disk syncs 450 sequential pages in 0.4 ms and 450 scattered ones in 13 ms, so
+//! those pages set the store's pace, more so as it grows.
 //!
-//! So a group commit does not put new `shr.index` postings. It appends them, as one record
-//! under its transaction id, to `shr.journal` (an append-only database: sequential pages),
-//! and adds them to an in-memory view that every search of the shared health record reads
-//! along with `shr.index`. Once the view holds [`super::StoreConfig::index_journal_lag`]
-//! entries (live postings, and postings removed since the last filing), a group commit
-//! *files* the live ones: puts them into `shr.index` in key order (each
-//! posting list's page dirtied once for thousands of creates) and clears the journal. A
-//! deleted posting (a term an update removed) is deleted from `shr.index` at once, as
-//! before, and, if it is still in the view, recorded in the journal as a deletion.
+//! So a group commit does not put the new postings of a *journaled* component
+//! ([`journaled`]: the shared health record and the client registry) into its index. It
+//! appends them, as one record under its transaction id, to `shr.journal` (an append-only
+//! database: sequential pages; the name is from format 4, when only the shared health
+//! record was journaled), and adds them to an in-memory view that every search and every
+//! Patient match reads along with the index. Each key starts with its resource type, and
+//! every type belongs to one component, so one journal serves both. Once the view holds
+//! [`super::StoreConfig::index_journal_lag`] entries (live postings, and postings removed
+//! since the last filing), a group commit *files* the live ones: puts each into its
+//! component's index, in key order (each posting list's page dirtied once for thousands of
+//! writes), and clears the journal. A deleted posting (a term an update removed) is deleted
+//! from the index at once, as before, and, if it is still in the view, recorded in the
+//! journal as a deletion.
 //!
 //! **What a reader sees follows its LMDB snapshot.** Each view entry carries the id of the
 //! write transaction that added it and of the one that removed it, if any; a reader whose
@@ -27,20 +34,30 @@
 //!
 //! **A filed view stays until no reader can need it.** After a filing's commit (transaction
 //! `F`) the view starts empty; the filed one is kept, and a reader sees its entries only if
-//! its snapshot is older than `F` (newer snapshots find them in `shr.index`, where later
+//! its snapshot is older than `F` (newer snapshots find them in the index, where later
 //! deletions apply). Every read transaction holds a pin on the view's current epoch, taken
 //! before it opens; a filing starts a new epoch, and a filed view is dropped once no pin of
 //! its epoch or an older one is left (a reader pinning a newer epoch opened its snapshot
 //! after the filing's commit).
 //!
 //! On open the journal is replayed into the view (no reader is older than the open), so
-//! the view is exactly the journal, and the journal is exactly what `shr.index` lacks.
+//! the view is exactly the journal, and the journal is exactly what the indexes lack.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
 
 use super::error::{StoreError, StoreResult};
+use super::route::Component;
+
+/// Whether `c`'s new postings go through the journal (see the module docs): the shared
+/// health record's (Observations and the other clinical types, one posting per subject,
+/// code, date, status...) and the client registry's (a Patient's names, identifiers, birth
+/// date, address and matching blocking keys). The other components are written far less
+/// often, and their postings go straight into their index.
+pub(crate) fn journaled(c: Component) -> bool {
+    matches!(c, Component::Shr | Component::Patient)
+}
 
 /// Transaction id of an entry that is still live.
 const LIVE: u64 = u64::MAX;
@@ -179,7 +196,7 @@ impl Journal {
     }
 
     /// Removes `key` in write transaction `txn`; false if no live entry held it (it is in
-    /// `shr.index`, or nowhere).
+    /// the index, or nowhere).
     pub(crate) fn delete(&self, txn: u64, key: &[u8]) -> bool {
         let (prefix, id) = split(key);
         let mut st = self.write();
@@ -193,7 +210,7 @@ impl Journal {
         hit
     }
 
-    /// The live postings, in key order (what a filing puts into `shr.index`).
+    /// The live postings, in key order (what a filing puts into the indexes).
     pub(crate) fn live_keys(&self) -> Vec<Vec<u8>> {
         let st = self.read();
         let mut out: Vec<Vec<u8>> = Vec::with_capacity(st.held);
@@ -226,7 +243,7 @@ impl Journal {
     }
 
     /// After the commit of write transaction `txn`, which filed every live posting into
-    /// `shr.index` and cleared `shr.journal`: the view starts empty in a new epoch, and the
+    /// its index and cleared `shr.journal`: the view starts empty in a new epoch, and the
     /// filed one stays for the readers of older snapshots.
     pub(crate) fn filed(&self, txn: u64) {
         let mut st = self.write();

@@ -78,8 +78,9 @@ pub struct StoreConfig {
     /// AuditEvent searches seek more; 0 never files at idle time (only beyond the lag).
     pub audit_index_idle_run: u64,
     /// Most entries the index journal's view ([`journal`]) holds before a group commit
-    /// files its live postings into `shr.index`: new postings of the shared health record,
-    /// and those removed again since the last filing (each about 150 bytes of memory).
+    /// files its live postings into their indexes: new postings of the shared health
+    /// record and of the client registry, and those removed again since the last filing
+    /// (each about 150 to 250 bytes of memory: a Patient's terms are mostly its own).
     /// 0 files them in the commit that made them.
     pub index_journal_lag: usize,
     /// Nice value the group-commit writer thread asks for (Linux; 0 leaves it alone).
@@ -98,7 +99,7 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
     /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events, index
-    /// journal lag of 65 536 entries, writer at nice -10.
+    /// journal lag of 262 144 entries, writer at nice -10.
     pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
@@ -108,7 +109,7 @@ impl StoreConfig {
             checkpoint_interval_ms: 60_000,
             audit_index_lag: 16_384,
             audit_index_idle_run: audit_index::IDLE_CHUNK as u64,
-            index_journal_lag: 65_536,
+            index_journal_lag: 262_144,
             writer_nice: DEFAULT_WRITER_NICE,
             appliance_id: appliance_id.to_string(),
             facility_id: facility_id.to_string(),
@@ -201,9 +202,10 @@ pub struct Store {
     /// AuditEvent id (UUID) -> log index.
     pub(crate) audit_ids: Db,
     pub(crate) meta: Db,
-    /// `shr.journal`: the shared health record's postings not yet in `shr.index`.
+    /// `shr.journal`: the journaled components' postings not yet in their index
+    /// ([`journal`]).
     pub(crate) journal_db: Db,
-    /// The in-memory view of `shr.journal` searches read.
+    /// The in-memory view of `shr.journal` searches and matches read.
     pub(crate) journal: journal::Journal,
     /// Held shared by every transaction, exclusively by map resizing (no txn may be open
     /// while the map is resized).
@@ -366,10 +368,12 @@ impl Store {
                 if found < FORMAT_VERSION {
                     // Format 1 is format 2 with every audit entry filed (no watermark),
                     // format 2 is format 3 with every Provenance stored as JSON (which
-                    // format 3 still reads), and format 3 is format 4 with an empty index
-                    // journal: mark the directory as 4 so an older binary, which would not
-                    // look at the unfiled tail, read a compact Provenance or search the
-                    // journal, refuses it from now on.
+                    // format 3 still reads), format 3 is format 4 with an empty index
+                    // journal, and format 4 is format 5 with no Patient posting in the
+                    // journal: mark the directory as 5 so an older binary, which would not
+                    // look at the unfiled tail, read a compact Provenance, search the
+                    // journal or file a Patient posting from it into the right index,
+                    // refuses it from now on.
                     meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                     tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
                 }
@@ -384,7 +388,7 @@ impl Store {
                 })?;
             }
         }
-        // Replay the index journal (see [`journal`]): what `shr.index` does not hold yet.
+        // Replay the index journal (see [`journal`]): what the indexes do not hold yet.
         let journal = journal::Journal::default();
         for item in journal_db.iter(&wtxn)? {
             journal.replay(item?.1)?;
@@ -937,9 +941,9 @@ pub(crate) fn put_prepared<'a>(
     for k in &p.remove_index {
         staged.push(is, dbs.index, Borrowed(k), Delete);
     }
-    if p.component == Component::Shr {
+    if journal::journaled(p.component) {
         // New postings go to the index journal; a removed one that is still there is
-        // removed from it too (and from `shr.index`, where it may be already).
+        // removed from it too (and from the index, where it may be already).
         let txn = wtxn.id() as u64;
         for k in &p.remove_index {
             if store.journal.delete(txn, k) {

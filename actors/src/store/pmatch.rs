@@ -71,6 +71,13 @@ impl Store {
                     break;
                 }
             }
+            // And the block's members still in the index journal, as of this snapshot
+            // (the client registry's postings are journaled, see `journal`).
+            if block.len() <= DEFAULT_MAX_BLOCK {
+                self.journal.postings(txn.id() as u64, &prefix, |id| {
+                    block.push(String::from_utf8_lossy(id).into_owned());
+                });
+            }
             if block.len() <= DEFAULT_MAX_BLOCK {
                 ids.extend(block);
             }

@@ -591,7 +591,7 @@ impl Store {
             let (k, _) = item?;
             out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
         }
-        if c == Component::Shr {
+        if super::journal::journaled(c) {
             // And those still in the index journal, as of this snapshot.
             self.journal.postings(txn.id() as u64, &prefix, |id| {
                 out.insert(String::from_utf8_lossy(id).into_owned());

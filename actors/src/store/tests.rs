@@ -293,15 +293,19 @@ fn uncompressed_format_2_audit_entries_still_read() {
     assert_eq!(s.audit_root(1).unwrap(), entry.leaf);
 }
 
-/// The index journal ([`super::journal`]): searches of the shared health record answer the
-/// same whether the postings wait in the journal (lag far above the test's writes), are
-/// filed at every commit (lag 0) or move between the two along the way (lag 3), across
-/// updates that change the term, deletions and reopening (the journal is replayed).
-#[test]
-fn searches_see_journaled_and_filed_postings_alike() {
+/// Runs random creates, updates that move a resource to another class, and deletions of
+/// `ty` (`resource(class)` builds one of class `0..4`), reopening the store every 30 steps,
+/// with the index journal's lag set to `lag`. After every step `found(engine, class)` must
+/// list exactly the live resources of that class. Returns the engine, open.
+fn journal_model_run(
+    lag: usize,
+    ty: &str,
+    resource: impl Fn(u64) -> serde_json::Value,
+    found: impl Fn(&Engine, u64) -> Vec<String>,
+) -> (Engine, tempfile::TempDir) {
     use std::collections::BTreeMap;
     let ctx = AccessContext::system("fac");
-    let open = |dir: &std::path::Path, lag: usize| {
+    let open = |dir: &std::path::Path| {
         let secrets = ApplianceSecrets {
             node_key: SigningKey::from_seed(&[3; 32]),
             master_key: MasterKey::from_bytes([4; 32]),
@@ -310,89 +314,145 @@ fn searches_see_journaled_and_filed_postings_alike() {
         cfg.index_journal_lag = lag;
         Engine::start(Arc::new(Store::open(cfg, secrets).unwrap())).unwrap()
     };
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    // id -> class of its live version.
+    let mut model: BTreeMap<String, u64> = BTreeMap::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ lag as u64;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for step in 0..90 {
+        let ids: Vec<String> = model.keys().cloned().collect();
+        match next(6) {
+            0..=2 => {
+                let s = next(4);
+                let w = created(&e, &ctx, resource(s), None);
+                model.insert(w.record.id, s);
+            }
+            3 | 4 if !ids.is_empty() => {
+                let (id, s) = (&ids[next(ids.len() as u64) as usize], next(4));
+                let mut r = resource(s);
+                r["id"] = json!(id);
+                e.update(&ctx, ty, id, r, None, None)
+                    .unwrap()
+                    .wait_blocking()
+                    .unwrap();
+                model.insert(id.clone(), s);
+            }
+            5 if !ids.is_empty() => {
+                let id = &ids[next(ids.len() as u64) as usize];
+                e.delete(&ctx, ty, id).unwrap().wait_blocking().unwrap();
+                model.remove(id);
+            }
+            _ => {}
+        }
+        if step % 30 == 29 {
+            e.close(std::time::Duration::from_secs(10)).unwrap();
+            e = open(dir.path());
+        }
+        for s in 0..4 {
+            let mut got = found(&e, s);
+            got.sort();
+            got.dedup();
+            let want: Vec<String> = model
+                .iter()
+                .filter(|(_, v)| **v == s)
+                .map(|(k, _)| k.clone())
+                .collect();
+            assert_eq!(got, want, "{ty}, lag {lag}, step {step}, class {s}");
+        }
+    }
+    (e, dir)
+}
+
+/// Where the postings are after a [`journal_model_run`]: all in the journal (lag far above
+/// the test's writes), none (lag 0), or fewer than the lag plus one write's.
+fn assert_journal_holds(e: &Engine, lag: usize, per_write: usize) {
+    let live = e.store.journal.live();
+    let journal_records = e
+        .store
+        .with_read(|t| Ok(e.store.journal_db.len(t)?))
+        .unwrap();
+    match lag {
+        0 => assert_eq!((live, journal_records), (0, 0)),
+        l if l < 1000 => assert!(live < l + per_write, "{live} postings wait"),
+        _ => assert!(live > 50 && journal_records > 0, "{live} postings wait"),
+    }
+}
+
+/// The index journal ([`super::journal`]): searches of the shared health record answer the
+/// same whether the postings wait in the journal (lag far above the test's writes), are
+/// filed at every commit (lag 0) or move between the two along the way (lag 3), across
+/// updates that change the term, deletions and reopening (the journal is replayed).
+#[test]
+fn searches_see_journaled_and_filed_postings_alike() {
     let obs = |s: u64| {
         json!({"resourceType": "Observation", "status": "final",
                "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/p{s}")}})
     };
+    let by_subject = |e: &Engine, s: u64| {
+        let mut q = super::search::SearchQuery::from_pairs(
+            "Observation",
+            &[("subject", &format!("Patient/p{s}"))],
+        )
+        .unwrap();
+        q.count = 1000;
+        let page = e.store.search(&q).unwrap();
+        page.items.into_iter().map(|r| r.id).collect()
+    };
     for lag in [1_000_000, 0, 3] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut e = open(dir.path(), lag);
-        // id -> subject of its live version.
-        let mut model: BTreeMap<String, u64> = BTreeMap::new();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ lag as u64;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
-        for step in 0..90 {
-            let ids: Vec<String> = model.keys().cloned().collect();
-            match next(6) {
-                0..=2 => {
-                    let s = next(4);
-                    let w = created(&e, &ctx, obs(s), None);
-                    model.insert(w.record.id, s);
-                }
-                3 | 4 if !ids.is_empty() => {
-                    let (id, s) = (&ids[next(ids.len() as u64) as usize], next(4));
-                    let mut r = obs(s);
-                    r["id"] = json!(id);
-                    e.update(&ctx, "Observation", id, r, None, None)
-                        .unwrap()
-                        .wait_blocking()
-                        .unwrap();
-                    model.insert(id.clone(), s);
-                }
-                5 if !ids.is_empty() => {
-                    let id = &ids[next(ids.len() as u64) as usize];
-                    e.delete(&ctx, "Observation", id)
-                        .unwrap()
-                        .wait_blocking()
-                        .unwrap();
-                    model.remove(id);
-                }
-                _ => {}
-            }
-            if step % 30 == 29 {
-                e.close(std::time::Duration::from_secs(10)).unwrap();
-                e = open(dir.path(), lag);
-            }
-            for s in 0..4 {
-                let mut q = super::search::SearchQuery::from_pairs(
-                    "Observation",
-                    &[("subject", &format!("Patient/p{s}"))],
-                )
+        let (e, _dir) = journal_model_run(lag, "Observation", obs, by_subject);
+        assert_journal_holds(&e, lag, 8);
+        let _ = e.close(std::time::Duration::from_secs(10));
+    }
+}
+
+/// The client registry's postings go through the index journal too (format 5): a search by
+/// family name and a `$match` on an identifier (its blocking key) answer the same whether
+/// the postings wait in the journal, are filed at every commit or move between the two,
+/// across updates, deletions and reopening.
+#[test]
+fn patient_searches_and_matches_see_journaled_and_filed_postings_alike() {
+    const FAMILIES: [&str; 4] = ["Uwase", "Mugisha", "Habimana", "Niyonsaba"];
+    let patient = |s: u64| {
+        json!({"resourceType": "Patient", "gender": "female", "birthDate": "1990-04-02",
+               "name": [{"family": FAMILIES[s as usize], "given": ["Aline"]}],
+               "identifier": [{"system": "urn:nid", "value": format!("N{s}")}]})
+    };
+    let found = |e: &Engine, s: u64| {
+        let mut q =
+            super::search::SearchQuery::from_pairs("Patient", &[("family", FAMILIES[s as usize])])
                 .unwrap();
-                q.count = 1000;
-                let mut found: Vec<String> = e
-                    .store
-                    .search(&q)
-                    .unwrap()
-                    .items
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect();
-                found.sort();
-                let want: Vec<String> = model
-                    .iter()
-                    .filter(|(_, v)| **v == s)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                assert_eq!(found, want, "lag {lag}, step {step}, subject p{s}");
-            }
-        }
-        // Where the postings are: all in the journal, none, or fewer than the lag.
-        let live = e.store.journal.live();
-        let journal_records = e
+        q.count = 1000;
+        let mut by_family: Vec<String> = e
             .store
-            .with_read(|t| Ok(e.store.journal_db.len(t)?))
-            .unwrap();
-        match lag {
-            0 => assert_eq!((live, journal_records), (0, 0)),
-            3 => assert!(live < 3 + 8, "{live} postings wait"),
-            _ => assert!(live > 50 && journal_records > 0, "{live} postings wait"),
-        }
+            .search(&q)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let query = json!({"resourceType": "Patient",
+                           "identifier": [{"system": "urn:nid", "value": format!("N{s}")}]});
+        let mut matched: Vec<String> = e
+            .store
+            .match_patients(&query, 0.9, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.record.id)
+            .collect();
+        by_family.sort();
+        matched.sort();
+        assert_eq!(by_family, matched, "class {s}: search and $match disagree");
+        by_family
+    };
+    for lag in [1_000_000, 0, 5] {
+        let (e, _dir) = journal_model_run(lag, "Patient", patient, found);
+        assert_journal_holds(&e, lag, 40);
         let _ = e.close(std::time::Duration::from_secs(10));
     }
 }

@@ -516,7 +516,8 @@ fn apply_in<'a>(
 
 /// Appends this commit's index journal record and, once the view holds
 /// `index_journal_lag` entries (live postings and removed ones), files the live postings
-/// into `shr.index` (in key order) and clears the journal. Returns whether it filed.
+/// into their components' indexes (in key order) and clears the journal. Returns whether
+/// it filed.
 fn journal_commit(
     store: &Store,
     wtxn: &mut RwTxn,
@@ -534,9 +535,27 @@ fn journal_commit(
         return Ok(false);
     }
     let t0 = std::time::Instant::now();
-    let index = store.dbs(super::Component::Shr).index;
     let keys = store.journal.live_keys();
+    // Keys start with their resource type, and each type has one component: sorted keys
+    // come in runs of one type, so the component is looked up once per run.
+    let mut current: Option<(&[u8], super::Db)> = None;
     for k in &keys {
+        let ty = &k[..k.iter().position(|b| *b == 0).unwrap_or(k.len())];
+        let index = match current {
+            Some((t, db)) if t == ty => db,
+            _ => {
+                let name = std::str::from_utf8(ty).unwrap_or_default();
+                let c = super::route::component_for(name)?;
+                if !super::journal::journaled(c) {
+                    return Err(StoreError::Storage(format!(
+                        "shr.journal: a posting of {name}, which is not journaled"
+                    )));
+                }
+                let db = store.dbs(c).index;
+                current = Some((ty, db));
+                db
+            }
+        };
         index.put(wtxn, k, &[])?;
     }
     store.journal_db.clear(wtxn)?;
