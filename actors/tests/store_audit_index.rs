@@ -253,6 +253,98 @@ fn a_format_1_store_is_read_as_fully_filed_and_upgraded() {
     });
 }
 
+/// Format 4 filed Patient postings in the commit that made them and journaled only the
+/// shared health record's. Opening such a directory marks it 5; what it holds stays
+/// searchable and matchable, and new Patients go through the journal.
+#[test]
+fn a_format_4_store_is_upgraded_to_5() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx();
+    let search = |e: &Engine, ty: &str, pairs: &[(&str, &str)]| -> Vec<String> {
+        let mut q = SearchQuery::from_pairs(ty, pairs).unwrap();
+        q.count = 100;
+        let mut ids: Vec<String> = e
+            .store
+            .search(&q)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let matched = |e: &Engine, nid: &str| -> Vec<String> {
+        let q = json!({"resourceType": "Patient",
+                       "identifier": [{"system": "urn:rw:nid", "value": nid}]});
+        let found = e.store.match_patients(&q, 0.9, 10).unwrap();
+        found.into_iter().map(|m| m.record.id).collect()
+    };
+    // As format 4 left it: the Patient's postings in `patient.index`, the Observation's in
+    // the journal.
+    let mut cfg = config(dir.path());
+    cfg.index_journal_lag = 0;
+    let e = open_with(cfg, 1);
+    let old = e
+        .create(
+            &c,
+            patient("Ingabire", "Aline", "1990-01-01", "41"),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id;
+    close(e);
+    let mut cfg = config(dir.path());
+    cfg.index_journal_lag = 1_000_000;
+    let e = open_with(cfg, 1);
+    let obs = e
+        .create(&c, observation(&old, "8867-4", "2024-05-05"), None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id;
+    close(e);
+    edit_meta(dir.path(), |w, meta| {
+        meta.put(w, b"format", &4u32.to_be_bytes()).unwrap();
+    });
+    let mut cfg = config(dir.path());
+    cfg.index_journal_lag = 1_000_000;
+    let e = open_with(cfg, 1);
+    assert_eq!(
+        search(&e, "Patient", &[("family", "Ingabire")]),
+        std::slice::from_ref(&old)
+    );
+    assert_eq!(matched(&e, "41"), std::slice::from_ref(&old));
+    let subject = format!("Patient/{old}");
+    assert_eq!(search(&e, "Observation", &[("subject", &subject)]), [obs]);
+    let new = e
+        .create(
+            &c,
+            patient("Ingabire", "Grace", "1992-02-02", "42"),
+            None,
+            None,
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id;
+    let mut both = vec![old, new.clone()];
+    both.sort();
+    assert_eq!(search(&e, "Patient", &[("family", "Ingabire")]), both);
+    assert_eq!(matched(&e, "42"), [new]);
+    close(e);
+    edit_meta(dir.path(), |w, meta| {
+        let v = meta.get(w, b"format").unwrap().unwrap().to_vec();
+        assert_eq!(v, 5u32.to_be_bytes());
+    });
+}
+
 #[test]
 fn an_idle_writer_leaves_a_tail_shorter_than_the_idle_run() {
     let dir = tempfile::tempdir().unwrap();

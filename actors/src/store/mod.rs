@@ -80,7 +80,8 @@ pub struct StoreConfig {
     /// Most entries the index journal's view ([`journal`]) holds before a group commit
     /// files its live postings into their indexes: new postings of the shared health
     /// record and of the client registry, and those removed again since the last filing
-    /// (each about 150 to 250 bytes of memory: a Patient's terms are mostly its own).
+    /// (each about 80 bytes of memory on a posting list it shares, 300 on one of its own,
+    /// as most of a Patient's are).
     /// 0 files them in the commit that made them.
     pub index_journal_lag: usize,
     /// Nice value the group-commit writer thread asks for (Linux; 0 leaves it alone).
