@@ -36,9 +36,10 @@ fn child(dir: &str) -> ! {
     let mut cfg = config(std::path::Path::new(dir));
     cfg.audit_index_lag = 64;
     cfg.audit_index_idle_run = 16;
-    // And a small index journal, so Observation and Patient postings are filed while it is
-    // killed.
+    // And a small index journal filed in small chunks, so Observation and Patient postings
+    // are filed, over several commits, while it is killed.
     cfg.index_journal_lag = 3000;
+    cfg.index_filing_chunk = 500;
     let e = open_with(cfg, 1);
     let c = ctx();
     let mut threads = Vec::new();

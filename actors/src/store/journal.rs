@@ -19,11 +19,14 @@
 //! Patient match reads along with the index. Each key starts with its resource type, and
 //! every type belongs to one component, so one journal serves both. Once the view holds
 //! [`super::StoreConfig::index_journal_lag`] entries (live postings, and postings removed
-//! since the last filing), a group commit *files* the live ones: puts each into its
+//! since the last filing), the writer *files* the live ones: puts each into its
 //! component's index, in key order (each posting list's page dirtied once for thousands of
-//! writes), and clears the journal. A deleted posting (a term an update removed) is deleted
-//! from the index at once, as before, and, if it is still in the view, recorded in the
-//! journal as a deletion.
+//! writes), at most [`super::StoreConfig::index_filing_chunk`] per group commit (or twice
+//! what the commit added, if more), so that no commit holds the writer for long (see
+//! [`Filing`]). The commit that files the last chunk deletes the journal records the filing
+//! covered. A deleted posting (a term an update removed) is deleted from the index at
+//! once, as before, and, if it is still in the view, recorded in the journal as a deletion
+//! (a filing skips it).
 //!
 //! **What a reader sees follows its LMDB snapshot.** Each view entry carries the id of the
 //! write transaction that added it and of the one that removed it, if any; a reader whose
@@ -32,10 +35,12 @@
 //! the batch's changes if it does not commit): a reader of an older snapshot ignores them,
 //! a reader of the new one sees them.
 //!
-//! **A filed view stays until no reader can need it.** After a filing's commit (transaction
-//! `F`) the view starts empty; the filed one is kept, and a reader sees its entries only if
-//! its snapshot is older than `F` (newer snapshots find them in the index, where later
-//! deletions apply). Every read transaction holds a pin on the view's current epoch, taken
+//! **A filed view stays until no reader can need it.** After the commit of a filing's last
+//! chunk (transaction `F`) the entries it covered leave the view; they are kept as a filed
+//! view, and a reader sees them only if its snapshot is older than `F` (newer snapshots
+//! find them in the index, where later deletions apply). While the chunks are filed, the
+//! entries are in the view and, chunk by chunk, in the index: searches and matches collect
+//! ids into sets, so a posting found twice counts once. Every read transaction holds a pin on the view's current epoch, taken
 //! before it opens; a filing starts a new epoch, and a filed view is dropped once no pin of
 //! its epoch or an older one is left (a reader pinning a newer epoch opened its snapshot
 //! after the filing's commit).
@@ -118,6 +123,38 @@ struct State {
     /// ended with the filing, the filing's transaction, the view it filed). A reader of
     /// snapshot `T` sees an entry of one only if `T` is older than the filing.
     filed: Vec<(Pin, u64, Lists)>,
+    /// The filing in progress, if any.
+    filing: Option<Filing>,
+    /// What the open write transaction files (made good by [`Journal::committed`], dropped
+    /// by [`Journal::undo`]): (its id, snapshot positions it covers, whether it ends the
+    /// filing).
+    step: Option<(u64, usize, bool)>,
+    /// Entries the latest write transaction added: (its id, how many).
+    added: (u64, usize),
+}
+
+/// A filing spread over several group commits (at most `StoreConfig::index_filing_chunk`
+/// postings each, so no commit holds the writer for long).
+///
+/// It files the entries that were live at the commit of transaction `start`, in key order.
+/// Until it ends, they stay in `lists` too (a reader may find a posting in the index and in
+/// the view: searches and matches collect ids into sets). An entry removed meanwhile is
+/// skipped (its removal deleted it from the index at once), and entries added after `start`
+/// are not part of it. The commit that files the last chunk also deletes the journal's
+/// records up to `start`; after it, the entries added up to `start` leave the view for a
+/// filed view (visible to older snapshots only), and those added later stay.
+#[derive(Debug)]
+struct Filing {
+    /// The write transaction whose commit began the filing (its own entries included).
+    start: u64,
+    /// Whether `start` committed (a filing whose first transaction failed is dropped).
+    begun: bool,
+    /// (key, prefix length, position of its entry in its list), in key order. Lists only
+    /// grow at their end while a filing runs (entries are appended in transaction order,
+    /// and an undone transaction's are the last), so the positions stay true.
+    keys: Vec<(Vec<u8>, usize, usize)>,
+    /// Positions of `keys` filed by committed transactions.
+    done: usize,
 }
 
 /// A posting key's (list prefix, id part): the prefix ends with the 32-byte blind term that
@@ -192,6 +229,10 @@ impl Journal {
         } else {
             list.push((id.into(), txn, LIVE));
             st.held += 1;
+            st.added = match st.added {
+                (t, n) if t == txn => (t, n + 1),
+                _ => (txn, 1),
+            };
         }
     }
 
@@ -210,17 +251,15 @@ impl Journal {
         hit
     }
 
-    /// The live postings, in key order (what a filing puts into the indexes).
+    /// The live postings, in key order.
+    #[cfg(test)]
     pub(crate) fn live_keys(&self) -> Vec<Vec<u8>> {
         let st = self.read();
         let mut out: Vec<Vec<u8>> = Vec::with_capacity(st.held);
         for (prefix, list) in &st.lists {
             for (id, _, gone) in list {
                 if *gone == LIVE {
-                    let mut k = Vec::with_capacity(prefix.len() + id.len());
-                    k.extend_from_slice(prefix);
-                    k.extend_from_slice(id);
-                    out.push(k);
+                    out.push([prefix.as_slice(), id].concat());
                 }
             }
         }
@@ -229,9 +268,76 @@ impl Journal {
         out
     }
 
-    /// Reverts what write transaction `txn` did to the view (it did not commit).
+    /// Whether a filing is in progress.
+    pub(crate) fn filing(&self) -> bool {
+        self.read().filing.is_some()
+    }
+
+    /// Begins a filing in write transaction `txn`: of every entry live now, this
+    /// transaction's included.
+    pub(crate) fn begin_filing(&self, txn: u64) {
+        let mut st = self.write();
+        let mut keys = Vec::with_capacity(st.held);
+        for (prefix, list) in &st.lists {
+            for (i, (id, _, gone)) in list.iter().enumerate() {
+                if *gone == LIVE {
+                    keys.push(([prefix.as_slice(), id].concat(), prefix.len(), i));
+                }
+            }
+        }
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keys.dedup_by(|a, b| a.0 == b.0);
+        st.filing = Some(Filing {
+            start: txn,
+            begun: false,
+            keys,
+            done: 0,
+        });
+    }
+
+    /// The next chunk of the filing in progress for write transaction `txn`: the keys of
+    /// at most `max` entries (or of twice as many as `txn` added, if that is more, so a
+    /// filing always outpaces what arrives meanwhile), those still live, in key order;
+    /// whether the chunk ends the filing; and the filing's `start`. Nothing if no filing is
+    /// in progress.
+    pub(crate) fn next_chunk(&self, txn: u64, max: usize) -> Option<(Vec<Vec<u8>>, bool, u64)> {
+        let mut st = self.write();
+        let st = &mut *st;
+        let f = st.filing.as_ref()?;
+        let added = if st.added.0 == txn { st.added.1 } else { 0 };
+        let end = (f.done + max.max(2 * added).max(1)).min(f.keys.len());
+        let mut out = Vec::with_capacity(end - f.done);
+        for (key, plen, i) in &f.keys[f.done..end] {
+            let (prefix, id) = key.split_at(*plen);
+            let live = st
+                .lists
+                .get(prefix)
+                .and_then(|l| l.get(*i))
+                .is_some_and(|e| *e.0 == *id && e.2 == LIVE);
+            if live {
+                out.push(key.clone());
+            }
+        }
+        let last = end == f.keys.len();
+        let start = f.start;
+        st.step = Some((txn, end - f.done, last));
+        Some((out, last, start))
+    }
+
+    /// Reverts what write transaction `txn` did to the view (it did not commit), and the
+    /// filing chunk it would have filed.
     pub(crate) fn undo(&self, txn: u64) {
         let mut st = self.write();
+        if st.step.is_some_and(|s| s.0 == txn) {
+            st.step = None;
+        }
+        if st
+            .filing
+            .as_ref()
+            .is_some_and(|f| !f.begun && f.start == txn)
+        {
+            st.filing = None;
+        }
         for list in st.lists.values_mut() {
             list.retain(|e| e.1 != txn);
             for e in list.iter_mut().filter(|e| e.2 == txn) {
@@ -242,18 +348,60 @@ impl Journal {
         st.held = st.lists.values().map(Vec::len).sum();
     }
 
-    /// After the commit of write transaction `txn`, which filed every live posting into
-    /// its index and cleared `shr.journal`: the view starts empty in a new epoch, and the
-    /// filed one stays for the readers of older snapshots.
+    /// After the commit of write transaction `txn`: the filing chunk it filed counts as
+    /// done, and if it was the last one, the entries the filing covered (added up to its
+    /// `start`) leave the view for a filed view, kept for the readers of snapshots older
+    /// than `txn` in a new epoch. Drops the filed views no reader needs.
+    pub(crate) fn committed(&self, txn: u64) {
+        {
+            let st = self.read();
+            if st.step.is_none() && st.filed.is_empty() {
+                return;
+            }
+        }
+        let mut st = self.write();
+        if let Some((t, n, last)) = st.step.take()
+            && t == txn
+            && let Some(f) = st.filing.as_mut()
+        {
+            f.begun = true;
+            f.done += n;
+            if last {
+                let start = f.start;
+                st.filing = None;
+                Self::file_through(&mut st, txn, start);
+            }
+        }
+        let gone = Self::purge(&mut st);
+        drop(st);
+        drop(gone);
+    }
+
+    /// Moves the entries added up to transaction `start` to a filed view of filing `txn`.
+    fn file_through(st: &mut State, txn: u64, start: u64) {
+        let mut old = Lists::default();
+        let mut held = 0;
+        for (prefix, list) in st.lists.iter_mut() {
+            // Entries are in transaction order (replayed ones, of transaction 0, first).
+            let cut = list.partition_point(|e| e.1 <= start);
+            let later = list.split_off(cut);
+            held += later.len();
+            let filed = std::mem::replace(list, later);
+            if !filed.is_empty() {
+                old.insert(prefix.clone(), filed);
+            }
+        }
+        st.lists.retain(|_, l| !l.is_empty());
+        st.held = held;
+        let epoch = std::mem::take(&mut st.epoch);
+        st.filed.push((epoch, txn, old));
+    }
+
+    /// As after a filing in `txn` of every entry (a test helper).
+    #[cfg(test)]
     pub(crate) fn filed(&self, txn: u64) {
         let mut st = self.write();
-        let old = std::mem::take(&mut st.epoch);
-        let lists = std::mem::take(&mut st.lists);
-        st.held = 0;
-        st.filed.push((old, txn, lists));
-        let kept = Self::purge(&mut st);
-        drop(st);
-        drop(kept);
+        Self::file_through(&mut st, txn, u64::MAX - 1);
     }
 
     /// Takes out the filed views that no reader can need any more (no pin of their epoch or
@@ -267,17 +415,6 @@ impl Journal {
             .take_while(|(pin, _, _)| Arc::strong_count(pin) == 1)
             .count();
         st.filed.drain(..free).collect()
-    }
-
-    /// Drops the filed views no reader needs (after each commit).
-    pub(crate) fn tidy(&self) {
-        if self.read().filed.is_empty() {
-            return;
-        }
-        let mut st = self.write();
-        let gone = Self::purge(&mut st);
-        drop(st);
-        drop(gone);
     }
 
     /// Entries held (live, removed or filed, until no reader needs them).
@@ -462,16 +599,77 @@ mod tests {
         );
         assert_eq!(j.held(), 2);
         let new_reader = j.pin();
-        j.tidy();
+        j.committed(11);
         assert_eq!(j.held(), 2, "the old reader still pins its epoch");
         drop(old_reader);
-        j.tidy();
+        j.committed(12);
         assert_eq!(
             j.held(),
             0,
             "new readers see the filed postings in shr.index"
         );
         drop(new_reader);
+    }
+
+    /// A filing in chunks: the entries live when it began are filed in key order, a chunk
+    /// at a time; one removed meanwhile is skipped; entries added later stay in the view
+    /// when the last chunk ends the filing; an undone chunk is filed again.
+    #[test]
+    fn a_filing_runs_in_chunks_of_what_was_live_when_it_began() {
+        let j = Journal::default();
+        for (t, id) in [(3, b"d"), (4, b"a"), (5, b"c"), (5, b"b")] {
+            j.put(t, &key(1, id));
+        }
+        j.put(5, &key(2, b"e"));
+        assert!(!j.filing());
+        j.put(6, &key(1, b"f")); // the filing's own transaction: covered
+        j.begin_filing(6);
+        let (keys, last, start) = j.next_chunk(6, 2).unwrap();
+        assert_eq!(
+            (keys, last, start),
+            (vec![key(1, b"a"), key(1, b"b")], false, 6)
+        );
+        j.committed(6);
+        // A chunk whose transaction fails is filed again by the next one.
+        assert_eq!(
+            j.next_chunk(7, 2).unwrap().0,
+            vec![key(1, b"c"), key(1, b"d")]
+        );
+        j.undo(7);
+        assert!(j.delete(8, &key(1, b"c")), "removed while the filing runs");
+        j.put(8, &key(1, b"g")); // after the filing began: not covered
+        assert_eq!(j.next_chunk(8, 2).unwrap().0, vec![key(1, b"d")]);
+        j.committed(8);
+        let (keys, last, _) = j.next_chunk(9, 2).unwrap();
+        assert_eq!((keys, last), (vec![key(1, b"f"), key(2, b"e")], true));
+        // Until the last chunk commits, every entry is still in the view.
+        assert_eq!(seen(&j, 8, 1).len(), 5);
+        let reader = j.pin();
+        j.committed(9);
+        assert!(!j.filing());
+        assert_eq!(j.live_keys(), vec![key(1, b"g")]);
+        assert_eq!(j.pending(), 1);
+        // Older snapshots still find the filed entries (c only before its removal).
+        assert_eq!(seen(&j, 7, 1).len(), 5);
+        assert_eq!(seen(&j, 8, 1).len(), 5);
+        assert_eq!(seen(&j, 9, 1), vec![b"g".to_vec()]);
+        drop(reader);
+        j.committed(10);
+        assert_eq!(j.held(), 1, "the filed view went with its last reader");
+    }
+
+    /// A filing whose first transaction fails never began.
+    #[test]
+    fn a_filing_whose_first_commit_fails_is_dropped() {
+        let j = Journal::default();
+        j.put(3, &key(1, b"a"));
+        j.begin_filing(4);
+        j.put(4, &key(1, b"b"));
+        assert_eq!(j.next_chunk(4, 10).unwrap().0.len(), 1);
+        j.undo(4);
+        assert!(!j.filing());
+        assert!(j.next_chunk(5, 10).is_none());
+        assert_eq!(j.live_keys(), vec![key(1, b"a")]);
     }
 
     #[test]

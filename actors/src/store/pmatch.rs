@@ -73,9 +73,14 @@ impl Store {
             }
             // And the block's members still in the index journal, as of this snapshot
             // (the client registry's postings are journaled, see `journal`).
+            // While a filing runs, a posting may be in both (`block` is in id order so far).
             if block.len() <= DEFAULT_MAX_BLOCK {
+                let filed = block.len();
                 self.journal.postings(txn.id() as u64, &prefix, |id| {
-                    block.push(String::from_utf8_lossy(id).into_owned());
+                    let id = String::from_utf8_lossy(id).into_owned();
+                    if block[..filed].binary_search(&id).is_err() {
+                        block.push(id);
+                    }
                 });
             }
             if block.len() <= DEFAULT_MAX_BLOCK {

@@ -495,16 +495,12 @@ fn apply_in<'a>(
     let filed = indexer.forced(appender.frontier.size(), store.config.audit_index_lag);
     indexer.stage(store, &mut wtxn, &mut staged, filed)?;
     staged.flush(&mut wtxn)?;
-    let filing = journal_commit(store, &mut wtxn, &staged, stats)?;
+    journal_commit(store, &mut wtxn, &staged, stats)?;
     appender.persist(store, &mut wtxn)?;
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
     let t1 = std::time::Instant::now();
     wtxn.commit()?;
-    if filing {
-        store.journal.filed(txn);
-    } else {
-        store.journal.tidy();
-    }
+    store.journal.committed(txn);
     stats
         .apply_nanos
         .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
@@ -516,26 +512,36 @@ fn apply_in<'a>(
 
 /// Appends this commit's index journal record and, once the view holds
 /// `index_journal_lag` entries (live postings and removed ones), files the live postings
-/// into their components' indexes (in key order) and clears the journal. Returns whether
-/// it filed.
+/// into their components' indexes (in key order), at most `index_filing_chunk` of them per
+/// commit; the commit that files the last chunk deletes the journal's records the filing
+/// covered (see [`super::journal`]).
 fn journal_commit(
     store: &Store,
     wtxn: &mut RwTxn,
     staged: &Staged,
     stats: &WriterStats,
-) -> StoreResult<bool> {
+) -> StoreResult<()> {
+    let txn = wtxn.id() as u64;
     if !staged.journal.is_empty() {
-        let key = (wtxn.id() as u64).to_be_bytes();
-        store
-            .journal_db
-            .put_with_flags(wtxn, PutFlags::APPEND, &key, &staged.journal)?;
+        store.journal_db.put_with_flags(
+            wtxn,
+            PutFlags::APPEND,
+            &txn.to_be_bytes(),
+            &staged.journal,
+        )?;
     }
-    let pending = store.journal.pending();
-    if pending == 0 || pending < store.config.index_journal_lag {
-        return Ok(false);
+    let journal = &store.journal;
+    if !journal.filing() {
+        let pending = journal.pending();
+        if pending == 0 || pending < store.config.index_journal_lag {
+            return Ok(());
+        }
+        journal.begin_filing(txn);
     }
     let t0 = std::time::Instant::now();
-    let keys = store.journal.live_keys();
+    let Some((keys, last, start)) = journal.next_chunk(txn, store.config.index_filing_chunk) else {
+        return Ok(());
+    };
     // Keys start with their resource type, and each type has one component: sorted keys
     // come in runs of one type, so the component is looked up once per run.
     let mut current: Option<(&[u8], super::Db)> = None;
@@ -558,13 +564,21 @@ fn journal_commit(
         };
         index.put(wtxn, k, &[])?;
     }
-    store.journal_db.clear(wtxn)?;
+    if last {
+        // The records of the transactions up to `start` hold what the filing covered.
+        let through = start.to_be_bytes();
+        let range = (
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Included(&through[..]),
+        );
+        store.journal_db.delete_range(wtxn, &range)?;
+    }
     use std::sync::atomic::Ordering::Relaxed;
     stats.journal_filed.fetch_add(keys.len() as u64, Relaxed);
     stats
         .journal_nanos
         .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
-    Ok(true)
+    Ok(())
 }
 
 /// Applies one member. Outer error: fatal for the batch; inner: this member is rejected.
