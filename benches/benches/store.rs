@@ -66,6 +66,13 @@ fn fixture_at(path: &Path) -> Fixture {
     {
         cfg.index_journal_lag = lag;
     }
+    // `HEXA_BENCH_FILING_CHUNK`: most postings one group commit files from the journal.
+    if let Some(n) = std::env::var("HEXA_BENCH_FILING_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.index_filing_chunk = n;
+    }
     if let Some(n) = hexa_benches::env_writer_nice() {
         cfg.writer_nice = n;
     }

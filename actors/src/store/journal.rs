@@ -77,7 +77,7 @@ pub(crate) type Pin = Arc<()>;
 
 /// Postings by posting-list prefix (`{type} 0x00 {blind term}`): (id part, transaction that
 /// added it, transaction that removed it or [`LIVE`]).
-type Lists = HashMap<Vec<u8>, Vec<(Box<[u8]>, u64, u64)>, BuildHasherDefault<PrefixHasher>>;
+type Lists = HashMap<Arc<[u8]>, Vec<(Box<[u8]>, u64, u64)>, BuildHasherDefault<PrefixHasher>>;
 
 /// Hashes a posting-list prefix by folding its 8-byte words (FxHash's step). The prefixes
 /// end with a keyed hash (the blind term) nobody can choose without the key, so there is
@@ -128,7 +128,7 @@ struct State {
     /// What the open write transaction files (made good by [`Journal::committed`], dropped
     /// by [`Journal::undo`]): (its id, snapshot positions it covers, whether it ends the
     /// filing).
-    step: Option<(u64, usize, bool)>,
+    step: Option<(u64, (usize, usize), bool)>,
     /// Entries the latest write transaction added: (its id, how many).
     added: (u64, usize),
 }
@@ -136,25 +136,27 @@ struct State {
 /// A filing spread over several group commits (at most `StoreConfig::index_filing_chunk`
 /// postings each, so no commit holds the writer for long).
 ///
-/// It files the entries that were live at the commit of transaction `start`, in key order.
-/// Until it ends, they stay in `lists` too (a reader may find a posting in the index and in
-/// the view: searches and matches collect ids into sets). An entry removed meanwhile is
-/// skipped (its removal deleted it from the index at once), and entries added after `start`
-/// are not part of it. The commit that files the last chunk also deletes the journal's
-/// records up to `start`; after it, the entries added up to `start` leave the view for a
-/// filed view (visible to older snapshots only), and those added later stay.
+/// It files the entries that were live at the commit of transaction `start`, in key order:
+/// its posting lists are taken in prefix order, and each chunk's keys are sorted. Until it
+/// ends, they stay in `lists` too (a reader may find a posting in the index and in the
+/// view: searches and matches collect ids into sets). An entry removed meanwhile is skipped
+/// (its removal deleted it from the index at once), and entries added after `start` are
+/// not part of it. The commit that files the last chunk also deletes the journal's records
+/// up to `start`; after it, the entries added up to `start` leave the view for a filed view
+/// (visible to older snapshots only), and those added later stay.
 #[derive(Debug)]
 struct Filing {
     /// The write transaction whose commit began the filing (its own entries included).
     start: u64,
     /// Whether `start` committed (a filing whose first transaction failed is dropped).
     begun: bool,
-    /// (key, prefix length, position of its entry in its list), in key order. Lists only
-    /// grow at their end while a filing runs (entries are appended in transaction order,
-    /// and an undone transaction's are the last), so the positions stay true.
-    keys: Vec<(Vec<u8>, usize, usize)>,
-    /// Positions of `keys` filed by committed transactions.
-    done: usize,
+    /// (posting-list prefix, its length when the filing began), in prefix order. Lists
+    /// only grow at their end while a filing runs (entries are appended in transaction
+    /// order, and an undone transaction's are the last), so the first `length` entries of
+    /// each are the ones the filing covers.
+    lists: Vec<(Arc<[u8]>, usize)>,
+    /// Where the next chunk starts (list, entry), as of the last committed chunk.
+    at: (usize, usize),
 }
 
 /// A posting key's (list prefix, id part): the prefix ends with the 32-byte blind term that
@@ -165,6 +167,21 @@ fn split(key: &[u8]) -> (&[u8], &[u8]) {
         .position(|b| *b == 0)
         .map_or(key.len(), |z| (z + 33).min(key.len()));
     key.split_at(cut)
+}
+
+/// Frees views no reader needs: a filed view holds up to `index_journal_lag` entries, and
+/// freeing them one by one takes the writer tens of milliseconds, so a large one is freed
+/// on a thread of its own.
+fn release(views: Vec<(Pin, u64, Lists)>) {
+    let entries: usize = views.iter().flat_map(|v| v.2.values()).map(Vec::len).sum();
+    if entries < 4096 {
+        drop(views);
+        return;
+    }
+    // Without a thread, the views are dropped here, with the closure.
+    let _ = std::thread::Builder::new()
+        .name("hexa-journal-free".into())
+        .spawn(move || drop(views));
 }
 
 /// Calls `f` with the id of every entry of `list` visible to snapshot `txn` (`before`: the
@@ -217,7 +234,7 @@ impl Journal {
         let (prefix, id) = split(key);
         let mut st = self.write();
         if !st.lists.contains_key(prefix) {
-            st.lists.insert(prefix.to_vec(), Vec::new());
+            st.lists.insert(Arc::from(prefix), Vec::new());
         }
         let Some(list) = st.lists.get_mut(prefix) else {
             return;
@@ -259,7 +276,7 @@ impl Journal {
         for (prefix, list) in &st.lists {
             for (id, _, gone) in list {
                 if *gone == LIVE {
-                    out.push([prefix.as_slice(), id].concat());
+                    out.push([&prefix[..], id].concat());
                 }
             }
         }
@@ -276,51 +293,57 @@ impl Journal {
     /// Begins a filing in write transaction `txn`: of every entry live now, this
     /// transaction's included.
     pub(crate) fn begin_filing(&self, txn: u64) {
-        let mut st = self.write();
-        let mut keys = Vec::with_capacity(st.held);
-        for (prefix, list) in &st.lists {
-            for (i, (id, _, gone)) in list.iter().enumerate() {
-                if *gone == LIVE {
-                    keys.push(([prefix.as_slice(), id].concat(), prefix.len(), i));
-                }
-            }
-        }
-        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        keys.dedup_by(|a, b| a.0 == b.0);
-        st.filing = Some(Filing {
+        // Only the writer changes the view: its lists can be read without blocking readers.
+        let mut lists: Vec<(Arc<[u8]>, usize)> = {
+            let st = self.read();
+            st.lists
+                .iter()
+                .filter(|(_, l)| l.iter().any(|e| e.2 == LIVE))
+                .map(|(p, l)| (p.clone(), l.len()))
+                .collect()
+        };
+        lists.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.write().filing = Some(Filing {
             start: txn,
             begun: false,
-            keys,
-            done: 0,
+            lists,
+            at: (0, 0),
         });
     }
 
     /// The next chunk of the filing in progress for write transaction `txn`: the keys of
-    /// at most `max` entries (or of twice as many as `txn` added, if that is more, so a
-    /// filing always outpaces what arrives meanwhile), those still live, in key order;
-    /// whether the chunk ends the filing; and the filing's `start`. Nothing if no filing is
-    /// in progress.
+    /// the live ones among the next `max` entries (or twice as many as `txn` added, if that
+    /// is more, so a filing always outpaces what arrives meanwhile), in key order; whether
+    /// the chunk ends the filing; and the filing's `start`. Nothing if no filing is in
+    /// progress.
     pub(crate) fn next_chunk(&self, txn: u64, max: usize) -> Option<(Vec<Vec<u8>>, bool, u64)> {
         let mut st = self.write();
         let st = &mut *st;
         let f = st.filing.as_ref()?;
         let added = if st.added.0 == txn { st.added.1 } else { 0 };
-        let end = (f.done + max.max(2 * added).max(1)).min(f.keys.len());
-        let mut out = Vec::with_capacity(end - f.done);
-        for (key, plen, i) in &f.keys[f.done..end] {
-            let (prefix, id) = key.split_at(*plen);
-            let live = st
-                .lists
-                .get(prefix)
-                .and_then(|l| l.get(*i))
-                .is_some_and(|e| *e.0 == *id && e.2 == LIVE);
-            if live {
-                out.push(key.clone());
+        let budget = max.max(2 * added).max(1);
+        let (mut l, mut e) = f.at;
+        let (mut taken, mut out) = (0, Vec::new());
+        while l < f.lists.len() && taken < budget {
+            let (prefix, len) = &f.lists[l];
+            let list = st.lists.get(&prefix[..]);
+            while e < *len && taken < budget {
+                if let Some((id, _, LIVE)) = list.and_then(|x| x.get(e)) {
+                    out.push([&prefix[..], id].concat());
+                }
+                e += 1;
+                taken += 1;
+            }
+            if e >= *len {
+                (l, e) = (l + 1, 0);
             }
         }
-        let last = end == f.keys.len();
+        // A list's entries are in transaction order; the lists are in prefix order.
+        out.sort_unstable();
+        out.dedup();
+        let last = l >= f.lists.len();
         let start = f.start;
-        st.step = Some((txn, end - f.done, last));
+        st.step = Some((txn, (l, e), last));
         Some((out, last, start))
     }
 
@@ -360,12 +383,12 @@ impl Journal {
             }
         }
         let mut st = self.write();
-        if let Some((t, n, last)) = st.step.take()
+        if let Some((t, at, last)) = st.step.take()
             && t == txn
             && let Some(f) = st.filing.as_mut()
         {
             f.begun = true;
-            f.done += n;
+            f.at = at;
             if last {
                 let start = f.start;
                 st.filing = None;
@@ -374,24 +397,25 @@ impl Journal {
         }
         let gone = Self::purge(&mut st);
         drop(st);
-        drop(gone);
+        release(gone);
     }
 
     /// Moves the entries added up to transaction `start` to a filed view of filing `txn`.
     fn file_through(st: &mut State, txn: u64, start: u64) {
-        let mut old = Lists::default();
+        // The whole view becomes the filed one (a move, not a copy of its entries), and the
+        // entries added after `start` (those of the commits the filing spanned: few) are
+        // copied back. A reader of a snapshot older than `txn` may then find one of those
+        // in both views, which is harmless: ids are collected into sets.
+        let old = std::mem::take(&mut st.lists);
         let mut held = 0;
-        for (prefix, list) in st.lists.iter_mut() {
+        for (prefix, list) in &old {
             // Entries are in transaction order (replayed ones, of transaction 0, first).
             let cut = list.partition_point(|e| e.1 <= start);
-            let later = list.split_off(cut);
-            held += later.len();
-            let filed = std::mem::replace(list, later);
-            if !filed.is_empty() {
-                old.insert(prefix.clone(), filed);
+            if cut < list.len() {
+                held += list.len() - cut;
+                st.lists.insert(prefix.clone(), list[cut..].to_vec());
             }
         }
-        st.lists.retain(|_, l| !l.is_empty());
         st.held = held;
         let epoch = std::mem::take(&mut st.epoch);
         st.filed.push((epoch, txn, old));
@@ -611,51 +635,57 @@ mod tests {
         drop(new_reader);
     }
 
-    /// A filing in chunks: the entries live when it began are filed in key order, a chunk
-    /// at a time; one removed meanwhile is skipped; entries added later stay in the view
-    /// when the last chunk ends the filing; an undone chunk is filed again.
+    /// A filing in chunks: the entries live when it began are filed list by list (in prefix
+    /// order), a chunk at a time, each chunk sorted; one removed meanwhile is skipped;
+    /// entries added later stay in the view when the last chunk ends the filing; an undone
+    /// chunk is filed again.
     #[test]
     fn a_filing_runs_in_chunks_of_what_was_live_when_it_began() {
         let j = Journal::default();
+        j.put(5, &key(2, b"e"));
         for (t, id) in [(3, b"d"), (4, b"a"), (5, b"c"), (5, b"b")] {
             j.put(t, &key(1, id));
         }
-        j.put(5, &key(2, b"e"));
         assert!(!j.filing());
         j.put(6, &key(1, b"f")); // the filing's own transaction: covered
         j.begin_filing(6);
         let (keys, last, start) = j.next_chunk(6, 2).unwrap();
         assert_eq!(
             (keys, last, start),
-            (vec![key(1, b"a"), key(1, b"b")], false, 6)
+            (vec![key(1, b"a"), key(1, b"d")], false, 6)
         );
         j.committed(6);
         // A chunk whose transaction fails is filed again by the next one.
         assert_eq!(
             j.next_chunk(7, 2).unwrap().0,
-            vec![key(1, b"c"), key(1, b"d")]
+            vec![key(1, b"b"), key(1, b"c")]
         );
         j.undo(7);
         assert!(j.delete(8, &key(1, b"c")), "removed while the filing runs");
         j.put(8, &key(1, b"g")); // after the filing began: not covered
-        assert_eq!(j.next_chunk(8, 2).unwrap().0, vec![key(1, b"d")]);
-        j.committed(8);
-        let (keys, last, _) = j.next_chunk(9, 2).unwrap();
-        assert_eq!((keys, last), (vec![key(1, b"f"), key(2, b"e")], true));
+        j.put(8, &key(3, b"h"));
+        // Transaction 8 added two entries: its chunk takes up to four.
+        let (keys, last, _) = j.next_chunk(8, 2).unwrap();
+        assert_eq!(
+            (keys, last),
+            (vec![key(1, b"b"), key(1, b"f"), key(2, b"e")], true)
+        );
         // Until the last chunk commits, every entry is still in the view.
         assert_eq!(seen(&j, 8, 1).len(), 5);
         let reader = j.pin();
-        j.committed(9);
+        j.committed(8);
         assert!(!j.filing());
-        assert_eq!(j.live_keys(), vec![key(1, b"g")]);
-        assert_eq!(j.pending(), 1);
+        assert_eq!(j.live_keys(), vec![key(1, b"g"), key(3, b"h")]);
+        assert_eq!(j.pending(), 2);
         // Older snapshots still find the filed entries (c only before its removal).
+        // From the filing's commit (8) on, the index has them.
         assert_eq!(seen(&j, 7, 1).len(), 5);
-        assert_eq!(seen(&j, 8, 1).len(), 5);
-        assert_eq!(seen(&j, 9, 1), vec![b"g".to_vec()]);
+        assert_eq!(seen(&j, 7, 2), vec![b"e".to_vec()]);
+        assert_eq!(seen(&j, 8, 1), vec![b"g".to_vec()]);
+        assert!(seen(&j, 8, 2).is_empty());
         drop(reader);
-        j.committed(10);
-        assert_eq!(j.held(), 1, "the filed view went with its last reader");
+        j.committed(9);
+        assert_eq!(j.held(), 2, "the filed view went with its last reader");
     }
 
     /// A filing whose first transaction fails never began.
