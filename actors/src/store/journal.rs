@@ -40,10 +40,10 @@
 //! view, and a reader sees them only if its snapshot is older than `F` (newer snapshots
 //! find them in the index, where later deletions apply). While the chunks are filed, the
 //! entries are in the view and, chunk by chunk, in the index: searches and matches collect
-//! ids into sets, so a posting found twice counts once. Every read transaction holds a pin on the view's current epoch, taken
-//! before it opens; a filing starts a new epoch, and a filed view is dropped once no pin of
-//! its epoch or an older one is left (a reader pinning a newer epoch opened its snapshot
-//! after the filing's commit).
+//! ids into sets, so a posting found twice counts once. Every read transaction holds a pin
+//! on the view's current epoch, taken before it opens; the end of a filing starts a new
+//! epoch, and a filed view is dropped once no pin of its epoch or an older one is left (a
+//! reader pinning a newer epoch opened its snapshot after the filing's last commit).
 //!
 //! On open the journal is replayed into the view (no reader is older than the open), so
 //! the view is exactly the journal, and the journal is exactly what the indexes lack.

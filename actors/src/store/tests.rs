@@ -295,8 +295,9 @@ fn uncompressed_format_2_audit_entries_still_read() {
 
 /// Runs random creates, updates that move a resource to another class, and deletions of
 /// `ty` (`resource(class)` builds one of class `0..4`), reopening the store every 30 steps,
-/// with the index journal's lag set to `lag` and its filing chunk to `chunk`. After every step `found(engine, class)` must
-/// list exactly the live resources of that class. Returns the engine, open.
+/// with the index journal's lag set to `lag` and its filing chunk to `chunk`. After every
+/// step `found(engine, class)` must list exactly the live resources of that class. Returns
+/// the engine, open.
 fn journal_model_run(
     lag: usize,
     chunk: usize,
