@@ -260,20 +260,6 @@ fn a_format_1_store_is_read_as_fully_filed_and_upgraded() {
 fn a_format_4_store_is_upgraded_to_5() {
     let dir = tempfile::tempdir().unwrap();
     let c = ctx();
-    let search = |e: &Engine, ty: &str, pairs: &[(&str, &str)]| -> Vec<String> {
-        let mut q = SearchQuery::from_pairs(ty, pairs).unwrap();
-        q.count = 100;
-        let mut ids: Vec<String> = e
-            .store
-            .search(&q)
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        ids.sort();
-        ids
-    };
     let matched = |e: &Engine, nid: &str| -> Vec<String> {
         let q = json!({"resourceType": "Patient",
                        "identifier": [{"system": "urn:rw:nid", "value": nid}]});
@@ -285,29 +271,12 @@ fn a_format_4_store_is_upgraded_to_5() {
     let mut cfg = config(dir.path());
     cfg.index_journal_lag = 0;
     let e = open_with(cfg, 1);
-    let old = e
-        .create(
-            &c,
-            patient("Ingabire", "Aline", "1990-01-01", "41"),
-            None,
-            None,
-        )
-        .unwrap()
-        .wait_blocking()
-        .unwrap()
-        .record
-        .id;
+    let old = created_id(&e, &c, patient("Ingabire", "Aline", "1990-01-01", "41"));
     close(e);
     let mut cfg = config(dir.path());
     cfg.index_journal_lag = 1_000_000;
     let e = open_with(cfg, 1);
-    let obs = e
-        .create(&c, observation(&old, "8867-4", "2024-05-05"), None, None)
-        .unwrap()
-        .wait_blocking()
-        .unwrap()
-        .record
-        .id;
+    let obs = created_id(&e, &c, observation(&old, "8867-4", "2024-05-05"));
     close(e);
     edit_meta(dir.path(), |w, meta| {
         meta.put(w, b"format", &4u32.to_be_bytes()).unwrap();
@@ -316,27 +285,16 @@ fn a_format_4_store_is_upgraded_to_5() {
     cfg.index_journal_lag = 1_000_000;
     let e = open_with(cfg, 1);
     assert_eq!(
-        search(&e, "Patient", &[("family", "Ingabire")]),
+        ids(&e, "Patient", &[("family", "Ingabire")]),
         std::slice::from_ref(&old)
     );
     assert_eq!(matched(&e, "41"), std::slice::from_ref(&old));
     let subject = format!("Patient/{old}");
-    assert_eq!(search(&e, "Observation", &[("subject", &subject)]), [obs]);
-    let new = e
-        .create(
-            &c,
-            patient("Ingabire", "Grace", "1992-02-02", "42"),
-            None,
-            None,
-        )
-        .unwrap()
-        .wait_blocking()
-        .unwrap()
-        .record
-        .id;
+    assert_eq!(ids(&e, "Observation", &[("subject", &subject)]), [obs]);
+    let new = created_id(&e, &c, patient("Ingabire", "Grace", "1992-02-02", "42"));
     let mut both = vec![old, new.clone()];
     both.sort();
-    assert_eq!(search(&e, "Patient", &[("family", "Ingabire")]), both);
+    assert_eq!(ids(&e, "Patient", &[("family", "Ingabire")]), both);
     assert_eq!(matched(&e, "42"), [new]);
     close(e);
     edit_meta(dir.path(), |w, meta| {

@@ -10,20 +10,6 @@ use hexa_crypto::checkpoint::{Checkpoint, NoteVerifier, open_note};
 use hexa_crypto::merkle;
 use serde_json::{Value, json};
 
-fn ids(e: &Engine, ty: &str, pairs: &[(&str, &str)]) -> Vec<String> {
-    let q = SearchQuery::from_pairs(ty, pairs).unwrap();
-    let mut v: Vec<String> = e
-        .store
-        .search(&q)
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn patient_search_parameters() {
     let dir = tempfile::tempdir().unwrap();

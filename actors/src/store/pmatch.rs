@@ -71,9 +71,9 @@ impl Store {
                     break;
                 }
             }
-            // And the block's members still in the index journal, as of this snapshot
-            // (the client registry's postings are journaled, see `journal`).
-            // While a filing runs, a posting may be in both (`block` is in id order so far).
+            // And the block's members still in the index journal, as of this snapshot (the
+            // client registry's postings are journaled, see `journal`). While a filing runs
+            // a posting may be in both, so those already found (in id order) are skipped.
             if block.len() <= DEFAULT_MAX_BLOCK {
                 let filed = block.len();
                 self.journal.postings(txn.id() as u64, &prefix, |id| {

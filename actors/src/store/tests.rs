@@ -372,6 +372,16 @@ fn journal_model_run(
     (e, dir)
 }
 
+/// The ids a search of `ty` by `param=value` finds (up to 1000), sorted.
+fn search_ids(e: &Engine, ty: &str, param: &str, value: &str) -> Vec<String> {
+    let mut q = super::search::SearchQuery::from_pairs(ty, &[(param, value)]).unwrap();
+    q.count = 1000;
+    let page = e.store.search(&q).unwrap();
+    let mut ids: Vec<String> = page.items.into_iter().map(|r| r.id).collect();
+    ids.sort();
+    ids
+}
+
 /// Where the postings are after a [`journal_model_run`]: all in the journal (lag far above
 /// the test's writes), none (lag 0), or fewer than the lag plus a few writes' (a filing in
 /// chunks may be under way).
@@ -398,16 +408,8 @@ fn searches_see_journaled_and_filed_postings_alike() {
         json!({"resourceType": "Observation", "status": "final",
                "code": {"text": "pulse"}, "subject": {"reference": format!("Patient/p{s}")}})
     };
-    let by_subject = |e: &Engine, s: u64| {
-        let mut q = super::search::SearchQuery::from_pairs(
-            "Observation",
-            &[("subject", &format!("Patient/p{s}"))],
-        )
-        .unwrap();
-        q.count = 1000;
-        let page = e.store.search(&q).unwrap();
-        page.items.into_iter().map(|r| r.id).collect()
-    };
+    let by_subject =
+        |e: &Engine, s: u64| search_ids(e, "Observation", "subject", &format!("Patient/p{s}"));
     for (lag, chunk) in [(1_000_000, 32_768), (0, 32_768), (3, 32_768), (12, 2)] {
         let (e, _dir) = journal_model_run(lag, chunk, "Observation", obs, by_subject);
         assert_journal_holds(&e, lag, 8);
@@ -428,18 +430,7 @@ fn patient_searches_and_matches_see_journaled_and_filed_postings_alike() {
                "identifier": [{"system": "urn:nid", "value": format!("N{s}")}]})
     };
     let found = |e: &Engine, s: u64| {
-        let mut q =
-            super::search::SearchQuery::from_pairs("Patient", &[("family", FAMILIES[s as usize])])
-                .unwrap();
-        q.count = 1000;
-        let mut by_family: Vec<String> = e
-            .store
-            .search(&q)
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let by_family = search_ids(e, "Patient", "family", FAMILIES[s as usize]);
         let query = json!({"resourceType": "Patient",
                            "identifier": [{"system": "urn:nid", "value": format!("N{s}")}]});
         let mut matched: Vec<String> = e
@@ -449,7 +440,6 @@ fn patient_searches_and_matches_see_journaled_and_filed_postings_alike() {
             .into_iter()
             .map(|m| m.record.id)
             .collect();
-        by_family.sort();
         matched.sort();
         assert_eq!(by_family, matched, "class {s}: search and $match disagree");
         by_family

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hexa_actors::store::engine::Engine;
+use hexa_actors::store::search::SearchQuery;
 use hexa_actors::store::{AccessContext, Store, StoreConfig};
 use hexa_crypto::keyfile::ApplianceSecrets;
 use hexa_crypto::keys::SigningKey;
@@ -69,4 +70,29 @@ pub fn observation(patient_id: &str, code: &str, date: &str) -> Value {
         "effectiveDateTime": date,
         "valueQuantity": {"value": 72, "unit": "beats/min"}
     })
+}
+
+/// The ids a search of `ty` by `pairs` finds (its first page), sorted.
+pub fn ids(e: &Engine, ty: &str, pairs: &[(&str, &str)]) -> Vec<String> {
+    let q = SearchQuery::from_pairs(ty, pairs).unwrap();
+    let mut v: Vec<String> = e
+        .store
+        .search(&q)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Creates `resource` as `ctx`, waits for its commit and returns its id.
+pub fn created_id(e: &Engine, ctx: &AccessContext, resource: Value) -> String {
+    e.create(ctx, resource, None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap()
+        .record
+        .id
 }
