@@ -149,6 +149,7 @@ impl StoreHandle {
                 request,
             },
             reply,
+            queued: self.engine.store.queued(),
         });
         async move {
             answer.await.map_err(|_| {

@@ -164,6 +164,8 @@ pub struct Call {
     pub op: Op,
     /// The caller's end.
     pub reply: tokio::sync::oneshot::Sender<StoreResult<Response>>,
+    /// Counts the call in the store's backlog until a registry thread takes it.
+    pub(crate) queued: crate::store::Queued,
 }
 
 impl Message for Call {
@@ -333,7 +335,8 @@ impl Handler<Call> for Registry {
     type Result = ();
 
     fn handle(&mut self, call: Call, ctx: &mut Self::Context) -> Self::Result {
-        let Call { op, reply } = call;
+        let Call { op, reply, queued } = call;
+        drop(queued);
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.handle_op(op))) {
             Ok(Ok(resp)) => forward(resp, reply),
             Ok(Err(e)) => {
@@ -368,11 +371,15 @@ mod tests {
     use crate::store::StoreConfig;
 
     fn handle(dir: &std::path::Path) -> StoreHandle {
+        handle_with(StoreConfig::new(dir, "node", "fac"))
+    }
+
+    fn handle_with(config: StoreConfig) -> StoreHandle {
         let secrets = ApplianceSecrets {
             node_key: SigningKey::from_seed(&[7; 32]),
             master_key: MasterKey::from_bytes([8; 32]),
         };
-        StoreHandle::start(StoreConfig::new(dir, "node", "fac"), secrets, 2).unwrap()
+        StoreHandle::start(config, secrets, 2).unwrap()
     }
 
     /// Kills the client registry mid-load: the in-flight request that crashed it gets a
@@ -435,6 +442,65 @@ mod tests {
             .is_ok()
         );
         assert_eq!(h.restarts(), 2);
+        // Every call, the crashing ones included, left the registries' backlog.
+        assert_eq!(h.store().backlog(), 0);
+    }
+
+    /// The writer waits for a fuller group commit only while requests queue for the
+    /// registries: one caller at a time never waits, hundreds at once do, and every write
+    /// is acknowledged either way.
+    #[actix_rt::test]
+    async fn the_writer_waits_for_more_members_only_under_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(dir.path(), "node", "fac");
+        // Long enough that a wait is visible in the batch sizes on a slow machine.
+        config.group_commit_wait = std::time::Duration::from_millis(20);
+        config.group_commit_fill = 100_000;
+        let h = handle_with(config);
+        let ctx = AccessContext::system("fac");
+        let stats = || {
+            let s = h.engine().writer.stats();
+            (
+                s.waits.load(Ordering::SeqCst),
+                s.commits.load(Ordering::SeqCst),
+                s.members.load(Ordering::SeqCst),
+            )
+        };
+        let observation = |i: usize| {
+            json!({"resourceType": "Observation", "status": "final",
+                   "subject": {"reference": format!("Patient/w{}", i % 7)}})
+        };
+        for i in 0..30 {
+            h.create(&ctx, observation(i), None).await.unwrap();
+            assert_eq!(h.store().backlog(), 0);
+        }
+        assert_eq!(stats().0, 0, "a lone caller waited for company");
+
+        let (waits0, commits0, members0) = stats();
+        let tasks: Vec<_> = (0..600)
+            .map(|i| {
+                let (h, ctx, body) = (h.clone(), ctx.clone(), observation(i));
+                actix_rt::spawn(async move { h.create(&ctx, body, None).await })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap().expect("write failed").record.id);
+        }
+        let (waits, commits, members) = stats();
+        assert!(
+            waits > waits0,
+            "600 queued writes and the writer never waited"
+        );
+        // Each wait lets the two registry threads prepare far more than a commit takes
+        // without it, so the batches are large.
+        let per_commit = (members - members0) as f64 / (commits - commits0) as f64;
+        assert!(per_commit >= 20.0, "{per_commit:.1} members per commit");
+        assert_eq!(h.store().backlog(), 0);
+        for id in ids.iter().step_by(37) {
+            let r = h.read(&ctx, "Observation", id).await.unwrap();
+            h.store().verify(&r).unwrap();
+        }
     }
 
     /// A call answers only once the write it made is committed: its Pending is already

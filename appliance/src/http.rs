@@ -398,6 +398,12 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
             "# HELP hexa_store_commits_total Group commits of the store writer.\n\
              # TYPE hexa_store_commits_total counter\n\
              hexa_store_commits_total {}\n\
+             # HELP hexa_store_commit_waits_total Group commits for which the writer waited for more members under load.\n\
+             # TYPE hexa_store_commit_waits_total counter\n\
+             hexa_store_commit_waits_total {}\n\
+             # HELP hexa_store_registry_backlog Requests queued for a registry thread.\n\
+             # TYPE hexa_store_registry_backlog gauge\n\
+             hexa_store_registry_backlog {}\n\
              # HELP hexa_store_writes_total Writes committed by the store writer.\n\
              # TYPE hexa_store_writes_total counter\n\
              hexa_store_writes_total {}\n\
@@ -408,6 +414,8 @@ fn metrics(st: &AppState) -> Response<Full<Bytes>> {
              # TYPE hexa_store_map_size_bytes gauge\n\
              hexa_store_map_size_bytes {}\n",
             w.commits.load(Ordering::Relaxed),
+            w.waits.load(Ordering::Relaxed),
+            store.store().backlog(),
             w.members.load(Ordering::Relaxed),
             store.restarts(),
             store.store().map_size(),

@@ -110,6 +110,7 @@ fn metadata_and_authentication() {
     // Metrics report the store.
     let mt = s.req("GET", "/metrics", &[], b"");
     assert!(String::from_utf8_lossy(&mt.body).contains("hexa_store_commits_total"));
+    assert!(String::from_utf8_lossy(&mt.body).contains("hexa_store_commit_waits_total"));
 }
 
 #[test]

@@ -73,6 +73,20 @@ fn fixture_at(path: &Path) -> Fixture {
     {
         cfg.index_filing_chunk = n;
     }
+    // `HEXA_BENCH_COMMIT_WAIT_US` and `HEXA_BENCH_COMMIT_FILL`: how long the writer waits
+    // under load for more members (0: never), and the batch it commits without waiting.
+    if let Some(us) = std::env::var("HEXA_BENCH_COMMIT_WAIT_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.group_commit_wait = Duration::from_micros(us);
+    }
+    if let Some(n) = std::env::var("HEXA_BENCH_COMMIT_FILL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.group_commit_fill = n;
+    }
     if let Some(n) = hexa_benches::env_writer_nice() {
         cfg.writer_nice = n;
     }
@@ -190,8 +204,8 @@ where
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
 /// filed in the index, idle filing commits, idle filing ns, postings filed from the index
-/// journal, ns spent filing them), and of the process's CPU time and bytes written.
-fn writer_counters(f: &Fixture) -> ([u64; 9], ProcUsage, ThreadCpu) {
+/// journal, ns spent filing them, commits that waited for more members), and of the process's CPU time and bytes written.
+fn writer_counters(f: &Fixture) -> ([u64; 10], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
     let w = [
         st.commits.load(Ordering::Relaxed),
@@ -203,6 +217,7 @@ fn writer_counters(f: &Fixture) -> ([u64; 9], ProcUsage, ThreadCpu) {
         st.index_nanos.load(Ordering::Relaxed),
         st.journal_filed.load(Ordering::Relaxed),
         st.journal_nanos.load(Ordering::Relaxed),
+        st.waits.load(Ordering::Relaxed),
     ];
     (w, ProcUsage::now(), ThreadCpu::now())
 }
@@ -212,8 +227,8 @@ fn writer_counters(f: &Fixture) -> ([u64; 9], ProcUsage, ThreadCpu) {
 /// driver included).
 fn report_writer(
     label: &str,
-    before: ([u64; 9], ProcUsage, ThreadCpu),
-    after: ([u64; 9], ProcUsage, ThreadCpu),
+    before: ([u64; 10], ProcUsage, ThreadCpu),
+    after: ([u64; 10], ProcUsage, ThreadCpu),
     wall: Duration,
 ) {
     let [
@@ -226,6 +241,7 @@ fn report_writer(
         idle,
         jfiled,
         jnanos,
+        waits,
     ] = std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
     if members == 0 {
         return; // filtered out
@@ -233,7 +249,7 @@ fn report_writer(
     let (c, m) = (commits.max(1) as f64, members.max(1) as f64);
     let (cpu, kib) = after.1.per_op_since(&before.1, members);
     eprintln!(
-        "writer[{label}]: {members} members in {commits} commits ({:.1}/commit), apply {:.1} µs/member, \
+        "writer[{label}]: {members} members in {commits} commits ({:.1}/commit, {waits} waited), apply {:.1} µs/member, \
          commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
          ({idle_commits} idle commits, {:.0} ms); journal filed {jfiled} postings in {:.0} ms; \
          process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member",

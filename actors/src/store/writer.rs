@@ -8,6 +8,13 @@
 //! signs a checkpoint when due, commits (one fsync for the whole group) and only then
 //! acknowledges each member. A full map aborts the batch, grows the map and re-applies it.
 //!
+//! Under load the writer waits a little before applying: when the batch it drained is
+//! below `StoreConfig::group_commit_fill` and at least [`WAIT_BACKLOG`] requests are
+//! queued for the registries, it sleeps `StoreConfig::group_commit_wait` once and drains
+//! again. A commit costs its pages at each database's right edge and two syncs whatever
+//! its size, so fuller commits leave more of the CPU to the registries. Without a backlog
+//! (few callers, most of them in this batch already) it never waits.
+//!
 //! Within a batch the members' puts and deletes are *staged* ([`Staged`]) and applied after
 //! the version checks in (database, key) order, so the batch walks each B-tree left to
 //! right; the audit log (ever-growing keys) is appended with `MDB_APPEND`. Only the
@@ -113,6 +120,9 @@ pub struct WriterStats {
     /// Nanoseconds group commits spent filing them (their puts and the journal's clearing;
     /// part of `apply_nanos`).
     pub journal_nanos: std::sync::atomic::AtomicU64,
+    /// Group commits for which the writer waited for more members
+    /// (`StoreConfig::group_commit_wait`).
+    pub waits: std::sync::atomic::AtomicU64,
     /// The writer thread's nice value once it started (`i32::MIN` before, or where it
     /// cannot be read).
     pub nice: std::sync::atomic::AtomicI32,
@@ -290,15 +300,30 @@ fn run(
         };
         let mut jobs = Vec::new();
         let mut next = Some(job);
-        while let Some(j) = next.take() {
-            if matches!(j, Job::Shutdown) {
-                stop = true;
+        let mut waited = false;
+        loop {
+            while let Some(j) = next.take() {
+                if matches!(j, Job::Shutdown) {
+                    stop = true;
+                    break;
+                }
+                jobs.push(j);
+                if jobs.len() < max {
+                    next = rx.try_recv().ok();
+                }
+            }
+            // Under load, wait once for the members the registries are preparing (see
+            // `StoreConfig::group_commit_wait`). Sleeping rather than blocking on the
+            // queue: a blocked receiver would be woken by every member that arrives.
+            if stop || waited || !should_wait(&store, jobs.len()) {
                 break;
             }
-            jobs.push(j);
-            if jobs.len() < max {
-                next = rx.try_recv().ok();
-            }
+            waited = true;
+            std::thread::sleep(store.config.group_commit_wait);
+            stats
+                .waits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            next = rx.try_recv().ok();
         }
         if !jobs.is_empty() {
             let (done, ok) = process(&store, &mut appender, &mut indexer, jobs, &stats);
@@ -312,6 +337,20 @@ fn run(
     if let Some(t) = janitor_thread {
         let _ = t.join();
     }
+}
+
+/// Fewest requests queued for the registries (`Store::backlog`) at which the writer waits
+/// for a fuller group commit: fewer means the callers are few and mostly in this batch
+/// already, so waiting would only delay them.
+pub const WAIT_BACKLOG: usize = 8;
+
+/// Whether the writer, having drained `n` members, waits for more before committing:
+/// waiting is on, the batch is below its fill and the registries have a backlog.
+fn should_wait(store: &Store, n: usize) -> bool {
+    let c = &store.config;
+    !c.group_commit_wait.is_zero()
+        && n < c.group_commit_fill.min(c.max_batch)
+        && store.backlog() >= WAIT_BACKLOG
 }
 
 enum Res {
