@@ -492,10 +492,10 @@ mod tests {
             waits > waits0,
             "600 queued writes and the writer never waited"
         );
-        // Each wait lets the two registry threads prepare far more than a commit takes
-        // without it, so the batches are large.
+        // Each wait lets the two registry threads prepare many members: 46–75 per commit
+        // here, against 1.1–1.7 with no wait (a debug build's writer outpaces them).
         let per_commit = (members - members0) as f64 / (commits - commits0) as f64;
-        assert!(per_commit >= 20.0, "{per_commit:.1} members per commit");
+        assert!(per_commit >= 8.0, "{per_commit:.1} members per commit");
         assert_eq!(h.store().backlog(), 0);
         for id in ids.iter().step_by(37) {
             let r = h.read(&ctx, "Observation", id).await.unwrap();
