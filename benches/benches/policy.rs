@@ -32,10 +32,7 @@ fn reader(facility: &str) -> AccessContext {
 }
 
 fn search(c: &mut Criterion) {
-    let n: usize = std::env::var("HEXA_BENCH_OBSERVATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = hexa_benches::env_parse("HEXA_BENCH_OBSERVATIONS").unwrap_or(1000);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = StoreConfig::new(dir.path(), "bench-node", "home");
     cfg.initial_map_size = 1 << 28;

@@ -52,39 +52,24 @@ fn fixture_at(path: &Path) -> Fixture {
     cfg.initial_map_size = 1 << 30;
     // `HEXA_BENCH_AUDIT_LAG`: how many AuditEvents may wait for their index terms (default:
     // the store's); 0 files them in the next group commit, as close to inline as it gets.
-    if let Some(lag) = std::env::var("HEXA_BENCH_AUDIT_LAG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(lag) = hexa_benches::env_parse("HEXA_BENCH_AUDIT_LAG") {
         cfg.audit_index_lag = lag;
     }
     // `HEXA_BENCH_JOURNAL_LAG`: how many shared-health-record postings may wait in the index
     // journal before a group commit files them (default: the store's).
-    if let Some(lag) = std::env::var("HEXA_BENCH_JOURNAL_LAG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(lag) = hexa_benches::env_parse("HEXA_BENCH_JOURNAL_LAG") {
         cfg.index_journal_lag = lag;
     }
     // `HEXA_BENCH_FILING_CHUNK`: most postings one group commit files from the journal.
-    if let Some(n) = std::env::var("HEXA_BENCH_FILING_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = hexa_benches::env_parse("HEXA_BENCH_FILING_CHUNK") {
         cfg.index_filing_chunk = n;
     }
     // `HEXA_BENCH_COMMIT_WAIT_US` and `HEXA_BENCH_COMMIT_FILL`: how long the writer waits
     // under load for more members (0: never), and the batch it commits without waiting.
-    if let Some(us) = std::env::var("HEXA_BENCH_COMMIT_WAIT_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(us) = hexa_benches::env_parse("HEXA_BENCH_COMMIT_WAIT_US") {
         cfg.group_commit_wait = Duration::from_micros(us);
     }
-    if let Some(n) = std::env::var("HEXA_BENCH_COMMIT_FILL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = hexa_benches::env_parse("HEXA_BENCH_COMMIT_FILL") {
         cfg.group_commit_fill = n;
     }
     if let Some(n) = hexa_benches::env_writer_nice() {
@@ -368,10 +353,7 @@ fn writes(c: &mut Criterion) {
 }
 
 fn reads_search_match(c: &mut Criterion) {
-    let n: usize = std::env::var("HEXA_BENCH_PATIENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = hexa_benches::env_parse("HEXA_BENCH_PATIENTS").unwrap_or(10_000);
     let people: Vec<Value> = synth::population(11, n)
         .into_iter()
         .map(|p| p.to_fhir())

@@ -17,12 +17,16 @@ pub fn observation(i: u64) -> Value {
     })
 }
 
+/// The environment variable `name` parsed as a `T`: `None` when it is unset or does not
+/// parse (the benches' knobs then keep their defaults).
+pub fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 /// `HEXA_BENCH_WRITER_NICE`: the nice value the store benches give the group-commit writer
 /// thread instead of the store's default (0: the default priority, as before session 7).
 pub fn env_writer_nice() -> Option<i32> {
-    std::env::var("HEXA_BENCH_WRITER_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    env_parse("HEXA_BENCH_WRITER_NICE")
 }
 
 /// What this process has used so far, read from `/proc/self` (Linux): the CPU time of all
