@@ -182,7 +182,7 @@ impl AuditDraft {
 /// `Patient/id` references of the patients a resource belongs to.
 pub fn patients_of(ty: &str, id: &str, resource: &Value) -> Vec<String> {
     if ty == "Patient" {
-        return vec![format!("Patient/{id}")];
+        return vec![params::cat(&["Patient/", id])];
     }
     let mut out = Vec::new();
     if let Some(def) = params::param(ty, "patient") {
@@ -294,7 +294,7 @@ pub(crate) fn audit_event_canon<'a>(
                 "who",
                 O(vec![(
                     "reference",
-                    Own(format!("Organization/{}", d.ctx.facility_id)),
+                    Own(params::cat(&["Organization/", &d.ctx.facility_id])),
                 )]),
             ),
             ("requestor", B(false)),
@@ -305,7 +305,7 @@ pub(crate) fn audit_event_canon<'a>(
             ("type", Canon::Raw(&RECIPIENT)),
             (
                 "who",
-                O(vec![("reference", Own(format!("Practitioner/{p}")))]),
+                O(vec![("reference", Own(params::cat(&["Practitioner/", p])))]),
             ),
             ("requestor", B(true)),
         ]));
@@ -381,7 +381,7 @@ pub(crate) fn audit_event_canon<'a>(
                     "observer",
                     O(vec![(
                         "reference",
-                        Own(format!("Device/{}", store.config.appliance_id)),
+                        Own(params::cat(&["Device/", &store.config.appliance_id])),
                     )]),
                 ),
             ]),
@@ -419,7 +419,12 @@ pub(crate) fn provenance_canon<'a>(
     author: Option<&'a str>,
 ) -> Canon<'a> {
     use Canon::{Array as A, Object as O, Str as S, String as Own};
-    let device = || O(vec![("reference", Own(format!("Device/{custodian}")))]);
+    let device = || {
+        O(vec![(
+            "reference",
+            Own(params::cat(&["Device/", custodian])),
+        )])
+    };
     let when = time::instant(r.last_updated);
     let activity = match (r.version, r.deleted) {
         (_, true) => "DELETE",

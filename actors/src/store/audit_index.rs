@@ -211,7 +211,7 @@ fn direct_event_terms(event: &Canon<'_>) -> Option<Vec<(&'static str, String)>> 
         if let Some(v) = event.get(member) {
             let code = text(v)?;
             if !code.is_empty() {
-                out.push((field, format!("c:{code}")));
+                out.push((field, params::cat(&["c:", code])));
             }
         }
     }

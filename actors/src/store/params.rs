@@ -440,7 +440,17 @@ pub fn normalize_reference(r: &str) -> Option<String> {
     if id.is_empty() || ty.is_empty() || !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
         return None;
     }
-    Some(format!("{ty}/{id}"))
+    Some(cat(&[ty, "/", id]))
+}
+
+/// The concatenation of `parts`, allocated once at its length. Search terms and references
+/// are built on every write; `format!` guesses their capacity and often grows the string.
+pub(crate) fn cat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
 }
 
 /// References (`Type/id`) of a reference-typed value.
@@ -656,9 +666,9 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>, bare_ids: bool) -> Vec<Str
                     if code.is_empty() {
                         continue;
                     }
-                    terms.push(format!("c:{code}"));
+                    terms.push(cat(&["c:", &code]));
                     if let Some(sys) = sys {
-                        terms.push(format!("sc:{sys}|{code}"));
+                        terms.push(cat(&["sc:", &sys, "|", &code]));
                     }
                 }
             }
@@ -671,7 +681,7 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>, bare_ids: bool) -> Vec<Str
                     starts.extend(norm.match_indices(' ').map(|(i, _)| &norm[i + 1..]));
                     for s in starts {
                         for n in 1..=MAX_PREFIX.min(s.chars().count()) {
-                            terms.push(format!("p:{}", char_prefix(s, n)));
+                            terms.push(cat(&["p:", char_prefix(s, n)]));
                         }
                     }
                 }
@@ -698,9 +708,9 @@ fn terms_of_values(def: &ParamDef, vals: Vec<&Value>, bare_ids: bool) -> Vec<Str
 /// when it is).
 pub(crate) fn reference_terms(r: &str, unrestricted: bool, out: &mut Vec<String>) {
     if unrestricted && let Some((_, id)) = r.split_once('/') {
-        out.push(format!("i:{id}"));
+        out.push(cat(&["i:", id]));
     }
-    out.push(format!("r:{r}"));
+    out.push(cat(&["r:", r]));
 }
 
 /// The `y:`, `m:` and `d:` terms of both ends of a day range (open ends are skipped).
@@ -712,9 +722,9 @@ pub(crate) fn date_terms(lo: &str, hi: &str, out: &mut Vec<String>) {
         if d.starts_with("0000") || d.starts_with("9999") {
             continue;
         }
-        out.push(format!("y:{}", &d[..4]));
-        out.push(format!("m:{}", &d[..7]));
-        out.push(format!("d:{d}"));
+        out.push(cat(&["y:", &d[..4]]));
+        out.push(cat(&["m:", &d[..7]]));
+        out.push(cat(&["d:", d]));
     }
 }
 

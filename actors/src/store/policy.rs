@@ -61,7 +61,7 @@ pub fn source_term(resource_type: &str, resource: &Value) -> Option<(String, Str
 
 /// `meta.source` value of versions written by `facility_id`.
 pub fn source_of(facility_id: &str) -> String {
-    format!("{SOURCE_PREFIX}{facility_id}")
+    super::params::cat(&[SOURCE_PREFIX, facility_id])
 }
 
 /// Why a disclosure was permitted.

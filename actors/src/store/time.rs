@@ -41,13 +41,27 @@ pub fn instant(millis: u64) -> String {
     let secs = millis / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        millis % 1000
-    )
+    let (hh, mm, ss, ms) = (rem / 3600, (rem / 60) % 60, rem % 60, millis % 1000);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z");
+    }
+    // Every write stamps a few instants (meta.lastUpdated, the AuditEvent's and the
+    // Provenance's): digits by hand, as `format!` with widths costs several times more.
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
+    put(11, 2, hh);
+    put(14, 2, mm);
+    put(17, 2, ss);
+    put(20, 3, ms);
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Day string `YYYY-MM-DD` of unix milliseconds.
@@ -70,5 +84,33 @@ mod tests {
         }
         assert_eq!(instant(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(day(1_700_000_000_123), "2023-11-14");
+    }
+
+    /// The hand-written digits of `instant` agree with `format!` (zero padding included),
+    /// and a year past 9999 falls back to it.
+    #[test]
+    fn instant_digits_match_format() {
+        let reference = |millis: u64| {
+            let secs = millis / 1000;
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let rem = secs % 86_400;
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                rem / 3600,
+                (rem / 60) % 60,
+                rem % 60,
+                millis % 1000
+            )
+        };
+        assert_eq!(instant(0), "1970-01-01T00:00:00.000Z");
+        let mut millis = 7_u64;
+        for _ in 0..2000 {
+            assert_eq!(instant(millis), reference(millis));
+            millis = millis
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1)
+                % 400_000_000_000_000;
+        }
+        assert_eq!(instant(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
     }
 }
