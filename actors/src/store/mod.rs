@@ -434,6 +434,7 @@ impl Store {
         for item in journal_db.iter(&wtxn)? {
             journal.replay(item?.1)?;
         }
+        journal.replayed();
         wtxn.commit()?;
 
         let origin = format!("hexa.{}/audit", config.facility_id);
