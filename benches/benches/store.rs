@@ -20,7 +20,7 @@ use hexa_actors::store::search::SearchQuery;
 use hexa_benches::{ProcUsage, ThreadCpu, observation};
 use hexa_crypto::keys::SigningKey;
 use hexa_crypto::seal::{Aad, MasterKey};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The appliance's allocator (`appliance/src/main.rs`), so the store is measured as it runs
 /// there; under glibc's malloc a quarter of a write's CPU went to malloc/free.
@@ -325,6 +325,68 @@ fn writes(c: &mut Criterion) {
         writer_counters(&f),
         t.elapsed(),
     );
+    // Updates that move an Observation between two statuses: each one removes a posting
+    // from a list that holds one per Observation of that status (and adds one to the
+    // other), the case of every update or delete that drops a common term. 20 000
+    // Observations are created on the case's first call (Criterion's warm-up).
+    let pool: std::cell::OnceCell<Arc<Vec<String>>> = std::cell::OnceCell::new();
+    let make_pool = || {
+        Arc::new(f.sys.block_on(async {
+            let mut ids = Vec::with_capacity(20_000);
+            for chunk in (0..20_000u64).collect::<Vec<_>>().chunks(512) {
+                let tasks: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let h = f.handle.clone();
+                        actix_rt::spawn(async move { h.create(&ctx(), observation(i), None).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    ids.push(t.await.expect("task").expect("create").record.id);
+                }
+            }
+            ids
+        }))
+    };
+    let round = Arc::new(AtomicU64::new(0));
+    // The writer's counters once the pool exists, so that its creates are not reported.
+    let after_pool = std::cell::Cell::new(None);
+    g.bench_function("observation_update_512_concurrent", |b| {
+        b.iter_custom(|n| {
+            let pool = pool.get_or_init(|| {
+                let pool = make_pool();
+                after_pool.set(Some((writer_counters(&f), Instant::now())));
+                pool
+            });
+            let (pool, round) = (pool.clone(), round.clone());
+            let base = round.fetch_add(n * BURST, Ordering::Relaxed);
+            run_concurrent(&f, n * BURST, 512, move |h, i| {
+                let i = base + i;
+                let len = pool.len() as u64;
+                let id = pool[(i % len) as usize].clone();
+                let mut o = observation(i % len);
+                o["id"] = json!(id);
+                o["status"] = json!(if (i / len).is_multiple_of(2) {
+                    "amended"
+                } else {
+                    "final"
+                });
+                async move {
+                    h.update(&ctx(), "Observation", &id, o, None, None)
+                        .await
+                        .expect("update");
+                }
+            })
+        })
+    });
+    if let Some((before, t)) = after_pool.take() {
+        report_writer(
+            "observation_update_512_concurrent",
+            before,
+            writer_counters(&f),
+            t.elapsed(),
+        );
+    }
     let people = Arc::new(
         synth::population(7, 20_000)
             .into_iter()
