@@ -3,7 +3,7 @@
 #
 #   benches/scripts/ab.sh HEXA_BINARY SCENARIO [CLIENTS] [DURATION]
 #
-# SCENARIO: read | search | create | transaction. Uses target/release/hexa-load (or
+# SCENARIO: read | search | create | transaction | update. Uses target/release/hexa-load (or
 # $HEXA_LOAD). Prints hexa-load's throughput and latency line, then the number of HTTP
 # requests the server counted (hexa_http_requests_total), the kilobytes it wrote per
 # request (/proc/<pid>/io write_bytes) and its user+system CPU per request

@@ -8,7 +8,8 @@
 //!
 //! Scenarios: `create` (POST Patient), `read` (GET Patient/{id}), `search`
 //! (GET Patient?identifier=sys|value), `transaction` (a Bundle of one Patient and nine
-//! Observations that reference it by `urn:uuid:`). `read` and `search` first create
+//! Observations that reference it by `urn:uuid:`), `update` (PUT Patient/{id}, moving the
+//! patient between two cities). `read`, `search` and `update` first create
 //! `--population` patients to draw from. Each of `--clients` connections sends its next
 //! request when the previous answer arrived (closed loop), so throughput and latency are
 //! measured together; every request's latency is recorded (no sampling).
@@ -41,6 +42,8 @@ enum Scenario {
     Search,
     /// POST /fhir (transaction Bundle of 10 resources).
     Transaction,
+    /// PUT /fhir/Patient/{id}: the patient as created, in one of two cities.
+    Update,
 }
 
 /// Load generator for hexa's FHIR API.
@@ -68,7 +71,7 @@ struct Args {
     /// The client's private Ed25519 JWK (as written by --gen-key).
     #[arg(long)]
     key: Option<std::path::PathBuf>,
-    /// Patients created before a read or search run.
+    /// Patients created before a read, search or update run.
     #[arg(long, default_value_t = 2000)]
     population: usize,
     /// Worker threads of the load tool's runtime (it shares the machine with the server).
@@ -342,9 +345,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let salt = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    let pop = if matches!(args.scenario, Scenario::Read | Scenario::Search) {
+    let pop = if matches!(
+        args.scenario,
+        Scenario::Read | Scenario::Search | Scenario::Update
+    ) {
         let p = populate(&t, &auth, args.population.max(1), salt).await?;
-        eprintln!("created {} patients to read and search", p.len());
+        eprintln!("created {} patients to read, search or update", p.len());
         Arc::new(p)
     } else {
         Arc::new(Vec::new())
@@ -395,6 +401,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         &auth,
                         Some(serde_json::to_vec(&transaction(n, salt + 2))?),
                     ),
+                    Scenario::Update => {
+                        // `populate` keeps creation order: entry k was patient(k, salt).
+                        let k = pick(n);
+                        let id = &pop[k].0;
+                        let mut p = patient(k as u64, salt);
+                        p["id"] = json!(id);
+                        if n.is_multiple_of(2) {
+                            p["address"] = json!([{"city": "Huye", "district": "Huye"}]);
+                        }
+                        request(
+                            &t,
+                            Method::PUT,
+                            &format!("/fhir/Patient/{id}"),
+                            &auth,
+                            Some(serde_json::to_vec(&p)?),
+                        )
+                    }
                 };
                 let t0 = Instant::now();
                 let r = c.send(req).await;
