@@ -132,7 +132,7 @@ struct State {
     /// Entries the latest write transaction added: (its id, how many).
     added: (u64, usize),
     /// Where each key of `lists` was last added (see [`Slot`]), so that `put` and `delete`
-    /// look at one transaction's run of a list instead of the whole list.
+    /// look at one entry instead of searching the key's list.
     slots: Slots,
 }
 
