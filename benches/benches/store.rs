@@ -333,10 +333,9 @@ fn writes(c: &mut Criterion) {
     let make_pool = || {
         Arc::new(f.sys.block_on(async {
             let mut ids = Vec::with_capacity(20_000);
-            for chunk in (0..20_000u64).collect::<Vec<_>>().chunks(512) {
-                let tasks: Vec<_> = chunk
-                    .iter()
-                    .map(|&i| {
+            for start in (0..20_000u64).step_by(512) {
+                let tasks: Vec<_> = (start..(start + 512).min(20_000))
+                    .map(|i| {
                         let h = f.handle.clone();
                         actix_rt::spawn(async move { h.create(&ctx(), observation(i), None).await })
                     })

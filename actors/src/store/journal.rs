@@ -507,9 +507,7 @@ impl Journal {
                 e.2 = LIVE;
             }
         }
-        st.lists.retain(|_, l| !l.is_empty());
-        st.held = st.lists.values().map(Vec::len).sum();
-        st.slots = rebuild_slots(&st.lists);
+        Self::after_removal(&mut st);
     }
 
     /// After the commit of write transaction `txn`: the filing chunk it filed counts as
@@ -616,6 +614,12 @@ impl Journal {
         for list in st.lists.values_mut() {
             list.retain(|e| e.2 == LIVE);
         }
+        Self::after_removal(st);
+    }
+
+    /// After entries were taken out of `st.lists`: drops the empty lists, recounts what the
+    /// view holds and rebuilds the slot map (positions moved).
+    fn after_removal(st: &mut State) {
         st.lists.retain(|_, l| !l.is_empty());
         st.held = st.lists.values().map(Vec::len).sum();
         st.slots = rebuild_slots(&st.lists);
