@@ -31,7 +31,6 @@ mod audit_canon_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -824,22 +823,34 @@ impl Store {
                 .map_err(|e| StoreError::Invalid(format!("canonical JSON: {e}")))?;
         }
 
-        // Index keys: new terms minus old terms, old minus new.
-        let new_keys: BTreeSet<Vec<u8>> = if spec.deleted {
-            BTreeSet::new()
+        // Index keys: new terms minus old terms, old minus new (both sorted, so each stays
+        // sorted). A create's are all new, and move without a copy.
+        let new_keys = if spec.deleted {
+            Vec::new()
         } else {
             self.index_keys(c, ty, &spec.id, &resource)
         };
-        let old_keys: BTreeSet<Vec<u8>> = if spec.base > 0 {
+        let old_keys = if spec.base > 0 {
             match self.version_in(txn, ty, &spec.id, spec.base)? {
                 Some(old) if !old.deleted => self.index_keys(c, ty, &spec.id, &old.resource),
-                _ => BTreeSet::new(),
+                _ => Vec::new(),
             }
         } else {
-            BTreeSet::new()
+            Vec::new()
         };
-        let add_index = new_keys.difference(&old_keys).cloned().collect();
-        let remove_index = old_keys.difference(&new_keys).cloned().collect();
+        let remove_index: Vec<Vec<u8>> = old_keys
+            .iter()
+            .filter(|k| new_keys.binary_search(k).is_err())
+            .cloned()
+            .collect();
+        let add_index: Vec<Vec<u8>> = if old_keys.is_empty() {
+            new_keys
+        } else {
+            new_keys
+                .into_iter()
+                .filter(|k| old_keys.binary_search(k).is_err())
+                .collect()
+        };
 
         let record = Record::from_parts(env, resource);
         let prov_id = new_id()?;
@@ -883,26 +894,35 @@ impl Store {
         })
     }
 
-    /// Blind index keys of a resource.
+    /// Blind index keys of a resource, sorted and distinct.
     pub(crate) fn index_keys(
         &self,
         c: Component,
         ty: &str,
         id: &str,
         resource: &Value,
-    ) -> BTreeSet<Vec<u8>> {
-        let mut terms = params::all_terms(ty, resource);
+    ) -> Vec<Vec<u8>> {
+        let blind = &self.blind[c.index()];
+        let mut keys = Vec::with_capacity(24);
+        let mut key = |field: &str, term: &str| {
+            keys.push(format::index_key(
+                ty,
+                &blind.index(field, term.as_bytes()),
+                id,
+            ));
+        };
+        params::each_term(ty, resource, |field, term| key(field, &term));
         if ty == "Patient" {
-            terms.extend(pmatch::match_terms(resource));
+            for (field, term) in pmatch::match_terms(resource) {
+                key(&field, &term);
+            }
         }
-        terms.extend(policy::source_term(ty, resource));
-        terms
-            .into_iter()
-            .map(|(field, term)| {
-                let blind = self.blind[c.index()].index(&field, term.as_bytes());
-                format::index_key(ty, &blind, id)
-            })
-            .collect()
+        if let Some((field, term)) = policy::source_term(ty, resource) {
+            key(&field, &term);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// The blind index of a (field, term) pair.

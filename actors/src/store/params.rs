@@ -298,21 +298,27 @@ pub fn param(resource_type: &str, name: &str) -> Option<&'static ParamDef> {
 }
 
 /// Collects the JSON values at `path` (dot-separated, arrays flattened at every step).
+///
+/// Walks depth first and pushes straight into `out`, with no list per path segment: every
+/// value sits at the path's full depth, so this is the order a walk segment by segment gives.
 pub fn collect<'a>(root: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
-    let mut cur: Vec<&'a Value> = vec![root];
-    for seg in path.split('.') {
-        let mut next = Vec::new();
-        for v in cur {
-            if let Some(x) = member(v, seg) {
-                match x {
-                    Value::Array(items) => next.extend(items.iter()),
-                    other => next.push(other),
-                }
+    let (seg, rest) = match path.split_once('.') {
+        Some((seg, rest)) => (seg, Some(rest)),
+        None => (path, None),
+    };
+    let Some(x) = member(root, seg) else {
+        return;
+    };
+    match (x, rest) {
+        (Value::Array(items), None) => out.extend(items.iter()),
+        (other, None) => out.push(other),
+        (Value::Array(items), Some(rest)) => {
+            for item in items {
+                collect(item, rest, out);
             }
         }
-        cur = next;
+        (other, Some(rest)) => collect(other, rest, out),
     }
-    out.extend(cur);
 }
 
 /// The member `name` of an object. A small object (as most FHIR elements are) is scanned
@@ -785,6 +791,16 @@ thread_local! {
 
 /// Every (blind-index field, term) pair of a resource; the field is `<type>.<param>`.
 pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    each_term(resource_type, resource, |field, term| {
+        out.push((field.to_string(), term))
+    });
+    out
+}
+
+/// Calls `f` with each (field, term) pair [`all_terms`] returns, in its order, without
+/// copying the field name once per term.
+pub fn each_term(resource_type: &str, resource: &Value, mut f: impl FnMut(&str, String)) {
     let plans = PLANS.with(|cell| {
         if let Some(p) = cell.borrow().get(resource_type) {
             return p.clone();
@@ -795,7 +811,6 @@ pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)>
         p
     });
     let bare_ids = indexes_bare_ids(resource_type);
-    let mut out = Vec::new();
     for plan in plans.iter() {
         let def = plan.def;
         let terms = match &plan.how {
@@ -826,15 +841,15 @@ pub fn all_terms(resource_type: &str, resource: &Value) -> Vec<(String, String)>
             }
         };
         for t in terms {
-            out.push((plan.field.clone(), t));
+            f(&plan.field, t);
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn patient() -> Value {
@@ -848,6 +863,57 @@ mod tests {
             "address": [{"city": "Kigali", "district": "Gasabo"}],
             "managingOrganization": {"reference": "Organization/chuk"}
         })
+    }
+
+    /// The walk `collect` made before it went depth first: one list of values per path
+    /// segment, arrays flattened at every step.
+    fn collect_by_segment<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
+        let mut cur = vec![root];
+        for seg in path.split('.') {
+            let mut next = Vec::new();
+            for v in cur {
+                match v.get(seg) {
+                    Some(Value::Array(items)) if v.is_object() => next.extend(items.iter()),
+                    Some(other) if v.is_object() => next.push(other),
+                    _ => {}
+                }
+            }
+            cur = next;
+        }
+        cur
+    }
+
+    /// JSON values built from two member names, arrays (nested ones too), strings and
+    /// numbers, so paths over them often pass objects, arrays and arrays of arrays.
+    fn json_tree() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<u8>().prop_map(|n| json!(n)),
+            "[ab]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 96, 4, |inner| {
+            let name = prop_oneof![Just("a"), Just("b")];
+            prop_oneof![
+                1 => proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                3 => proptest::collection::vec((name, inner), 1..3).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// `collect` finds the values, in the order, that the walk segment by segment finds.
+        #[test]
+        fn collect_walks_as_segment_by_segment(
+            root in json_tree(),
+            segs in proptest::collection::vec(prop_oneof![Just("a"), Just("b")], 1..4),
+        ) {
+            let path = segs.join(".");
+            let mut got = Vec::new();
+            collect(&root, &path, &mut got);
+            prop_assert_eq!(got, collect_by_segment(&root, &path));
+        }
     }
 
     /// `member` answers as `Value::get` for small and large objects and for non-objects.
