@@ -54,6 +54,32 @@ proptest! {
         );
     }
 
+    /// Members come out in the order of their names' UTF-16 code units (RFC 8785 §3.2.3),
+    /// for objects small enough to be sorted on the stack and for larger ones. The expected
+    /// bytes are built here, member by member, from a sort of the names as UTF-16.
+    #[test]
+    fn jcs_sorts_members_by_utf16(
+        kv in prop::collection::vec(
+            (prop_oneof!["[a-c]{0,3}", "[a\u{e000}\u{10000}\u{fb33}]{1,3}", any::<String>()], any::<i32>()),
+            0..40,
+        )
+    ) {
+        let m: Map<String, Value> = kv.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect();
+        let mut names: Vec<(&String, &Value)> = m.iter().collect();
+        names.sort_by_key(|(k, _)| k.encode_utf16().collect::<Vec<u16>>());
+        let mut expected = b"{".to_vec();
+        for (i, (k, v)) in names.iter().enumerate() {
+            if i > 0 {
+                expected.push(b',');
+            }
+            expected.extend(canonicalize(&Value::String((*k).clone())).unwrap());
+            expected.push(b':');
+            expected.extend(v.to_string().into_bytes());
+        }
+        expected.push(b'}');
+        prop_assert_eq!(canonicalize(&Value::Object(m)).unwrap(), expected);
+    }
+
     #[test]
     fn sealed_bit_flips_fail(pt in prop::collection::vec(any::<u8>(), 0..64), bit: usize, version: u64) {
         let k = MasterKey::from_bytes([4u8; 32]).sealing_key("prop");
