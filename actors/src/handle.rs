@@ -613,12 +613,16 @@ impl StoreHandle {
         let system = ctx.is_system() && ctx.facility_id == store.config().facility_id;
         component_for(ty)?;
         store.with_read(|txn| {
-            let base = if id.is_empty() {
-                0
+            // The system context is not checked, so it reads nothing.
+            let base = if system || id.is_empty() {
+                None
             } else {
-                store.current_in(txn, ty, id)?.map_or(0, |c| c.version)
+                match store.current_in(txn, ty, id)? {
+                    Some(c) => store.version_in(txn, ty, id, c.version)?,
+                    None => None,
+                }
             };
-            store.authorize_write(txn, system, &ctx.facility_id, ty, id, base, resource)
+            store.authorize_write(system, &ctx.facility_id, ty, id, base.as_ref(), resource)
         })
     }
 

@@ -736,3 +736,46 @@ async fn merging_needs_read_access_to_both_patients() {
         .unwrap();
     assert_eq!(merged.len(), 2);
 }
+
+/// The store itself refuses another facility's update or delete of a record it did not
+/// write (the HTTP layer checks ahead of the write, but every other caller relies on the
+/// store), and the policy reads the version being replaced: the author's own update and
+/// delete still go through, and the record keeps its history.
+#[actix_rt::test]
+async fn another_facility_cannot_update_or_delete_through_the_store() {
+    let fx = setup().await;
+    let (h, o) = (&fx.h, f2());
+    let mut body = h
+        .read(&home(), "Observation", &fx.obs)
+        .await
+        .unwrap()
+        .resource;
+    body["status"] = json!("entered-in-error");
+    forbidden(
+        h.update(&o, "Observation", &fx.obs, body.clone(), None, None)
+            .await,
+    );
+    forbidden(h.delete(&o, "Observation", &fx.obs).await);
+    let now = h.read(&home(), "Observation", &fx.obs).await.unwrap();
+    assert_eq!(now.version, 1);
+    assert_eq!(now.resource["status"], "final");
+    // The author updates, then another facility still cannot overwrite the new version.
+    body["status"] = json!("amended");
+    let v2 = h
+        .update(&home(), "Observation", &fx.obs, body.clone(), Some(1), None)
+        .await
+        .unwrap()
+        .record;
+    assert_eq!(v2.version, 2);
+    forbidden(
+        h.update(&o, "Observation", &fx.obs, body, Some(2), None)
+            .await,
+    );
+    let deleted = h
+        .delete(&home(), "Observation", &fx.obs)
+        .await
+        .unwrap()
+        .record;
+    assert!(deleted.deleted);
+    assert_eq!(deleted.version, 3);
+}

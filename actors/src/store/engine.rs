@@ -472,11 +472,11 @@ impl Engine {
                     })?;
                 return Ok(Err(rec));
             }
-            let old = self.store.version_in(txn, ty, id, cur.version)?;
-            let prepared = self.store.prepare_version(
+            let mut prepared = self.store.prepare_version(
                 txn,
                 self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx),
             )?;
+            let old = prepared.base.take();
             Ok(Ok((prepared, old)))
         });
         match r {

@@ -762,13 +762,19 @@ impl Store {
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
         let version = spec.base + 1;
+        // The version this one replaces, read once: the write policy looks at it, and its
+        // index keys are the ones this version's replace.
+        let base = if spec.base > 0 {
+            self.version_in(txn, ty, &spec.id, spec.base)?
+        } else {
+            None
+        };
         self.authorize_write(
-            txn,
             spec.system,
             &spec.source,
             ty,
             &spec.id,
-            spec.base,
+            base.as_ref(),
             &spec.resource,
         )?;
         let mut resource = spec.resource;
@@ -830,13 +836,9 @@ impl Store {
         } else {
             self.index_keys(c, ty, &spec.id, &resource)
         };
-        let old_keys = if spec.base > 0 {
-            match self.version_in(txn, ty, &spec.id, spec.base)? {
-                Some(old) if !old.deleted => self.index_keys(c, ty, &spec.id, &old.resource),
-                _ => Vec::new(),
-            }
-        } else {
-            Vec::new()
+        let old_keys = match &base {
+            Some(old) if !old.deleted => self.index_keys(c, ty, &spec.id, &old.resource),
+            _ => Vec::new(),
         };
         let remove_index: Vec<Vec<u8>> = old_keys
             .iter()
@@ -873,6 +875,7 @@ impl Store {
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
         Ok(Prepared {
+            base,
             write: PreparedWrite {
                 resource_type: ty.to_string(),
                 id: spec.id.clone(),
@@ -956,6 +959,8 @@ pub(crate) struct VersionSpec {
 pub(crate) struct Prepared {
     pub write: PreparedWrite,
     pub record: Record,
+    /// The version this one replaces (`None` for a create).
+    pub base: Option<Record>,
 }
 
 /// The writer's part of a prepared version: only bytes to check and put (kept small, as

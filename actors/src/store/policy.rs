@@ -636,19 +636,17 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn authorize_write(
         &self,
-        txn: &RoTxn,
         system: bool,
         source: &str,
         ty: &str,
         id: &str,
-        base: u64,
+        base: Option<&Record>,
         resource: &Value,
     ) -> StoreResult<()> {
         if system {
             return Ok(());
         }
-        if base > 0
-            && let Some(old) = self.version_in(txn, ty, id, base)?
+        if let Some(old) = base
             && old.resource["meta"]["source"].as_str() != Some(source_of(source).as_str())
         {
             return Err(StoreError::Forbidden(format!(
@@ -667,8 +665,7 @@ impl Store {
             if is_enrolment_device(resource) {
                 return refuse("enrolment Devices");
             }
-            if base > 0
-                && let Some(old) = self.version_in(txn, ty, id, base)?
+            if let Some(old) = base
                 && is_enrolment_device(&old.resource)
             {
                 return refuse("enrolment Devices");
