@@ -6,7 +6,6 @@
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -203,19 +202,24 @@ impl SealKey {
 
 /// A key for blind indexes (keyed hashes of searchable fields). Zeroized on drop.
 ///
-/// The HMAC is keyed once, when the key is derived: every [`BlindIndexKey::index`] clones
-/// that keyed state instead of hashing the key's inner and outer pads again (two SHA-256
-/// compressions of the four or five an index costs). The keyed state is secret like the
-/// key; `hmac` and `sha2` are built with their `zeroize` feature, so it is wiped on drop too.
+/// HMAC-SHA256 (RFC 2104) written over SHA-256's compression function: the SHA-256 states
+/// after the key's inner and outer pad blocks are computed once, when the key is derived,
+/// and an index is then two compressions for a field and term of up to 47 bytes together
+/// (one more per further 64), with no hasher state cloned or buffered. The pad states are
+/// as secret as the key and are wiped with it; the buffers an index fills are wiped too.
+/// Tests hold it equal to the `hmac` crate's HMAC-SHA256.
 #[derive(Clone)]
 pub struct BlindIndexKey {
     key: [u8; 32],
-    keyed: Hmac<Sha256>,
+    inner: [u32; 8],
+    outer: [u32; 8],
 }
 
 impl Drop for BlindIndexKey {
     fn drop(&mut self) {
         self.key.zeroize();
+        self.inner.zeroize();
+        self.outer.zeroize();
     }
 }
 
@@ -227,29 +231,82 @@ impl std::fmt::Debug for BlindIndexKey {
     }
 }
 
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// The SHA-256 state after one 64-byte block: `key` (zero-padded) XOR `pad`.
+fn pad_state(key: &[u8; 32], pad: u8) -> [u32; 8] {
+    let mut block = [pad; 64];
+    for (b, k) in block.iter_mut().zip(key) {
+        *b ^= k;
+    }
+    let mut state = SHA256_IV;
+    sha2::block_api::compress256(&mut state, &[block]);
+    block.zeroize();
+    state
+}
+
 impl BlindIndexKey {
     fn new(key: [u8; 32]) -> Self {
-        let keyed = match <Hmac<Sha256> as KeyInit>::new_from_slice(&key) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC accepts keys of any length"),
-        };
-        BlindIndexKey { key, keyed }
+        let (inner, outer) = (pad_state(&key, 0x36), pad_state(&key, 0x5c));
+        BlindIndexKey { key, inner, outer }
     }
 
     /// HMAC-SHA256 over `u64be(len(field)) || field || value`: the field name is bound in, so
     /// equal values in different fields give unrelated indexes.
     pub fn index(&self, field: &str, value: &[u8]) -> [u8; 32] {
-        let mut mac = self.keyed.clone();
-        mac.update(&(field.len() as u64).to_be_bytes());
-        mac.update(field.as_bytes());
-        mac.update(value);
-        mac.finalize().into_bytes().into()
+        let len = (field.len() as u64).to_be_bytes();
+        let parts: [&[u8]; 3] = [&len, field.as_bytes(), value];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Inner hash: the message after the inner pad block, then SHA-256's padding.
+        let mut state = self.inner;
+        let mut block = [0u8; 64];
+        let mut n = 0;
+        for mut part in parts {
+            while !part.is_empty() {
+                let take = part.len().min(64 - n);
+                block[n..n + take].copy_from_slice(&part[..take]);
+                (n, part) = (n + take, &part[take..]);
+                if n == 64 {
+                    sha2::block_api::compress256(&mut state, &[block]);
+                    n = 0;
+                }
+            }
+        }
+        block[n] = 0x80;
+        block[n + 1..].fill(0);
+        if n >= 56 {
+            sha2::block_api::compress256(&mut state, &[block]);
+            block.fill(0);
+        }
+        block[56..].copy_from_slice(&((64 + total as u64) * 8).to_be_bytes());
+        sha2::block_api::compress256(&mut state, &[block]);
+        // Outer hash: the inner digest after the outer pad block.
+        block.fill(0);
+        for (out, word) in block.chunks_exact_mut(4).zip(state) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        block[32] = 0x80;
+        block[56..].copy_from_slice(&((64u64 + 32) * 8).to_be_bytes());
+        let mut outer = self.outer;
+        sha2::block_api::compress256(&mut outer, &[block]);
+        let mut digest = [0u8; 32];
+        for (out, word) in digest.chunks_exact_mut(4).zip(outer) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        block.zeroize();
+        state.zeroize();
+        outer.zeroize();
+        digest
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::{Hmac, Mac};
 
     /// The workspace builds Poly1305's portable backend (`.cargo/config.toml`): for values as
     /// short as the store's, the AVX2 backend's per-key setup costs more than it saves
@@ -332,6 +389,32 @@ mod tests {
             bi.index("family", b"Doe"),
             mk.blind_index_key("x").index("family", b"Doe")
         );
+    }
+
+    /// The index is HMAC-SHA256 as the `hmac` crate computes it, for every length of field
+    /// and term from 0 to 150 bytes together: one, two and three blocks, and the padding on
+    /// either side of the 56-byte boundary.
+    #[test]
+    fn blind_index_matches_hmac_at_every_length() {
+        let bi = MasterKey::from_bytes([7u8; 32]).blind_index_key("lengths");
+        let text: Vec<u8> = (0..150u8).map(|i| b'a' + i % 26).collect();
+        for total in 0..150 {
+            for field_len in [0, total / 3, total] {
+                let field = std::str::from_utf8(&text[..field_len]).unwrap();
+                let value = &text[field_len..total];
+                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&bi.key).unwrap();
+                mac.update(&(field.len() as u64).to_be_bytes());
+                mac.update(field.as_bytes());
+                mac.update(value);
+                let expect: [u8; 32] = mac.finalize().into_bytes().into();
+                assert_eq!(
+                    bi.index(field, value),
+                    expect,
+                    "{field_len} + {}",
+                    value.len()
+                );
+            }
+        }
     }
 
     #[test]
