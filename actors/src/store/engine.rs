@@ -334,13 +334,18 @@ impl Engine {
             Err(e) => return self.fail(draft, e),
         };
         draft.touch(&prepared.record);
+        // Only a conditional create can answer with an existing record, which is a read of
+        // it: only then does the completion need the reader's context.
+        let reader = if_none_exist.as_ref().map(|_| ctx.clone());
         let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
-        let (store, reader) = (self.store.clone(), ctx.clone());
+        let store = self.store.clone();
         Ok(p.map(move |ws| {
             let w = first_write(ws)?;
             if !w.created {
-                // A conditional create that matched returns an existing record: a read.
-                store.disclose_one(&reader, w.record.clone())?;
+                let reader = reader.as_ref().ok_or_else(|| {
+                    StoreError::Storage("an unconditional create matched an existing record".into())
+                })?;
+                store.disclose_one(reader, w.record.clone())?;
             }
             Ok(w)
         }))
