@@ -870,21 +870,25 @@ mod tests {
     /// One staged operation: (database, key, value to put or `None` to delete).
     type Op = (u8, u8, Option<u8>);
 
+    /// Databases `a` and `b` of `env`.
+    fn two_databases(env: &heed::Env<heed::WithoutTls>) -> [Db; 2] {
+        let wtxn = env.write_txn().unwrap();
+        env.create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+            let a: Database<'_, Bytes, Bytes> = opener.create_database(wtxn, Some("a"))?;
+            let b: Database<'_, Bytes, Bytes> = opener.create_database(wtxn, Some("b"))?;
+            Ok(CommitOrAbort::<_, ()>::Commit([a, b]))
+        })
+        .unwrap()
+        .commit()
+        .unwrap()
+    }
+
     /// Stages `ops` (as the members of a batch would) in one transaction and returns what
     /// each database holds after the flush.
     fn flushed(ops: &[Op]) -> [BTreeMap<Vec<u8>, Vec<u8>>; 2] {
         let dir = tempfile::tempdir().unwrap();
         let env = crate::store::open_env(dir.path(), 1 << 20).unwrap();
-        let wtxn = env.write_txn().unwrap();
-        let dbs: [Db; 2] = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                let a: Database<'_, Bytes, Bytes> = opener.create_database(wtxn, Some("a"))?;
-                let b: Database<'_, Bytes, Bytes> = opener.create_database(wtxn, Some("b"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit([a, b]))
-            })
-            .unwrap()
-            .commit()
-            .unwrap();
+        let dbs = two_databases(&env);
         let mut wtxn = env.write_txn().unwrap();
         let mut staged = Staged::default();
         for &(db, key, value) in ops {
@@ -956,16 +960,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let env = crate::store::open_env(dir.path(), 1 << 28).unwrap();
-        let wtxn = env.write_txn().unwrap();
-        let dbs: [Db; 2] = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                let a: Database<'_, Bytes, Bytes> = opener.create_database(wtxn, Some("a"))?;
-                let b: Database<'_, Bytes, Bytes> = opener.create_database(wtxn, Some("b"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit([a, b]))
-            })
-            .unwrap()
-            .commit()
-            .unwrap();
+        let dbs = two_databases(&env);
         let mut model = [BTreeMap::new(), BTreeMap::new()];
         for round in 0..12 {
             let mut ops = Vec::new();
