@@ -653,7 +653,7 @@ fn encode(record: &mut Vec<u8>, op: u8, key: &[u8]) {
 }
 
 /// The (is a put, key) operations of a journal record.
-fn decode(mut record: &[u8]) -> impl Iterator<Item = StoreResult<(bool, &[u8])>> {
+pub(crate) fn decode(mut record: &[u8]) -> impl Iterator<Item = StoreResult<(bool, &[u8])>> {
     std::iter::from_fn(move || {
         if record.is_empty() {
             return None;

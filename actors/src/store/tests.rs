@@ -391,6 +391,18 @@ fn assert_journal_holds(e: &Engine, lag: usize, per_write: usize) {
         .store
         .with_read(|t| Ok(e.store.journal_db.len(t)?))
         .unwrap();
+    // Each record holds its own commit's changes only (one write per commit here: its
+    // removals and additions), never an earlier commit's again.
+    e.store
+        .with_read(|t| {
+            for item in e.store.journal_db.iter(t)? {
+                let (txn, record) = item?;
+                let ops = super::journal::decode(record).count();
+                assert!(ops <= 2 * per_write, "record {txn:?} holds {ops} changes");
+            }
+            Ok(())
+        })
+        .unwrap();
     match lag {
         0 => assert_eq!((live, journal_records), (0, 0)),
         l if l < 1000 => assert!(live < l + 3 * per_write, "{live} postings wait"),

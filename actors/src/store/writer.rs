@@ -500,6 +500,18 @@ fn apply<'a>(
     res
 }
 
+/// The largest journal record buffer the writer keeps for the next commit (a transaction
+/// Bundle of thousands of resources may need more once; that buffer is then freed).
+const JOURNAL_RECORD_KEPT: usize = 4 << 20;
+
+thread_local! {
+    /// The writer thread's buffer for a commit's index journal record, kept with its
+    /// capacity from one commit to the next: a record of 100 KiB or more, built up from
+    /// empty for every commit, had the writer copying into freshly grown memory (3 % of all
+    /// samples in a Patient-create profile, on the copy of each posting's key).
+    static JOURNAL_RECORD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// [`apply`] in its write transaction `wtxn`.
 fn apply_in<'a>(
     store: &Store,
@@ -512,7 +524,10 @@ fn apply_in<'a>(
 ) -> StoreResult<(Vec<Res>, usize)> {
     use std::sync::atomic::Ordering::Relaxed;
     let txn = wtxn.id() as u64;
-    let mut staged = Staged::default();
+    let mut staged = Staged {
+        journal: JOURNAL_RECORD.take(),
+        ..Staged::default()
+    };
     let mut results = Vec::with_capacity(jobs.len());
     let mut force_ckpt = false;
     for job in jobs {
@@ -541,6 +556,11 @@ fn apply_in<'a>(
     let t1 = std::time::Instant::now();
     wtxn.commit()?;
     store.journal.committed(txn);
+    let mut record = std::mem::take(&mut staged.journal);
+    if record.capacity() <= JOURNAL_RECORD_KEPT {
+        record.clear();
+        JOURNAL_RECORD.set(record);
+    }
     stats
         .apply_nanos
         .fetch_add((t1 - t0).as_nanos() as u64, Relaxed);
