@@ -166,32 +166,47 @@ fn write_value(v: &Value, out: &mut Vec<u8>) -> Result<(), JcsError> {
             out.push(b']');
         }
         Value::Object(m) => {
-            // Sorted on the stack for objects of up to 16 members, as in `Canon::write`.
-            // Names are unique, so an unstable sort gives the one order.
             static NULL: Value = Value::Null;
-            let (mut small, mut large) = ([("", &NULL); 16], Vec::new());
-            let entries: &mut [(&str, &Value)] = if m.len() <= small.len() {
-                for (slot, (k, v)) in small.iter_mut().zip(m) {
-                    *slot = (k.as_str(), v);
-                }
-                &mut small[..m.len()]
-            } else {
-                large.extend(m.iter().map(|(k, v)| (k.as_str(), v)));
-                &mut large
-            };
-            entries.sort_unstable_by(|a, b| utf16_cmp(a.0, b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(k, out);
-                out.push(b':');
-                write_value(v, out)?;
-            }
-            out.push(b'}');
+            let members = m.iter().map(|(k, v)| (k.as_str(), v));
+            write_object(members, &NULL, out, write_value)?;
         }
     }
+    Ok(())
+}
+
+/// Writes an object: `members` in the order of their names' UTF-16 code units, each value
+/// by `value`. The order is sorted on the stack for objects of up to 16 members (all the
+/// documents the appliance composes have fewer; an allocation per object was a tenth of an
+/// AuditEvent's), with `placeholder` filling the unused slots. Names are unique, so an
+/// unstable sort gives the one order.
+fn write_object<'a, V: ?Sized, E>(
+    members: impl ExactSizeIterator<Item = (&'a str, &'a V)>,
+    placeholder: &'a V,
+    out: &mut Vec<u8>,
+    mut value: impl FnMut(&'a V, &mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let n = members.len();
+    let (mut small, mut large) = ([("", placeholder); 16], Vec::new());
+    let sorted: &mut [(&str, &V)] = if n <= small.len() {
+        for (slot, member) in small.iter_mut().zip(members) {
+            *slot = member;
+        }
+        &mut small[..n]
+    } else {
+        large.extend(members);
+        &mut large
+    };
+    sorted.sort_unstable_by(|a, b| utf16_cmp(a.0, b.0));
+    out.push(b'{');
+    for (i, &(k, v)) in sorted.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(k, out);
+        out.push(b':');
+        value(v, out)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 
@@ -260,28 +275,13 @@ impl Canon<'_> {
                         .all(|(i, (k, _))| m[..i].iter().all(|(j, _)| j != k)),
                     "repeated member name"
                 );
-                // The members' order, on the stack for objects of up to 16 members (all the
-                // composed documents' are): an allocation per object was a tenth of an
-                // AuditEvent's. Names are unique, so an unstable sort gives the one order.
-                let (mut small, mut large) = ([0usize; 16], Vec::new());
-                let order: &mut [usize] = if m.len() <= small.len() {
-                    &mut small[..m.len()]
-                } else {
-                    large.resize(m.len(), 0);
-                    &mut large
-                };
-                order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
-                order.sort_unstable_by(|&a, &b| utf16_cmp(m[a].0, m[b].0));
-                out.push(b'{');
-                for (n, &i) in order.iter().enumerate() {
-                    if n > 0 {
-                        out.push(b',');
-                    }
-                    write_string(m[i].0, out);
-                    out.push(b':');
-                    m[i].1.write(out);
-                }
-                out.push(b'}');
+                static EMPTY: Canon<'static> = Canon::Bool(false);
+                let members = m.iter().map(|(k, v)| (*k, v));
+                let written = write_object(members, &EMPTY, out, |v, out| {
+                    v.write(out);
+                    Ok::<(), std::convert::Infallible>(())
+                });
+                let Ok(()) = written;
             }
         }
     }
