@@ -252,6 +252,72 @@ fn report_writer(
     );
 }
 
+/// Length of the windows [`windows_of`] reports.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Runs `body` while a thread samples the writer's member count every [`WINDOW`] of wall
+/// time, and returns the rate of each whole window (members per second): what a long run
+/// sustains once the store has grown, where the criterion figure is the mean of the whole
+/// run. The windows cover wall time, warm-up and criterion's pauses between samples
+/// included (those pauses are milliseconds).
+fn windows_of(f: &Fixture, body: impl FnOnce()) -> Vec<f64> {
+    let stats = f.handle.engine().writer.stats();
+    let done = std::sync::Mutex::new(false);
+    let wake = std::sync::Condvar::new();
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut rates = Vec::new();
+            let mut last = stats.members.load(Ordering::Relaxed);
+            let mut deadline = Instant::now() + WINDOW;
+            let mut stop = done.lock().expect("sampler lock");
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    let members = stats.members.load(Ordering::Relaxed);
+                    rates.push((members - last) as f64 / WINDOW.as_secs_f64());
+                    last = members;
+                    deadline += WINDOW;
+                    continue;
+                }
+                if *stop {
+                    return rates;
+                }
+                stop = wake
+                    .wait_timeout(stop, deadline - now)
+                    .expect("sampler wait")
+                    .0;
+            }
+        });
+        body();
+        *done.lock().expect("sampler lock") = true;
+        wake.notify_all();
+        sampler.join().expect("sampler")
+    })
+}
+
+/// Prints the window rates of [`windows_of`] in thousands per second, and the mean of the
+/// last three (the last 30 seconds) when the run had at least five windows.
+fn report_windows(label: &str, rates: &[f64]) {
+    if rates.is_empty() {
+        return;
+    }
+    let list: Vec<String> = rates.iter().map(|r| format!("{:.1}", r / 1e3)).collect();
+    let tail = if rates.len() >= 5 {
+        let last = &rates[rates.len() - 3..];
+        format!(
+            "; last 30 s {:.1} k/s",
+            last.iter().sum::<f64>() / last.len() as f64 / 1e3
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "writer[{label}]: k members/s by {} s window: {}{tail}",
+        WINDOW.as_secs(),
+        list.join(" ")
+    );
+}
+
 fn writes(c: &mut Criterion) {
     let f = fixture();
     let mut g = c.benchmark_group("store_write");
@@ -267,16 +333,19 @@ fn writes(c: &mut Criterion) {
         } else {
             format!("observation_{conc}_concurrent")
         };
-        g.bench_function(&name, |b| {
-            b.iter_custom(|n| {
-                run_concurrent(&f, n * per, conc, |h, i| async move {
-                    h.create(&ctx(), observation(i), None)
-                        .await
-                        .expect("create");
+        let rates = windows_of(&f, || {
+            g.bench_function(&name, |b| {
+                b.iter_custom(|n| {
+                    run_concurrent(&f, n * per, conc, |h, i| async move {
+                        h.create(&ctx(), observation(i), None)
+                            .await
+                            .expect("create");
+                    })
                 })
-            })
+            });
         });
         report_writer(&name, before, writer_counters(&f), t.elapsed());
+        report_windows(&name, &rates);
     }
     // The same creates without the registry actors: two tokio worker threads (as many as
     // the registry's threads) prepare each create by calling the engine directly and await
