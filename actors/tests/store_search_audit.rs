@@ -536,6 +536,30 @@ fn every_write_read_and_search_is_audited_with_proofs() {
     );
     let ev = assert_included(&e, before, "R");
     assert_eq!(ev["outcome"], "4");
+    // So is a refused create: a resource without a type, and a conditional create whose
+    // criteria name another type. Neither stores anything.
+    let all_patients = SearchQuery::from_pairs("Patient", &[]).unwrap();
+    let patients = e.store.search(&all_patients).unwrap().total;
+    let refused = [
+        (json!({"name": [{"family": "Untyped"}]}), None),
+        (
+            patient("Audit", "Other", "1971", "2"),
+            Some(SearchQuery::from_pairs("Observation", &[("code", "x")]).unwrap()),
+        ),
+    ];
+    for (resource, if_none_exist) in refused {
+        let before = e.store.audit_size().unwrap();
+        let err = e
+            .create(&c, resource, None, if_none_exist)
+            .unwrap()
+            .wait_blocking()
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        let ev = assert_included(&e, before, "C");
+        assert_eq!(ev["outcome"], "4");
+        assert_eq!(e.store.audit_size().unwrap(), before + 1);
+    }
+    assert_eq!(e.store.search(&all_patients).unwrap().total, patients);
 
     // Many entries: checkpoints every 10, consistency between them.
     for i in 0..40 {

@@ -303,6 +303,39 @@ impl Engine {
         }))
     }
 
+    /// The registry-thread half of a create with a server-assigned id: the AuditEvent's
+    /// draft, and the version prepared (id, policy, canonical bytes, signature, seals,
+    /// index keys, Provenance) or the error the draft is to record. An RNG failure while
+    /// drawing the id is returned as is, unaudited, as before.
+    fn prepare_create(
+        &self,
+        ctx: &AccessContext,
+        resource: Value,
+        author_jws: Option<String>,
+        if_none_exist: Option<&SearchQuery>,
+    ) -> StoreResult<(AuditDraft, StoreResult<super::Prepared>)> {
+        let mut draft = AuditDraft::new(Interaction::Create, ctx);
+        let ty = match resource_type_of(&resource) {
+            Ok(t) => t,
+            Err(e) => return Ok((draft, Err(e))),
+        };
+        if let Some(q) = if_none_exist
+            && q.resource_type != ty
+        {
+            let e = StoreError::Invalid("If-None-Exist criteria name another type".into());
+            return Ok((draft, Err(e)));
+        }
+        let id = new_id()?;
+        let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
+        let prepared = self
+            .store
+            .with_read(|txn| self.store.prepare_version(txn, spec));
+        if let Ok(p) = &prepared {
+            draft.touch(&p.record);
+        }
+        Ok((draft, prepared))
+    }
+
     /// Create with a server-assigned id; `if_none_exist` makes it conditional.
     pub fn create(
         &self,
@@ -311,29 +344,12 @@ impl Engine {
         author_jws: Option<String>,
         if_none_exist: Option<SearchQuery>,
     ) -> StoreResult<Pending<WriteResult>> {
-        let mut draft = AuditDraft::new(Interaction::Create, ctx);
-        let ty = match resource_type_of(&resource) {
-            Ok(t) => t,
-            Err(e) => return self.fail(draft, e),
-        };
-        if let Some(q) = &if_none_exist
-            && q.resource_type != ty
-        {
-            return self.fail(
-                draft,
-                StoreError::Invalid("If-None-Exist criteria name another type".into()),
-            );
-        }
-        let id = new_id()?;
-        let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
-        let prepared = match self
-            .store
-            .with_read(|txn| self.store.prepare_version(txn, spec))
-        {
+        let (draft, prepared) =
+            self.prepare_create(ctx, resource, author_jws, if_none_exist.as_ref())?;
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => return self.fail(draft, e),
         };
-        draft.touch(&prepared.record);
         // Only a conditional create can answer with an existing record, which is a read of
         // it: only then does the completion need the reader's context.
         let reader = if_none_exist.as_ref().map(|_| ctx.clone());
@@ -362,14 +378,8 @@ impl Engine {
         ctx: &AccessContext,
         resource: Value,
     ) -> StoreResult<usize> {
-        let mut draft = AuditDraft::new(Interaction::Create, ctx);
-        let ty = resource_type_of(&resource)?;
-        let id = new_id()?;
-        let spec = self.spec(&ty, &id, 0, resource, false, None, ctx);
-        let prepared = self
-            .store
-            .with_read(|txn| self.store.prepare_version(txn, spec))?;
-        draft.touch(&prepared.record);
+        let (draft, prepared) = self.prepare_create(ctx, resource, None, None)?;
+        let prepared = prepared?;
         let audit = prepare_audit(&self.store, &draft, None)?;
         Ok(prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.stored.len())
     }
