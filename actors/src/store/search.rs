@@ -466,11 +466,17 @@ impl Store {
         let c = component_for(ty)?;
         let dbs = self.dbs(c);
         // 1. Candidates.
-        let mut candidates: Option<BTreeSet<String>> =
-            q.ids.as_ref().map(|ids| ids.iter().cloned().collect());
+        // Candidate ids as sorted, distinct lists: a posting list comes out of the index in
+        // order, so sorting what a clause collected is a merge of a few runs.
+        let mut candidates: Option<Vec<String>> = q.ids.as_ref().map(|ids| {
+            let mut ids = ids.to_vec();
+            ids.sort();
+            ids.dedup();
+            ids
+        });
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
-            let mut set = BTreeSet::new();
+            let mut set = Vec::new();
             let mut usable = true;
             let mut needs_post = false;
             for v in &clause.values {
@@ -491,8 +497,10 @@ impl Store {
                 post.push(clause);
             }
             if usable {
+                set.sort();
+                set.dedup();
                 candidates = Some(match candidates {
-                    Some(prev) => prev.intersection(&set).cloned().collect(),
+                    Some(prev) => intersect_sorted(prev, set),
                     None => set,
                 });
             }
@@ -583,18 +591,18 @@ impl Store {
         ty: &str,
         param: &str,
         term: &str,
-        out: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
     ) -> StoreResult<()> {
         let blind = self.blind(c, &format!("{ty}.{param}"), term);
         let prefix = format::index_prefix(ty, &blind);
         for item in self.dbs(c).index.prefix_iter(txn, &prefix)? {
             let (k, _) = item?;
-            out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
         }
         if super::journal::journaled(c) {
             // And those still in the index journal, as of this snapshot.
             self.journal.postings(txn.id() as u64, &prefix, |id| {
-                out.insert(String::from_utf8_lossy(id).into_owned());
+                out.push(String::from_utf8_lossy(id).into_owned());
             });
         }
         Ok(())
@@ -618,7 +626,7 @@ impl Store {
         let mut post: Vec<&Clause> = Vec::new();
         for clause in &q.clauses {
             // Format-1 postings (by event id) and the runs' postings (by log index).
-            let mut legacy = BTreeSet::new();
+            let mut legacy = Vec::new();
             let mut set = BTreeSet::new();
             let mut usable = true;
             let mut needs_post = false;
@@ -752,6 +760,19 @@ fn sort_value(def: &ParamDef, r: &Record) -> String {
     }
 }
 
+/// The ids in both of two sorted, distinct lists, in order.
+fn intersect_sorted(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(a.len().min(b.len()));
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while b.next_if(|y| *y < x).is_some() {}
+        if b.next_if(|y| *y == x).is_some() {
+            out.push(x);
+        }
+    }
+    out
+}
+
 fn sort_hits(hits: &mut [Hit], sort: &[(SortKey, bool)]) {
     hits.sort_by(|a, b| {
         for (key, desc) in sort {
@@ -784,6 +805,20 @@ fn sort_hits(hits: &mut [Hit], sort: &[(SortKey, bool)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The merge of two sorted, distinct id lists keeps exactly the ids of both, in
+        /// order (against the set intersection the search used before).
+        #[test]
+        fn intersect_sorted_is_the_set_intersection(
+            a in proptest::collection::btree_set("[a-d]{0,3}", 0..40),
+            b in proptest::collection::btree_set("[a-d]{0,3}", 0..40),
+        ) {
+            let want: Vec<String> = a.intersection(&b).cloned().collect();
+            let got = intersect_sorted(a.into_iter().collect(), b.into_iter().collect());
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn date_prefixes() {
