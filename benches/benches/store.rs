@@ -99,7 +99,7 @@ const LOAD_TX: usize = 500;
 /// written after the load completed marks it usable (an interrupted load is rebuilt).
 /// Loading goes through the actors as FHIR transactions of [`LOAD_TX`] creates (each
 /// version signed, sealed, indexed and audited like any write), two in flight.
-fn population_fixture(n: usize, people: &[Value]) -> (Fixture, Vec<String>) {
+fn population_fixture(n: usize, people: impl FnOnce() -> Vec<Value>) -> (Fixture, Vec<String>) {
     let target = std::env::current_exe()
         .ok()
         .and_then(|p| Some(p.parent()?.parent()?.parent()?.to_path_buf()))
@@ -119,8 +119,16 @@ fn population_fixture(n: usize, people: &[Value]) -> (Fixture, Vec<String>) {
     std::fs::create_dir_all(&dir).expect("cache dir");
     let f = fixture_at(&dir);
     let t = Instant::now();
-    let chunks: Arc<Vec<Vec<Value>>> =
-        Arc::new(people.chunks(LOAD_TX).map(<[Value]>::to_vec).collect());
+    let mut people = people().into_iter();
+    let mut chunks = Vec::with_capacity(n.div_ceil(LOAD_TX));
+    loop {
+        let chunk: Vec<Value> = people.by_ref().take(LOAD_TX).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let chunks: Arc<Vec<Vec<Value>>> = Arc::new(chunks);
     let out = Arc::new(std::sync::Mutex::new(vec![Vec::new(); chunks.len()]));
     let (ch, o) = (chunks.clone(), out.clone());
     let loaded = Arc::new(AtomicU64::new(0));
@@ -484,12 +492,46 @@ fn writes(c: &mut Criterion) {
 
 fn reads_search_match(c: &mut Criterion) {
     let n: usize = hexa_benches::env_parse("HEXA_BENCH_PATIENTS").unwrap_or(10_000);
-    let people: Vec<Value> = synth::population(11, n)
-        .into_iter()
-        .map(|p| p.to_fhir())
-        .collect();
-    let (f, ids) = population_fixture(n, &people);
+    let persons = synth::population(11, n);
+    // FHIR Patients only while loading: at a million they would hold gigabytes that the
+    // store's pages need (the queries below keep what they use, then `persons` goes too).
+    let (f, ids) = population_fixture(n, || persons.iter().map(|p| p.to_fhir()).collect());
     let ids = Arc::new(ids);
+    let idents: Arc<Vec<(String, String)>> = Arc::new(
+        persons
+            .iter()
+            .filter_map(|p| {
+                let p = p.to_fhir();
+                let idf = &p["identifier"][0];
+                let (sys, value) = (idf["system"].as_str()?, idf["value"].as_str()?);
+                Some(("identifier".to_string(), format!("{sys}|{value}")))
+            })
+            .collect(),
+    );
+    let family = persons[n / 2].to_fhir()["name"][0]["family"]
+        .as_str()
+        .unwrap_or("a")
+        .to_lowercase();
+    let prefix: String = family.chars().take(4).collect();
+    let birth = persons[n / 3].to_fhir()["birthDate"]
+        .as_str()
+        .unwrap_or("1990")
+        .to_string();
+    let identifier = {
+        let idf = &persons[n / 4].to_fhir()["identifier"][0];
+        format!(
+            "{}|{}",
+            idf["system"].as_str().unwrap_or(""),
+            idf["value"].as_str().unwrap_or("")
+        )
+    };
+    let mut rng = synth::SynthRng::new(5);
+    let queries: Vec<Value> = persons
+        .iter()
+        .step_by((n / 200).max(1))
+        .map(|p| synth::duplicate(p, &mut rng).to_fhir())
+        .collect();
+    drop(persons);
 
     let mut g = c.benchmark_group(format!("store_read_{n}"));
     g.sample_size(10);
@@ -514,16 +556,6 @@ fn reads_search_match(c: &mut Criterion) {
     }
     // Audited searches by identifier (`system|value` of random patients), 256 in flight:
     // each returns one Patient after its AuditEvent's commit.
-    let idents: Arc<Vec<(String, String)>> = Arc::new(
-        people
-            .iter()
-            .filter_map(|p| {
-                let idf = &p["identifier"][0];
-                let (sys, value) = (idf["system"].as_str()?, idf["value"].as_str()?);
-                Some(("identifier".to_string(), format!("{sys}|{value}")))
-            })
-            .collect(),
-    );
     g.throughput(Throughput::Elements(BURST));
     let name = "audited_identifier_search_256_concurrent";
     let (before, t) = (writer_counters(&f), Instant::now());
@@ -543,15 +575,6 @@ fn reads_search_match(c: &mut Criterion) {
 
     let mut g = c.benchmark_group(format!("store_search_{n}"));
     g.sample_size(20);
-    let family = people[n / 2]["name"][0]["family"]
-        .as_str()
-        .unwrap_or("a")
-        .to_lowercase();
-    let prefix: String = family.chars().take(4).collect();
-    let birth = people[n / 3]["birthDate"]
-        .as_str()
-        .unwrap_or("1990")
-        .to_string();
     let pairs = |v: &[(&str, &str)]| {
         v.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -566,15 +589,7 @@ fn reads_search_match(c: &mut Criterion) {
             "family_exact_and_birthdate",
             pairs(&[("family", &family), ("birthdate", &birth)]),
         ),
-        ("identifier", {
-            let idf = &people[n / 4]["identifier"][0];
-            let v = format!(
-                "{}|{}",
-                idf["system"].as_str().unwrap_or(""),
-                idf["value"].as_str().unwrap_or("")
-            );
-            pairs(&[("identifier", &v)])
-        }),
+        ("identifier", pairs(&[("identifier", &identifier)])),
         // A reference parameter open to any type, by type and id, and by bare id: the
         // index files only `r:<Type>/<id>`, so a bare id is looked up under every stored
         // type (about 80 term lookups).
@@ -605,12 +620,6 @@ fn reads_search_match(c: &mut Criterion) {
             b.iter(|| f.handle.store().search(&q).expect("search").total)
         });
     }
-    let mut rng = synth::SynthRng::new(5);
-    let queries: Vec<Value> = synth::population(11, n)
-        .iter()
-        .step_by((n / 200).max(1))
-        .map(|p| synth::duplicate(p, &mut rng).to_fhir())
-        .collect();
     let mut qi = 0;
     g.bench_function("match_typo_duplicate", |b| {
         b.iter(|| {
