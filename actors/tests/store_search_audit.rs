@@ -170,6 +170,70 @@ fn patient_search_parameters() {
     assert!(ids(&e, "Patient", &[("family", "twag")]).is_empty());
 }
 
+/// `_total=none`: a search in id order stops once it has its page and one hit past it
+/// (`exact` false, `total` that count); the pages are those of the counted search; deleted
+/// records, `_lastUpdated` and post-filters still apply; another order counts everything.
+#[test]
+fn total_none_stops_after_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let c = ctx();
+    let mut made: Vec<String> = (0..9)
+        .map(|i| created_id(&e, &c, patient("Totalno", &format!("G{i}"), "1990", "9")))
+        .collect();
+    created_id(&e, &c, patient("Elsewhere", "X", "1990", "9"));
+    // Two of them deleted: candidates the search must skip.
+    for gone in [made.remove(1), made.remove(4)] {
+        e.delete(&c, "Patient", &gone)
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+    }
+    made.sort();
+    let search = |pairs: &[(&str, &str)]| {
+        let p = e
+            .store
+            .search(&SearchQuery::from_pairs("Patient", pairs).unwrap())
+            .unwrap();
+        let ids: Vec<String> = p.items.iter().map(|r| r.id.clone()).collect();
+        (p.total, p.exact, ids)
+    };
+    let family = ("family", "totalno");
+    for offset in 0..8 {
+        let off = offset.to_string();
+        let page = [family, ("_count", "2"), ("_offset", &off)];
+        let (total, exact, counted) = search(&page);
+        assert_eq!((total, exact), (7, true));
+        assert_eq!(counted, made[offset.min(7)..(offset + 2).min(7)]);
+        let (total, exact, ids) = search(&[page[0], page[1], page[2], ("_total", "none")]);
+        assert_eq!(ids, counted, "offset {offset}");
+        if offset + 3 < 7 {
+            // Stopped at the page and one past it.
+            assert_eq!((total, exact), (offset + 3, false), "offset {offset}");
+        } else {
+            // The page and one past it take every live Patient; the last candidate is
+            // live (the deleted ones were created second and sixth), so the search ran
+            // to its end and counted.
+            assert_eq!((total, exact), (7, true), "offset {offset}");
+        }
+    }
+    // No indexable clause: the type's scan stops too (8 Patients live, 7 + 1).
+    let (total, exact, ids) = search(&[("_count", "1"), ("_total", "none")]);
+    assert_eq!((total, exact, ids.len()), (2, false, 1));
+    // A post-filter (`:contains` re-checks each record) still applies.
+    let (_, _, ids) = search(&[("given:contains", "g8"), ("_total", "none")]);
+    assert_eq!(ids.len(), 1);
+    // Another order must see every hit: it counts them all.
+    let sorted = [family, ("_count", "2"), ("_sort", "-_lastUpdated")];
+    let (total, exact, _) = search(&[sorted[0], sorted[1], sorted[2], ("_total", "none")]);
+    assert_eq!((total, exact), (7, true));
+    assert!(matches!(
+        SearchQuery::from_pairs("Patient", &[("_total", "some")]),
+        Err(StoreError::Invalid(_))
+    ));
+    close(e);
+}
+
 #[test]
 fn clinical_and_registry_search() {
     let dir = tempfile::tempdir().unwrap();

@@ -399,9 +399,48 @@ fn search_paging_get_and_post() {
         }
     }
     assert_eq!(pages, 3);
-    seen.sort();
+    let mut in_id_order = seen.clone();
+    in_id_order.sort();
+    assert_eq!(seen, in_id_order, "the default order is by id");
     seen.dedup();
     assert_eq!(seen.len(), 7);
+    // `_total=none`: the same pages in the same order, and the links keep it. A search
+    // stops once it has its page and one hit past it, and then gives no total: the first
+    // page (3 + 1 of 7). The second needs 3 + 3 + 1, all 7, so it counted them all.
+    let mut url = "/fhir/Patient?family=Habimana&_count=3&_total=none".to_string();
+    let mut uncounted = Vec::new();
+    let mut totals = Vec::new();
+    loop {
+        let r = s.get(&url);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let b = r.json();
+        totals.push(b.get("total").cloned());
+        for e in b["entry"].as_array().unwrap() {
+            uncounted.push(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+        let next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        match next {
+            Some(n) => {
+                assert!(n.contains("_total=none"), "{n}");
+                url = n
+                    .strip_prefix(&format!("http://{}", s.http.addr))
+                    .unwrap()
+                    .to_string()
+            }
+            None => break,
+        }
+    }
+    assert_eq!(uncounted, seen);
+    assert_eq!(totals, [None, Some(json!(7)), Some(json!(7))]);
+    // An unknown `_total` is a 400 with an OperationOutcome.
+    let r = s.get("/fhir/Patient?family=Habimana&_total=some");
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["resourceType"], "OperationOutcome");
     // POST _search with a form body gives the same hits.
     let r = s.req(
         "POST",

@@ -585,6 +585,12 @@ fn reads_search_match(c: &mut Criterion) {
             "family_prefix_count10",
             pairs(&[("family", &prefix), ("_count", "10")]),
         ),
+        // The same, for a client that does not need the total (`_total=none`): the search
+        // stops at the page and one hit past it.
+        (
+            "family_prefix_count10_total_none",
+            pairs(&[("family", &prefix), ("_count", "10"), ("_total", "none")]),
+        ),
         (
             "family_exact_and_birthdate",
             pairs(&[("family", &family), ("birthdate", &birth)]),

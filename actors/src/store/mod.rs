@@ -204,10 +204,14 @@ impl Record {
 /// Search results: the total number of matches and one page of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchPage {
-    /// Total matches of the query.
+    /// Total matches of the query; when not [`SearchPage::exact`], the matches found before
+    /// the search stopped (the page and one past it).
     pub total: usize,
     /// The requested page.
     pub items: Vec<Record>,
+    /// Whether `total` counts every match: false only when a `_total=none` search stopped
+    /// early.
+    pub exact: bool,
 }
 
 /// The store: LMDB environment, keys and databases. Shared (`Arc<Store>`) between the
@@ -742,6 +746,7 @@ impl Store {
             Ok(SearchPage {
                 total,
                 items: all.into_iter().skip(offset).take(count).collect(),
+                exact: true,
             })
         })
     }

@@ -513,7 +513,11 @@ impl Store {
                 return Ok(Disclosure {
                     records: items.clone(),
                     decisions,
-                    value: SearchPage { total, items },
+                    value: SearchPage {
+                        total,
+                        items,
+                        exact: true,
+                    },
                 });
             }
             // Hits the reader's facility authored are kept from the `_source` index (a
@@ -585,7 +589,11 @@ impl Store {
         Ok(Disclosure {
             records: items.clone(),
             decisions,
-            value: SearchPage { total, items },
+            value: SearchPage {
+                total,
+                items,
+                exact: true,
+            },
         })
     }
 

@@ -86,6 +86,9 @@ pub struct SearchQuery {
     pub offset: usize,
     /// Sort keys with descending flags.
     pub sort: Vec<(SortKey, bool)>,
+    /// `_total=none`: the client does not need the total. A search in id order then stops
+    /// once it has the page and one hit past it ([`SearchPage::exact`] is false).
+    pub no_total: bool,
 }
 
 /// Splits a date search value into its prefix and day range.
@@ -122,8 +125,8 @@ pub fn date_cmp(prefix: Prefix, tlo: &str, thi: &str, lo: &str, hi: &str) -> boo
 
 impl SearchQuery {
     /// Parses `(name, value)` query pairs for `resource_type`. Result-shaping parameters the
-    /// HTTP layer handles (`_include`, `_revinclude`, `_total`, `_format`, `_summary`,
-    /// `_elements`) are accepted and ignored here.
+    /// HTTP layer handles (`_include`, `_revinclude`, `_format`, `_summary`, `_elements`)
+    /// are accepted and ignored here.
     pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> StoreResult<Self> {
         component_for(resource_type)?;
         let mut q = SearchQuery {
@@ -134,6 +137,7 @@ impl SearchQuery {
             count: DEFAULT_COUNT,
             offset: 0,
             sort: Vec::new(),
+            no_total: false,
         };
         for (name, value) in pairs {
             let bad_num = || StoreError::Invalid(format!("{name}={value} is not a number"));
@@ -170,8 +174,16 @@ impl SearchQuery {
                         q.sort.push((key, desc));
                     }
                 }
-                "_include" | "_revinclude" | "_total" | "_format" | "_summary" | "_elements"
-                | "_pretty" => {}
+                "_total" => match value.as_str() {
+                    "none" => q.no_total = true,
+                    "estimate" | "accurate" => q.no_total = false,
+                    _ => {
+                        return Err(StoreError::Invalid(format!(
+                            "_total={value}: expected none, estimate or accurate"
+                        )));
+                    }
+                },
+                "_include" | "_revinclude" | "_format" | "_summary" | "_elements" | "_pretty" => {}
                 n => {
                     let (pname, modifier) = match n.split_once(':') {
                         Some((p, m)) => (p, Some(m.to_string())),
@@ -505,19 +517,61 @@ impl Store {
                 });
             }
         }
-        // 2. Live resources among the candidates.
+        // 2. Live resources among the candidates, through `_lastUpdated`, the post-filters
+        // and the caller's filter, one candidate at a time, in id order.
+        let needs_records =
+            !post.is_empty() || q.sort.iter().any(|(k, _)| matches!(k, SortKey::Param(_)));
+        let mut keep = keep;
+        let mut admit = |id: String, cur: &format::Current| -> StoreResult<Option<Hit>> {
+            if cur.deleted {
+                return Ok(None);
+            }
+            if !q.last_updated.is_empty() {
+                let d = time::day(cur.last_updated);
+                let all = q.last_updated.iter();
+                if !all.clone().all(|(p, lo, hi)| date_cmp(*p, &d, &d, lo, hi)) {
+                    return Ok(None);
+                }
+            }
+            let record = if needs_records {
+                let r = self.read_in(txn, ty, &id)?;
+                if !post.iter().all(|c| clause_matches(c, &r.resource)) {
+                    return Ok(None);
+                }
+                Some(r)
+            } else {
+                None
+            };
+            if let Some(keep) = keep.as_mut()
+                && !keep(txn, &id, record.as_ref())?
+            {
+                return Ok(None);
+            }
+            Ok(Some(Hit {
+                id,
+                last_updated: cur.last_updated,
+                record,
+            }))
+        };
+        // With `_total=none` and the results in id order (the order candidates come in),
+        // the search stops once it holds the page and one hit past it.
+        let by_id = q.sort.iter().all(|s| *s == (SortKey::Id, false));
+        let stop_at =
+            (q.no_total && by_id).then(|| q.offset.saturating_add(q.count).saturating_add(1));
+        let full = |hits: &Vec<Hit>| stop_at.is_some_and(|n| hits.len() >= n);
         let mut hits = Vec::new();
+        let mut stopped = false;
         match candidates {
             Some(ids) => {
                 for id in ids {
+                    if full(&hits) {
+                        stopped = true;
+                        break;
+                    }
                     if let Some(cur) = self.current_in(txn, ty, &id)?
-                        && !cur.deleted
+                        && let Some(h) = admit(id, &cur)?
                     {
-                        hits.push(Hit {
-                            id,
-                            last_updated: cur.last_updated,
-                            record: None,
-                        });
+                        hits.push(h);
                     }
                 }
             }
@@ -525,52 +579,21 @@ impl Store {
                 let mut prefix = ty.as_bytes().to_vec();
                 prefix.push(b'/');
                 for item in dbs.current.prefix_iter(txn, &prefix)? {
+                    if full(&hits) {
+                        stopped = true;
+                        break;
+                    }
                     let (k, v) = item?;
-                    if let Some(cur) = format::Current::from_bytes(v)
-                        && !cur.deleted
-                    {
+                    if let Some(cur) = format::Current::from_bytes(v) {
                         let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                        hits.push(Hit {
-                            id,
-                            last_updated: cur.last_updated,
-                            record: None,
-                        });
+                        if let Some(h) = admit(id, &cur)? {
+                            hits.push(h);
+                        }
                     }
                 }
             }
         }
-        // 3. _lastUpdated and post-filters.
-        if !q.last_updated.is_empty() {
-            hits.retain(|h| {
-                let d = time::day(h.last_updated);
-                q.last_updated
-                    .iter()
-                    .all(|(p, lo, hi)| date_cmp(*p, &d, &d, lo, hi))
-            });
-        }
-        let needs_records =
-            !post.is_empty() || q.sort.iter().any(|(k, _)| matches!(k, SortKey::Param(_)));
-        if needs_records {
-            let mut kept = Vec::with_capacity(hits.len());
-            for mut h in hits {
-                let r = self.read_in(txn, ty, &h.id)?;
-                if post.iter().all(|c| clause_matches(c, &r.resource)) {
-                    h.record = Some(r);
-                    kept.push(h);
-                }
-            }
-            hits = kept;
-        }
-        if let Some(keep) = keep {
-            let mut kept = Vec::with_capacity(hits.len());
-            for h in hits {
-                if keep(txn, &h.id, h.record.as_ref())? {
-                    kept.push(h);
-                }
-            }
-            hits = kept;
-        }
-        // 4. Sort, page, load.
+        // 3. Sort, page, load.
         sort_hits(&mut hits, &q.sort);
         let total = hits.len();
         let mut items = Vec::new();
@@ -580,7 +603,11 @@ impl Store {
                 None => self.read_in(txn, ty, &h.id)?,
             });
         }
-        Ok(SearchPage { total, items })
+        Ok(SearchPage {
+            total,
+            items,
+            exact: !stopped,
+        })
     }
 
     /// Adds the ids posted under one term.
@@ -700,6 +727,7 @@ impl Store {
         Ok(SearchPage {
             total,
             items: records,
+            exact: true,
         })
     }
 
@@ -733,6 +761,7 @@ impl Store {
         Ok(SearchPage {
             total,
             items: all.into_iter().skip(q.offset).take(q.count).collect(),
+            exact: true,
         })
     }
 }

@@ -369,8 +369,10 @@ async fn batch(c: &Call<'_>, r: &Req, bundle: &Value) -> ApiResult<Resp> {
                         })
                     })
                     .collect();
-                let mut b =
-                    json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
+                let mut b = json!({"resourceType": "Bundle", "type": "searchset"});
+                if page.exact {
+                    b["total"] = json!(page.total);
+                }
                 if !entries.is_empty() {
                     b["entry"] = Value::Array(entries);
                 }

@@ -195,18 +195,22 @@ fn fhir_json(status: StatusCode, v: &Value) -> Resp {
     crate::http::json_response(status, crate::http::FHIR_JSON, v)
 }
 
-/// A searchset Bundle's JSON: `resourceType`, `type`, `total`, `link`, then `entry` (when
-/// there are entries) with each resource's stored canonical bytes spliced in.
+/// A searchset Bundle's JSON: `resourceType`, `type`, `total` (unless the search did not
+/// count it), `link`, then `entry` (when there are entries) with each resource's stored
+/// canonical bytes spliced in.
 fn searchset_body(
     base: &str,
-    total: usize,
+    total: Option<usize>,
     links: &[Value],
     entries: &[(&Record, &str)],
 ) -> Vec<u8> {
     let size: usize = entries.iter().map(|(r, _)| r.canonical.len() + 128).sum();
     let mut out = Vec::with_capacity(256 + size);
-    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset","total":"#);
-    out.extend_from_slice(total.to_string().as_bytes());
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset""#);
+    if let Some(total) = total {
+        out.extend_from_slice(br#","total":"#);
+        out.extend_from_slice(total.to_string().as_bytes());
+    }
     out.extend_from_slice(br#","link":"#);
     // Serialising Values and strings into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, links);
@@ -807,9 +811,13 @@ impl Call<'_> {
                         ApiError::invalid("bad-offset", format!("_offset={v} is not a number"))
                     })?;
                 }
-                "_total" | "_pretty" => {}
+                "_pretty" => {}
                 _ => kept.push((k, v)),
             }
+        }
+        // `_summary=count` asks for the total, whatever `_total` says.
+        if summary_count {
+            kept.retain(|(k, _)| k != "_total");
         }
         let mut q = kept.clone();
         q.push((
@@ -847,7 +855,14 @@ impl Call<'_> {
             Vec::new()
         };
         entries.extend(included.iter().map(|rec| (rec, "include")));
-        Ok(searchset_body(base, page.total, &links, &entries))
+        // With `_total=none` the store may stop at the page and one hit past it: `total` is
+        // then a lower bound, enough for the `next` link, and the Bundle carries none.
+        Ok(searchset_body(
+            base,
+            page.exact.then_some(page.total),
+            &links,
+            &entries,
+        ))
     }
 
     async fn history(&self, r: &Req, ty: &str, id: &str) -> ApiResult<Resp> {
