@@ -476,6 +476,37 @@ fn conditional_create() {
             .wait_blocking(),
         Err(StoreError::MultipleMatches(2))
     ));
+    // Paging and `_total` in the criteria change nothing: still two matches, and one.
+    let paged = [("_count", "0"), ("_offset", "5"), ("_total", "none")];
+    let criteria = |pairs: &[(&'static str, &'static str)]| {
+        let all: Vec<(&str, &str)> = pairs.iter().chain(&paged).copied().collect();
+        Some(SearchQuery::from_pairs("Patient", &all).unwrap())
+    };
+    let before = ids(&e, "Patient", &[("family", "cond")]);
+    assert!(matches!(
+        e.create(
+            &c,
+            patient("Cond", "F", "2000", "999"),
+            None,
+            criteria(&[("family", "cond")])
+        )
+        .unwrap()
+        .wait_blocking(),
+        Err(StoreError::MultipleMatches(2))
+    ));
+    let again = e
+        .create(
+            &c,
+            patient("Cond", "G", "2000", "777"),
+            None,
+            criteria(&[("identifier", "urn:rw:nid|777")]),
+        )
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.record.id, first.record.id);
+    assert_eq!(ids(&e, "Patient", &[("family", "cond")]), before);
 }
 
 /// Verifies that entry `index` is in the log under the latest signed checkpoint.
