@@ -220,6 +220,12 @@ fn total_none_stops_after_the_page() {
     // No indexable clause: the type's scan stops too (8 Patients live, 7 + 1).
     let (total, exact, ids) = search(&[("_count", "1"), ("_total", "none")]);
     assert_eq!((total, exact, ids.len()), (2, false, 1));
+    // `_lastUpdated` still applies.
+    let since = [family, ("_count", "2"), ("_lastUpdated", "ge2000-01-01")];
+    let (_, _, ids) = search(&[since[0], since[1], since[2], ("_total", "none")]);
+    assert_eq!(ids, made[..2]);
+    let before = [family, ("_lastUpdated", "lt2000-01-01"), ("_total", "none")];
+    assert_eq!(search(&before), (0, true, vec![]));
     // A post-filter (`:contains` re-checks each record) still applies.
     let (_, _, ids) = search(&[("given:contains", "g8"), ("_total", "none")]);
     assert_eq!(ids.len(), 1);

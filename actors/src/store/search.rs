@@ -528,8 +528,8 @@ impl Store {
             }
             if !q.last_updated.is_empty() {
                 let d = time::day(cur.last_updated);
-                let all = q.last_updated.iter();
-                if !all.clone().all(|(p, lo, hi)| date_cmp(*p, &d, &d, lo, hi)) {
+                let within = |(p, lo, hi): &(Prefix, String, String)| date_cmp(*p, &d, &d, lo, hi);
+                if !q.last_updated.iter().all(within) {
                     return Ok(None);
                 }
             }
