@@ -353,6 +353,12 @@ impl Engine {
         // Only a conditional create can answer with an existing record, which is a read of
         // it: only then does the completion need the reader's context.
         let reader = if_none_exist.as_ref().map(|_| ctx.clone());
+        // The writer's check takes the criteria only: whatever paging or `_total` came with
+        // them, it needs the exact number of matches and the first of them.
+        let if_none_exist = if_none_exist.map(|mut q| {
+            (q.no_total, q.offset, q.count) = (false, 0, 1);
+            q
+        });
         let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
         let store = self.store.clone();
         Ok(p.map(move |ws| {

@@ -467,7 +467,7 @@ impl Store {
         &self,
         txn: &RoTxn,
         q: &SearchQuery,
-        keep: Option<SearchFilter<'_>>,
+        mut keep: Option<SearchFilter<'_>>,
     ) -> StoreResult<SearchPage> {
         let ty = q.resource_type.as_str();
         match ty {
@@ -521,7 +521,6 @@ impl Store {
         // and the caller's filter, one candidate at a time, in id order.
         let needs_records =
             !post.is_empty() || q.sort.iter().any(|(k, _)| matches!(k, SortKey::Param(_)));
-        let mut keep = keep;
         let mut admit = |id: String, cur: &format::Current| -> StoreResult<Option<Hit>> {
             if cur.deleted {
                 return Ok(None);

@@ -749,11 +749,7 @@ fn check(
         }
     }
     if let Some(q) = conditional {
-        // The criteria only: whatever paging or `_total` came with them, the check needs the
-        // exact number of matches and the first of them.
-        let mut q = q.clone();
-        (q.no_total, q.offset, q.count) = (false, 0, 1);
-        let page = store.search_in(wtxn, &q)?;
+        let page = store.search_in(wtxn, q)?;
         match page.total {
             0 => {}
             1 => {
