@@ -67,6 +67,17 @@ fn sign_verify(c: &mut Criterion) {
         b.iter(|| jws::verify_detached(black_box(&token), black_box(&payload), black_box(&public)))
     });
     g.finish();
+    // Batches as a registry thread signs them under load (`Engine::create_many`): the
+    // figure is per signature.
+    let mut g = c.benchmark_group("ed25519_jws_batch");
+    for n in [4usize, 16] {
+        let payloads: Vec<&[u8]> = vec![payload.as_slice(); n];
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("sign_detached_many_{n}"), |b| {
+            b.iter(|| jws::sign_detached_many(black_box(&key), black_box(&payloads)))
+        });
+    }
+    g.finish();
 }
 
 fn seal_open(c: &mut Criterion) {

@@ -51,11 +51,30 @@ pub struct JwsHeader {
 pub fn sign_detached(key: &SigningKey, payload: &[u8]) -> String {
     let header_b64 = key.jws_header_b64();
     let input = signing_input(header_b64, payload);
-    let sig = key.sign(input.as_bytes());
+    compact(header_b64, &key.sign(input.as_bytes()))
+}
+
+/// [`sign_detached`] of each payload, in order, with the signatures made together
+/// ([`SigningKey::sign_many`]): the same JWS strings, for less work per signature.
+pub fn sign_detached_many(key: &SigningKey, payloads: &[&[u8]]) -> Vec<String> {
+    let header_b64 = key.jws_header_b64();
+    let inputs: Vec<String> = payloads
+        .iter()
+        .map(|p| signing_input(header_b64, p))
+        .collect();
+    let refs: Vec<&[u8]> = inputs.iter().map(|i| i.as_bytes()).collect();
+    key.sign_many(&refs)
+        .iter()
+        .map(|sig| compact(header_b64, sig))
+        .collect()
+}
+
+/// `header_b64 || ".." || base64url(signature)`.
+fn compact(header_b64: &str, sig: &[u8; 64]) -> String {
     let mut jws = String::with_capacity(header_b64.len() + 2 + sig.len().div_ceil(3) * 4);
     jws.push_str(header_b64);
     jws.push_str("..");
-    b64::url_encode_into(&sig, &mut jws);
+    b64::url_encode_into(sig, &mut jws);
     jws
 }
 

@@ -243,6 +243,12 @@ fn jws_detached_roundtrip_and_tamper() {
     let public = key.public();
     let payload = canonicalize(&json!({"resourceType": "Patient", "id": "p1"})).unwrap();
     let token = jws::sign_detached(&key, &payload);
+    // Signed in a batch, the same payload gets the same JWS, whatever it is batched with.
+    let other = canonicalize(&json!({"resourceType": "Patient", "id": "p2"})).unwrap();
+    let batch = jws::sign_detached_many(&key, &[&other, &payload, &other]);
+    assert_eq!(batch[1], token);
+    assert_eq!(batch[0], jws::sign_detached(&key, &other));
+    assert_eq!(batch[2], batch[0]);
     assert_eq!(token.matches('.').count(), 2);
     assert!(token.contains(".."));
     assert_eq!(jws::peek_kid(&token).unwrap(), Some(key.kid()));
