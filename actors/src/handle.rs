@@ -9,9 +9,9 @@ use actix::Addr;
 use hexa_crypto::keyfile::ApplianceSecrets;
 use serde_json::Value;
 
-use crate::registry::{Call, Op, Registry, Request, Response};
+use crate::registry::{Call, Drain, Lane, LaneCall, Op, Registry, Request, Response};
 use crate::store::audit::AuditEntry;
-use crate::store::engine::{Engine, TxEntry, WriteResult};
+use crate::store::engine::{CreateItem, Engine, TxEntry, WriteResult};
 use crate::store::pmatch::PatientMatch;
 use crate::store::search::SearchQuery;
 use crate::store::{
@@ -64,6 +64,8 @@ const UPDATE_RETRIES: usize = 8;
 #[derive(Clone)]
 pub struct StoreHandle {
     registries: Arc<Vec<Addr<Registry>>>,
+    /// Each pool's lane of plain creates (see [`crate::registry`]).
+    lanes: Arc<Vec<Arc<Lane>>>,
     engine: Engine,
     restarts: Arc<AtomicU64>,
 }
@@ -91,12 +93,17 @@ impl StoreHandle {
         let store = Arc::new(Store::open(config, secrets)?);
         let engine = Engine::start(store)?;
         let restarts = Arc::new(AtomicU64::new(0));
+        let lanes: Vec<Arc<Lane>> = Component::ALL.iter().map(|_| Arc::default()).collect();
         let registries = Component::ALL
             .iter()
-            .map(|c| Registry::start_pool(*c, engine.clone(), threads, restarts.clone()))
+            .zip(&lanes)
+            .map(|(c, lane)| {
+                Registry::start_pool(*c, engine.clone(), threads, restarts.clone(), lane.clone())
+            })
             .collect();
         Ok(StoreHandle {
             registries: Arc::new(registries),
+            lanes: Arc::new(lanes),
             engine,
             restarts,
         })
@@ -110,6 +117,15 @@ impl StoreHandle {
     /// The engine (store + writer).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Batches of plain creates the registries took from their lanes, and the creates in
+    /// them, since the store started (see [`crate::registry`]).
+    pub fn lane_counts(&self) -> (u64, u64) {
+        self.lanes.iter().fold((0, 0), |(b, n), lane| {
+            let (lb, ln) = lane.counts();
+            (b + lb, n + ln)
+        })
     }
 
     /// How many registry actors were restarted after a panic.
@@ -141,16 +157,39 @@ impl StoreHandle {
         request: Request,
     ) -> impl std::future::Future<Output = StoreResult<Response>> + use<> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        // Queued even when the mailbox is over its nominal capacity; dropped (so `answer`
-        // fails) if the pool has stopped.
-        self.registries[c.index()].do_send(Call {
-            op: Op {
-                ctx: ctx.clone(),
-                request,
-            },
-            reply,
-            queued: self.engine.store.queued(),
-        });
+        let queued = self.engine.store.queued();
+        match request {
+            // A plain create waits in the pool's lane, to be prepared with others.
+            Request::Create {
+                resource,
+                author_jws,
+                if_none_exist: None,
+            } => {
+                let call = LaneCall {
+                    item: CreateItem {
+                        ctx: ctx.clone(),
+                        resource,
+                        author_jws,
+                    },
+                    reply,
+                    queued,
+                };
+                // Dropped (so `answer` fails) if the pool has no actor left.
+                if let Ok(true) = self.lanes[c.index()].push(call) {
+                    self.registries[c.index()].do_send(Drain);
+                }
+            }
+            // Queued even when the mailbox is over its nominal capacity; dropped (so
+            // `answer` fails) if the pool has stopped.
+            request => self.registries[c.index()].do_send(Call {
+                op: Op {
+                    ctx: ctx.clone(),
+                    request,
+                },
+                reply,
+                queued,
+            }),
+        }
         async move {
             answer.await.map_err(|_| {
                 StoreError::Unavailable(format!("{} (no answer)", Registry::name(c)))

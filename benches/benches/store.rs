@@ -197,9 +197,11 @@ where
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
 /// filed in the index, idle filing commits, idle filing ns, postings filed from the index
-/// journal, ns spent filing them, commits that waited for more members), and of the process's CPU time and bytes written.
-fn writer_counters(f: &Fixture) -> ([u64; 10], ProcUsage, ThreadCpu) {
+/// journal, ns spent filing them, commits that waited for more members, batches of creates the
+/// registries took from their lanes and the creates in them), and of the process's CPU time and bytes written.
+fn writer_counters(f: &Fixture) -> ([u64; 12], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
+    let (lane_batches, lane_creates) = f.handle.lane_counts();
     let w = [
         st.commits.load(Ordering::Relaxed),
         st.members.load(Ordering::Relaxed),
@@ -211,6 +213,8 @@ fn writer_counters(f: &Fixture) -> ([u64; 10], ProcUsage, ThreadCpu) {
         st.journal_filed.load(Ordering::Relaxed),
         st.journal_nanos.load(Ordering::Relaxed),
         st.waits.load(Ordering::Relaxed),
+        lane_batches,
+        lane_creates,
     ];
     (w, ProcUsage::now(), ThreadCpu::now())
 }
@@ -220,8 +224,8 @@ fn writer_counters(f: &Fixture) -> ([u64; 10], ProcUsage, ThreadCpu) {
 /// driver included).
 fn report_writer(
     label: &str,
-    before: ([u64; 10], ProcUsage, ThreadCpu),
-    after: ([u64; 10], ProcUsage, ThreadCpu),
+    before: ([u64; 12], ProcUsage, ThreadCpu),
+    after: ([u64; 12], ProcUsage, ThreadCpu),
     wall: Duration,
 ) {
     let [
@@ -235,6 +239,8 @@ fn report_writer(
         jfiled,
         jnanos,
         waits,
+        lane_batches,
+        lane_creates,
     ] = std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
     if members == 0 {
         return; // filtered out
@@ -245,14 +251,16 @@ fn report_writer(
         "writer[{label}]: {members} members in {commits} commits ({:.1}/commit, {waits} waited), apply {:.1} µs/member, \
          commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
          ({idle_commits} idle commits, {:.0} ms); journal filed {jfiled} postings in {:.0} ms; \
-         process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member",
+         process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member; \
+         registries took {lane_creates} creates in {lane_batches} batches ({:.1}/batch)",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
         (apply + commit + idle) as f64 / 1e9 / wall.as_secs_f64().max(1e-9) * 100.0,
         wall.as_secs_f64(),
         idle as f64 / 1e6,
-        jnanos as f64 / 1e6
+        jnanos as f64 / 1e6,
+        lane_creates as f64 / lane_batches.max(1) as f64
     );
     eprintln!(
         "writer[{label}]: CPU µs/member by thread: {}",

@@ -16,6 +16,19 @@ use super::route::{client_writable, component_for, validate_id};
 use super::search::SearchQuery;
 use super::writer::{Member, Outcome, Writer};
 use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
+use heed::RoTxn;
+use hexa_crypto::jws;
+
+/// One unconditional create of a batch ([`Engine::create_many`]).
+#[derive(Debug)]
+pub struct CreateItem {
+    /// Who creates.
+    pub ctx: AccessContext,
+    /// The resource.
+    pub resource: Value,
+    /// The author's detached JWS over its canonical bytes, if any.
+    pub author_jws: Option<String>,
+}
 
 /// A result that becomes available after the group commit that makes it durable.
 pub struct Pending<T> {
@@ -314,7 +327,29 @@ impl Engine {
         author_jws: Option<String>,
         if_none_exist: Option<&SearchQuery>,
     ) -> StoreResult<(AuditDraft, StoreResult<super::Prepared>)> {
-        let mut draft = AuditDraft::new(Interaction::Create, ctx);
+        let (mut draft, unsigned) = self.store.with_read(|txn| {
+            self.prepare_create_unsigned(txn, ctx, resource, author_jws, if_none_exist)
+        })?;
+        let prepared = unsigned.and_then(|u| {
+            let signature = jws::sign_detached(&self.store.node_key, &u.env.canonical);
+            self.store.finish_version(u, signature)
+        });
+        if let Ok(p) = &prepared {
+            draft.touch(&p.record);
+        }
+        Ok((draft, prepared))
+    }
+
+    /// [`Engine::prepare_create`] up to the signature ([`super::Store::prepare_unsigned`]).
+    fn prepare_create_unsigned(
+        &self,
+        txn: &RoTxn,
+        ctx: &AccessContext,
+        resource: Value,
+        author_jws: Option<String>,
+        if_none_exist: Option<&SearchQuery>,
+    ) -> StoreResult<(AuditDraft, StoreResult<super::Unsigned>)> {
+        let draft = AuditDraft::new(Interaction::Create, ctx);
         let ty = match resource_type_of(&resource) {
             Ok(t) => t,
             Err(e) => return Ok((draft, Err(e))),
@@ -327,13 +362,7 @@ impl Engine {
         }
         let id = new_id()?;
         let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
-        let prepared = self
-            .store
-            .with_read(|txn| self.store.prepare_version(txn, spec));
-        if let Ok(p) = &prepared {
-            draft.touch(&p.record);
-        }
-        Ok((draft, prepared))
+        Ok((draft, self.store.prepare_unsigned(txn, spec)))
     }
 
     /// Create with a server-assigned id; `if_none_exist` makes it conditional.
@@ -359,6 +388,64 @@ impl Engine {
             (q.no_total, q.offset, q.count) = (false, 0, 1);
             q
         });
+        self.submit_create(draft, prepared, if_none_exist, reader)
+    }
+
+    /// Several unconditional creates, each as [`Engine::create`] would make it (its own
+    /// AuditEvent, its own writer member, its own answer, its own error), with their
+    /// signatures made in one batch ([`super::Store::sign_versions`]). A registry thread
+    /// takes them from its pool's lane of creates ([`crate::registry`]).
+    pub fn create_many(&self, items: Vec<CreateItem>) -> Vec<StoreResult<Pending<WriteResult>>> {
+        // Each item reads in a snapshot of its own, as a single create does: the gate that
+        // snapshot holds is not kept across the batch.
+        let drafted = items.into_iter().map(|it| {
+            self.store.with_read(|txn| {
+                self.prepare_create_unsigned(txn, &it.ctx, it.resource, it.author_jws, None)
+            })
+        });
+        let mut unsigned = Vec::new();
+        let mut slots = Vec::new();
+        for d in drafted {
+            slots.push(match d {
+                Ok((draft, Ok(u))) => {
+                    unsigned.push(u);
+                    Ok((draft, None))
+                }
+                Ok((draft, Err(e))) => Ok((draft, Some(e))),
+                Err(e) => Err(e),
+            });
+        }
+        let mut signed = self.store.sign_versions(unsigned);
+        slots
+            .into_iter()
+            .map(|slot| {
+                let (mut draft, refused) = slot?;
+                if let Some(e) = refused {
+                    return self.fail(draft, e);
+                }
+                let prepared = signed.next().ok_or_else(|| {
+                    StoreError::Storage("a batch of creates lost a signature".into())
+                })?;
+                match prepared {
+                    Ok(p) => {
+                        draft.touch(&p.record);
+                        self.submit_create(draft, p, None, None)
+                    }
+                    Err(e) => self.fail(draft, e),
+                }
+            })
+            .collect()
+    }
+
+    /// Hands a prepared create and its AuditEvent to the writer; `reader` is the context of
+    /// a conditional create, whose answer may be an existing record (a disclosure).
+    fn submit_create(
+        &self,
+        draft: AuditDraft,
+        prepared: super::Prepared,
+        if_none_exist: Option<SearchQuery>,
+        reader: Option<AccessContext>,
+    ) -> StoreResult<Pending<WriteResult>> {
         let p = self.submit_versions(vec![prepared], vec![draft], if_none_exist, vec![true])?;
         let store = self.store.clone();
         Ok(p.map(move |ws| {

@@ -763,6 +763,31 @@ impl Store {
     /// Builds a version ready for the writer: meta set, canonicalised, signed, sealed,
     /// index keys computed (and the base version's keys to remove), Provenance sealed.
     pub(crate) fn prepare_version(&self, txn: &RoTxn, spec: VersionSpec) -> StoreResult<Prepared> {
+        let unsigned = self.prepare_unsigned(txn, spec)?;
+        let signature = jws::sign_detached(&self.node_key, &unsigned.env.canonical);
+        self.finish_version(unsigned, signature)
+    }
+
+    /// Signs each version with one batch of signatures ([`jws::sign_detached_many`]: the
+    /// same JWS as one by one) and finishes it ([`Store::finish_version`]).
+    pub(crate) fn sign_versions(
+        &self,
+        unsigned: Vec<Unsigned>,
+    ) -> impl Iterator<Item = StoreResult<Prepared>> + '_ {
+        let payloads: Vec<&[u8]> = unsigned
+            .iter()
+            .map(|u| u.env.canonical.as_slice())
+            .collect();
+        let signatures = jws::sign_detached_many(&self.node_key, &payloads);
+        unsigned
+            .into_iter()
+            .zip(signatures)
+            .map(|(u, signature)| self.finish_version(u, signature))
+    }
+
+    /// [`Store::prepare_version`] up to the signature: everything a version needs but its
+    /// JWS and the seal of its envelope (which holds the JWS).
+    pub(crate) fn prepare_unsigned(&self, txn: &RoTxn, spec: VersionSpec) -> StoreResult<Unsigned> {
         let ty = spec.resource_type.as_str();
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
@@ -799,38 +824,13 @@ impl Store {
         }
         let canonical =
             jcs::canonicalize(&resource).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let signature = jws::sign_detached(&self.node_key, &canonical);
-        let env = Envelope {
-            format: FORMAT_VERSION,
-            resource_type: ty.to_string(),
-            id: spec.id.clone(),
-            version_id: version,
-            last_updated: spec.now,
-            deleted: spec.deleted,
-            canonical,
-            jws: signature,
-            author_jws: spec.author_jws,
-        };
-        let key = format::version_key(ty, &spec.id, version);
-        let database = versions_db_name(c);
-        let sealed = self.seal_versions[c.index()]
-            .seal(
-                &env.to_bytes()?,
-                &Aad {
-                    database: &database,
-                    key: &key,
-                    version,
-                },
-            )
-            .map_err(|e| StoreError::Crypto(e.to_string()))?;
 
         // From here on the resource is the one every later read parses from the canonical
         // bytes (sorted members, numbers as JCS writes them), rewritten in place instead of
         // parsed: index terms of this version and of the next one's base then come from
         // equal values, and the returned record equals a read of it.
-        let mut resource = resource;
         if !jcs::reparsed_in_place(&mut resource).map_err(|e| StoreError::Invalid(e.to_string()))? {
-            resource = serde_json::from_slice(&env.canonical)
+            resource = serde_json::from_slice(&canonical)
                 .map_err(|e| StoreError::Invalid(format!("canonical JSON: {e}")))?;
         }
 
@@ -859,7 +859,7 @@ impl Store {
                 .collect()
         };
 
-        let record = Record::from_parts(env, resource);
+        let key = format::version_key(ty, &spec.id, version);
         let prov_id = new_id()?;
         let prov_plain = format::StoredProvenance {
             format: FORMAT_VERSION,
@@ -879,18 +879,70 @@ impl Store {
                 },
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        Ok(Unsigned {
+            env: Envelope {
+                format: FORMAT_VERSION,
+                resource_type: ty.to_string(),
+                id: spec.id,
+                version_id: version,
+                last_updated: spec.now,
+                deleted: spec.deleted,
+                canonical,
+                jws: String::new(),
+                author_jws: spec.author_jws,
+            },
+            resource,
+            base,
+            component: c,
+            key,
+            add_index,
+            remove_index,
+            prov_sealed,
+            prov_id,
+        })
+    }
+
+    /// The rest of [`Store::prepare_version`]: the appliance's JWS over the canonical
+    /// bytes goes into the envelope, which is sealed under its database, key and version.
+    pub(crate) fn finish_version(&self, u: Unsigned, signature: String) -> StoreResult<Prepared> {
+        let Unsigned {
+            mut env,
+            resource,
+            base,
+            component: c,
+            key,
+            add_index,
+            remove_index,
+            prov_sealed,
+            prov_id,
+        } = u;
+        env.jws = signature;
+        let version = env.version_id;
+        let sealed = self.seal_versions[c.index()]
+            .seal(
+                &env.to_bytes()?,
+                &Aad {
+                    database: &versions_db_name(c),
+                    key: &key,
+                    version,
+                },
+            )
+            .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let current = Current {
+            version,
+            last_updated: env.last_updated,
+            deleted: env.deleted,
+        };
+        let (resource_type, id, base_version) =
+            (env.resource_type.clone(), env.id.clone(), version - 1);
         Ok(Prepared {
             base,
             write: PreparedWrite {
-                resource_type: ty.to_string(),
-                id: spec.id.clone(),
+                resource_type,
+                id,
                 component: c,
-                base: spec.base,
-                current: Current {
-                    version,
-                    last_updated: spec.now,
-                    deleted: spec.deleted,
-                },
+                base: base_version,
+                current,
                 key,
                 sealed,
                 add_index,
@@ -898,7 +950,7 @@ impl Store {
                 prov_sealed,
                 prov_id,
             },
-            record,
+            record: Record::from_parts(env, resource),
         })
     }
 
@@ -956,6 +1008,22 @@ pub(crate) struct VersionSpec {
     pub source: String,
     /// Written by the appliance's own context (may write Consents and enrolment Devices).
     pub system: bool,
+}
+
+/// A version prepared up to its signature ([`Store::prepare_unsigned`]); the envelope's
+/// `jws` is empty until [`Store::finish_version`].
+pub(crate) struct Unsigned {
+    pub env: Envelope,
+    /// The resource as read back from `env.canonical`.
+    pub resource: Value,
+    pub base: Option<Record>,
+    pub component: Component,
+    /// The version's key in `<component>.versions`.
+    pub key: Vec<u8>,
+    pub add_index: Vec<Vec<u8>>,
+    pub remove_index: Vec<Vec<u8>>,
+    pub prov_sealed: Vec<u8>,
+    pub prov_id: String,
 }
 
 /// A version prepared on a registry thread: what the writer needs, and the record the
