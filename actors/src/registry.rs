@@ -764,4 +764,167 @@ mod tests {
             assert!(names.contains(&want), "no thread named {want}: {names:?}");
         }
     }
+
+    /// Creates sent together are prepared in batches from the lane, and each still gets
+    /// its own answer: a refused create its own error and AuditEvent, the others their
+    /// records, signed as one by one.
+    #[actix_rt::test]
+    async fn a_batch_of_creates_answers_each_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let ctx = AccessContext::system("fac");
+        let audit_before = h.store().audit_size().unwrap();
+        let lane_before = h.lane_counts();
+        let n = 300;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (h, ctx) = (h.clone(), ctx.clone());
+                actix_rt::spawn(async move {
+                    let body = if i % 7 == 3 {
+                        json!({"resourceType": "Observation", "status": "final", "meta": "not an object"})
+                    } else {
+                        json!({"resourceType": "Observation", "status": "final",
+                               "code": {"text": format!("batch {i}")}})
+                    };
+                    h.create(&ctx, body, None).await
+                })
+            })
+            .collect();
+        let answers = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+        .await
+        .expect("a create in the lane got no answer");
+        let mut created = Vec::new();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(w) if i % 7 != 3 => {
+                    assert!(w.created);
+                    assert_eq!(
+                        w.record.resource["code"]["text"],
+                        json!(format!("batch {i}"))
+                    );
+                    created.push(w.record);
+                }
+                Err(StoreError::Invalid(m)) if i % 7 == 3 => {
+                    assert!(m.contains("meta"), "{m}")
+                }
+                other => panic!("create {i}: {other:?}"),
+            }
+        }
+        let (batches, creates) = {
+            let after = h.lane_counts();
+            (after.0 - lane_before.0, after.1 - lane_before.1)
+        };
+        assert_eq!(creates, n as u64, "every plain create takes the lane");
+        assert!(
+            batches < creates,
+            "no batch held two creates: {batches} batches"
+        );
+        // Each create, refused or not, appended one AuditEvent.
+        assert_eq!(h.store().audit_size().unwrap() - audit_before, n as u64);
+        // Each record verifies, and is what a read returns.
+        for r in &created {
+            h.store().verify(r).unwrap();
+            let read = h.read(&ctx, "Observation", &r.id).await.unwrap();
+            assert_eq!(read.jws, r.jws);
+            assert_eq!(read.canonical, r.canonical);
+        }
+        assert_eq!(h.store().backlog(), 0);
+    }
+
+    /// A panic while a batch is prepared answers every create of that batch with
+    /// `Unavailable` (none hangs), restarts the actor, and the lane keeps serving.
+    #[actix_rt::test]
+    async fn a_panicking_batch_answers_every_create_and_the_lane_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let ctx = AccessContext::system("fac");
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (h, ctx) = (h.clone(), ctx.clone());
+                actix_rt::spawn(async move {
+                    let mut body = json!({"resourceType": "Observation", "status": "final"});
+                    if i == 20 {
+                        body[TEST_PANIC] = json!(true);
+                    }
+                    h.create(&ctx, body, None).await
+                })
+            })
+            .collect();
+        let all = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+        .await
+        .expect("a create of the panicking batch got no answer");
+        let unavailable = all
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Unavailable(n)) if n == "SharedHealthRecord"))
+            .count();
+        assert!(
+            matches!(&all[20], Err(StoreError::Unavailable(_))),
+            "{:?}",
+            all[20]
+        );
+        assert!((1..=LANE_BATCH).contains(&unavailable), "{unavailable}");
+        assert_eq!(
+            all.iter().filter(|r| r.is_ok()).count(),
+            64 - unavailable,
+            "{all:?}"
+        );
+        assert_eq!(h.restarts(), 1);
+        for _ in 0..3 {
+            let w = h
+                .create(
+                    &ctx,
+                    json!({"resourceType": "Observation", "status": "final"}),
+                    None,
+                )
+                .await
+                .unwrap();
+            h.store().verify(&w.record).unwrap();
+        }
+        assert_eq!(h.store().backlog(), 0);
+    }
+
+    /// Once the system has stopped and the pools' threads are gone, a create is answered
+    /// `Unavailable` instead of waiting in a lane nothing drains.
+    #[test]
+    fn a_create_after_the_pools_stop_is_unavailable_not_left_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = {
+            let sys = actix_rt::System::new();
+            sys.block_on(async { handle(dir.path()) })
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ctx = AccessContext::system("fac");
+        for _ in 0..3 {
+            let r = rt.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    h.create(
+                        &ctx,
+                        json!({"resourceType": "Observation", "status": "final"}),
+                        None,
+                    ),
+                )
+                .await
+            });
+            match r {
+                Ok(Err(StoreError::Unavailable(_))) => {}
+                other => panic!("expected Unavailable, got {other:?}"),
+            }
+        }
+    }
 }

@@ -246,12 +246,35 @@ fn budget(c: &mut Criterion) {
         b.iter_batched(
             || {
                 i += 1;
-                observation(i)
+                vec![observation(i)]
             },
-            |resource| {
+            |resources| {
                 black_box(
                     engine
-                        .prepare_create_unsubmitted(&ctx, resource)
+                        .prepare_create_unsubmitted(&ctx, resources)
+                        .expect("prepare"),
+                )
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // A registry thread's batch of creates under load (`registry::LANE_BATCH`), whose
+    // signatures share one inversion; the figure is per create.
+    g.throughput(criterion::Throughput::Elements(16));
+    g.bench_function("store_prepare_create_16", |b| {
+        b.iter_batched(
+            || {
+                (0..16)
+                    .map(|_| {
+                        i += 1;
+                        observation(i)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |resources| {
+                black_box(
+                    engine
+                        .prepare_create_unsubmitted(&ctx, resources)
                         .expect("prepare"),
                 )
             },

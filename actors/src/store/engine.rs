@@ -396,6 +396,24 @@ impl Engine {
     /// signatures made in one batch ([`super::Store::sign_versions`]). A registry thread
     /// takes them from its pool's lane of creates ([`crate::registry`]).
     pub fn create_many(&self, items: Vec<CreateItem>) -> Vec<StoreResult<Pending<WriteResult>>> {
+        self.prepare_many(items)
+            .into_iter()
+            .map(|prepared| {
+                let (draft, prepared) = prepared?;
+                match prepared {
+                    Ok(p) => self.submit_create(draft, p, None, None),
+                    Err(e) => self.fail(draft, e),
+                }
+            })
+            .collect()
+    }
+
+    /// The registry-thread half of [`Engine::create_many`]: [`Engine::prepare_create`] of
+    /// each item, with the signatures made in one batch.
+    fn prepare_many(
+        &self,
+        items: Vec<CreateItem>,
+    ) -> Vec<StoreResult<(AuditDraft, StoreResult<super::Prepared>)>> {
         // Each item reads in a snapshot of its own, as a single create does: the gate that
         // snapshot holds is not kept across the batch.
         let drafted = items.into_iter().map(|it| {
@@ -421,18 +439,15 @@ impl Engine {
             .map(|slot| {
                 let (mut draft, refused) = slot?;
                 if let Some(e) = refused {
-                    return self.fail(draft, e);
+                    return Ok((draft, Err(e)));
                 }
                 let prepared = signed.next().ok_or_else(|| {
                     StoreError::Storage("a batch of creates lost a signature".into())
                 })?;
-                match prepared {
-                    Ok(p) => {
-                        draft.touch(&p.record);
-                        self.submit_create(draft, p, None, None)
-                    }
-                    Err(e) => self.fail(draft, e),
+                if let Ok(p) = &prepared {
+                    draft.touch(&p.record);
                 }
+                Ok((draft, prepared))
             })
             .collect()
     }
@@ -460,21 +475,34 @@ impl Engine {
         }))
     }
 
-    /// The registry-thread half of [`Engine::create`] without the writer: everything a
-    /// create prepares (id, policy, canonical bytes, signature, seals, index keys,
-    /// Provenance, AuditEvent), then dropped. Nothing is written or disclosed. For the
+    /// The registry-thread half of [`Engine::create_many`] without the writer: everything
+    /// the creates prepare (ids, policy, canonical bytes, signatures, seals, index keys,
+    /// Provenance, AuditEvents), then dropped. Nothing is written or disclosed. For the
     /// `budget` bench, which times it on one thread against the required primitives;
     /// returns the sealed bytes prepared.
     #[doc(hidden)]
     pub fn prepare_create_unsubmitted(
         &self,
         ctx: &AccessContext,
-        resource: Value,
+        resources: Vec<Value>,
     ) -> StoreResult<usize> {
-        let (draft, prepared) = self.prepare_create(ctx, resource, None, None)?;
-        let prepared = prepared?;
-        let audit = prepare_audit(&self.store, &draft, None)?;
-        Ok(prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.stored.len())
+        let items = resources
+            .into_iter()
+            .map(|resource| CreateItem {
+                ctx: ctx.clone(),
+                resource,
+                author_jws: None,
+            })
+            .collect();
+        let mut bytes = 0;
+        for prepared in self.prepare_many(items) {
+            let (draft, prepared) = prepared?;
+            let prepared = prepared?;
+            let audit = prepare_audit(&self.store, &draft, None)?;
+            bytes +=
+                prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.stored.len();
+        }
+        Ok(bytes)
     }
 
     /// Update (or create with a client-chosen id). `if_match`: expected current version.
