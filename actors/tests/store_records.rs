@@ -343,6 +343,17 @@ fn transactions_are_atomic() {
         format!("Patient/{pid}")
     );
     assert!(res[2].record.deleted);
+    // The entries are signed in one batch: each signature is its own version's, as
+    // returned and as stored.
+    for w in &res {
+        e.store.verify(&w.record).unwrap();
+        let stored = e
+            .store
+            .vread(&w.record.resource_type, &w.record.id, w.record.version)
+            .unwrap();
+        assert_eq!(stored.jws, w.record.jws);
+        e.store.verify(&stored).unwrap();
+    }
     let q = SearchQuery::from_pairs("Observation", &[("patient", pid)]).unwrap();
     assert_eq!(e.store.search(&q).unwrap().total, 1);
 

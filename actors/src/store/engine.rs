@@ -17,7 +17,6 @@ use super::search::SearchQuery;
 use super::writer::{Member, Outcome, Writer};
 use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
 use heed::RoTxn;
-use hexa_crypto::jws;
 
 /// One unconditional create of a batch ([`Engine::create_many`]).
 #[derive(Debug)]
@@ -330,10 +329,7 @@ impl Engine {
         let (mut draft, unsigned) = self.store.with_read(|txn| {
             self.prepare_create_unsigned(txn, ctx, resource, author_jws, if_none_exist)
         })?;
-        let prepared = unsigned.and_then(|u| {
-            let signature = jws::sign_detached(&self.store.node_key, &u.env.canonical);
-            self.store.finish_version(u, signature)
-        });
+        let prepared = unsigned.and_then(|u| self.store.sign_version(u));
         if let Ok(p) = &prepared {
             draft.touch(&p.record);
         }
@@ -704,8 +700,8 @@ impl Engine {
             }
         }
         self.store.with_read(|txn| {
-            let mut prepared = Vec::new();
-            let mut drafts = Vec::new();
+            let mut unsigned = Vec::new();
+            let mut interactions = Vec::new();
             let mut created = Vec::new();
             for (ty, id, resource, if_match, is_create) in plan {
                 let cur = if is_create {
@@ -751,20 +747,34 @@ impl Engine {
                         (deletion_body(&ty, &id), true, Interaction::Delete)
                     }
                 };
-                let p = self
-                    .store
-                    .prepare_version(txn, self.spec(&ty, &id, base, body, deleted, None, ctx))?;
-                let mut d = AuditDraft::new(interaction, ctx);
-                d.touch(&p.record);
-                drafts.push(d);
+                unsigned.push(
+                    self.store.prepare_unsigned(
+                        txn,
+                        self.spec(&ty, &id, base, body, deleted, None, ctx),
+                    )?,
+                );
+                interactions.push(interaction);
                 created.push(base == 0);
-                prepared.push(p);
             }
-            if prepared.is_empty() {
+            if unsigned.is_empty() {
                 return Err(StoreError::Invalid(
                     "transaction has nothing to write".into(),
                 ));
             }
+            // The entries' signatures, in one batch.
+            let prepared = self
+                .store
+                .sign_versions(unsigned)
+                .collect::<StoreResult<Vec<_>>>()?;
+            let drafts = prepared
+                .iter()
+                .zip(interactions)
+                .map(|(p, interaction)| {
+                    let mut d = AuditDraft::new(interaction, ctx);
+                    d.touch(&p.record);
+                    d
+                })
+                .collect();
             Ok((prepared, drafts, created))
         })
     }

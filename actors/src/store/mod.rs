@@ -763,7 +763,11 @@ impl Store {
     /// Builds a version ready for the writer: meta set, canonicalised, signed, sealed,
     /// index keys computed (and the base version's keys to remove), Provenance sealed.
     pub(crate) fn prepare_version(&self, txn: &RoTxn, spec: VersionSpec) -> StoreResult<Prepared> {
-        let unsigned = self.prepare_unsigned(txn, spec)?;
+        self.sign_version(self.prepare_unsigned(txn, spec)?)
+    }
+
+    /// Signs one version ([`jws::sign_detached`]) and finishes it.
+    pub(crate) fn sign_version(&self, unsigned: Unsigned) -> StoreResult<Prepared> {
         let signature = jws::sign_detached(&self.node_key, &unsigned.env.canonical);
         self.finish_version(unsigned, signature)
     }
