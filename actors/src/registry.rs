@@ -13,13 +13,13 @@
 //! LMDB (all durable state lives there) and serves the messages still queued. Other
 //! components never notice.
 //!
-//! Plain creates (no If-None-Exist) take a side lane instead of the mailbox: each pool has
-//! a [`Lane`] of them, and a [`Drain`] message tells the pool there is work in it. The
-//! thread that handles a `Drain` takes up to [`LANE_BATCH`] creates and prepares them
-//! together ([`Engine::create_many`]), so that their signatures share one field inversion
-//! (`hexa_crypto::keys::SigningKey::sign_many`). One create alone is a batch of one.
-//! Each create still has its own AuditEvent, writer member, answer and error; a panic
-//! answers every create of the batch with `Unavailable`, as it answers the one request of
+//! Plain creates (no If-None-Exist) and updates take a side lane instead of the mailbox:
+//! each pool has a [`Lane`] of them, and a [`Drain`] message tells the pool there is work
+//! in it. The thread that handles a `Drain` takes up to [`LANE_BATCH`] writes and prepares
+//! them together ([`Engine::write_many`]), so that their signatures share one field
+//! inversion (`hexa_crypto::keys::SigningKey::sign_many`). One write alone is a batch of
+//! one. Each write still has its own AuditEvent, writer member, answer and error; a panic
+//! answers every write of the batch with `Unavailable`, as it answers the one request of
 //! a `Call`.
 
 use std::collections::VecDeque;
@@ -31,7 +31,7 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use crate::store::audit::{AuditEntry, Interaction};
-use crate::store::engine::{CreateItem, Engine, Pending, TxEntry, WriteResult};
+use crate::store::engine::{Engine, Pending, TxEntry, WriteItem, WriteResult};
 use crate::store::pmatch::PatientMatch;
 use crate::store::search::SearchQuery;
 use crate::store::{AccessContext, Component, Record, SearchPage, StoreError, StoreResult};
@@ -182,25 +182,25 @@ impl Message for Call {
     type Result = ();
 }
 
-/// Most creates a registry thread takes from its lane at once. The saving per signature
-/// is nearly all there at 16 (`benches`: `ed25519_jws_batch`), and a batch's first create
+/// Most writes a registry thread takes from its lane at once. The saving per signature
+/// is nearly all there at 16 (`benches`: `ed25519_jws_batch`), and a batch's first write
 /// waits for the batch's preparation before it reaches the writer.
 pub const LANE_BATCH: usize = 16;
 
-/// One create waiting in a pool's [`Lane`], with where its answer goes.
+/// One write waiting in a pool's [`Lane`], with where its answer goes.
 pub(crate) struct LaneCall {
-    pub item: CreateItem,
+    pub item: WriteItem,
     pub reply: tokio::sync::oneshot::Sender<StoreResult<Response>>,
     pub queued: crate::store::Queued,
 }
 
-/// A pool's lane of plain creates. Invariant: while the lane holds a create, a [`Drain`]
-/// is on its way to the pool or a thread is about to take from it (the push that finds
-/// the lane empty sends one; a thread that leaves creates behind sends the next).
+/// A pool's lane of plain creates and updates. Invariant: while the lane holds a write, a
+/// [`Drain`] is on its way to the pool or a thread is about to take from it (the push that
+/// finds the lane empty sends one; a thread that leaves writes behind sends the next).
 #[derive(Default)]
 pub(crate) struct Lane {
     state: Mutex<LaneState>,
-    /// Batches taken and creates in them (for the benches' counters).
+    /// Batches taken and writes in them (for the benches' counters).
     batches: AtomicU64,
     taken: AtomicU64,
 }
@@ -209,7 +209,7 @@ pub(crate) struct Lane {
 struct LaneState {
     calls: VecDeque<LaneCall>,
     /// Live actors of the pool. The pool's threads build their actors after it starts,
-    /// so the lane takes creates from the start; when the last actor is gone (the system
+    /// so the lane takes writes from the start; when the last actor is gone (the system
     /// stopped), nothing would drain it, so what is in it is dropped (its callers get
     /// `Unavailable`) and it is closed.
     actors: usize,
@@ -222,7 +222,7 @@ impl Lane {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a create. `Ok(true)`: the lane was empty, so the caller sends the pool a
+    /// Queues a write. `Ok(true)`: the lane was empty, so the caller sends the pool a
     /// [`Drain`]. `Err`: the lane is closed (the pool has no actor left); the call is
     /// handed back.
     pub(crate) fn push(&self, call: LaneCall) -> Result<bool, Box<LaneCall>> {
@@ -234,7 +234,7 @@ impl Lane {
         Ok(st.calls.len() == 1)
     }
 
-    /// Takes up to `max` creates; `true` when some are left behind.
+    /// Takes up to `max` writes; `true` when some are left behind.
     fn take(&self, max: usize) -> (Vec<LaneCall>, bool) {
         let mut st = self.state();
         let n = st.calls.len().min(max);
@@ -248,7 +248,7 @@ impl Lane {
         (batch, more)
     }
 
-    /// (batches taken, creates taken) since the pool started.
+    /// (batches taken, writes taken) since the pool started.
     pub(crate) fn counts(&self) -> (u64, u64) {
         (
             self.batches.load(Ordering::Relaxed),
@@ -257,7 +257,7 @@ impl Lane {
     }
 }
 
-/// Tells a pool that its [`Lane`] holds creates.
+/// Tells a pool that its [`Lane`] holds writes.
 pub struct Drain;
 
 impl Message for Drain {
@@ -341,7 +341,7 @@ impl Registry {
         }
     }
 
-    /// Starts a pool of `threads` actors of component `c`, which take plain creates from
+    /// Starts a pool of `threads` actors of component `c`, which take plain creates and updates from
     /// `lane`.
     pub(crate) fn start_pool(
         c: Component,
@@ -512,10 +512,14 @@ impl Handler<Drain> for Registry {
         let engine = &self.engine;
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
-            if items.iter().any(|i| i.resource.get(TEST_PANIC).is_some()) {
-                panic!("fault injection: a batch of creates panicked");
+            if items.iter().any(|i| match i {
+                WriteItem::Create { resource, .. } | WriteItem::Update { resource, .. } => {
+                    resource.get(TEST_PANIC).is_some()
+                }
+            }) {
+                panic!("fault injection: a batch of writes panicked");
             }
-            engine.create_many(items)
+            engine.write_many(items)
         })) {
             Ok(results) => {
                 // Both have the batch's length; a reply without a result would be dropped,
@@ -834,6 +838,109 @@ mod tests {
             assert_eq!(read.jws, r.jws);
             assert_eq!(read.canonical, r.canonical);
         }
+        assert_eq!(h.store().backlog(), 0);
+    }
+
+    /// Updates go through the lane too, each with its own outcome: an If-Match that holds,
+    /// a stale one (a conflict), one retried after losing to another update of the same
+    /// resource, a refused one, and an update that creates.
+    #[actix_rt::test]
+    async fn a_batch_of_updates_answers_each_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = handle(dir.path());
+        let ctx = AccessContext::system("fac");
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let w = h
+                .create(
+                    &ctx,
+                    json!({"resourceType": "Observation", "status": "preliminary",
+                           "code": {"text": format!("u{i}")}}),
+                    None,
+                )
+                .await
+                .unwrap();
+            ids.push(w.record.id);
+        }
+        let lane_before = h.lane_counts();
+        let body = |id: &str, status: &str| json!({"resourceType": "Observation", "id": id, "status": status});
+        let mut tasks = Vec::new();
+        let spawn_update = |id: String, resource: Value, if_match: Option<u64>| {
+            let (h, ctx) = (h.clone(), ctx.clone());
+            actix_rt::spawn(async move {
+                h.update(&ctx, "Observation", &id, resource, if_match, None)
+                    .await
+            })
+        };
+        for (i, id) in ids.iter().enumerate() {
+            tasks.push((
+                "match",
+                i,
+                spawn_update(id.clone(), body(id, "final"), Some(1)),
+            ));
+            if i < 10 {
+                tasks.push((
+                    "stale",
+                    i,
+                    spawn_update(id.clone(), body(id, "final"), Some(7)),
+                ));
+            } else if i < 20 {
+                tasks.push((
+                    "retry",
+                    i,
+                    spawn_update(id.clone(), body(id, "amended"), None),
+                ));
+            }
+        }
+        tasks.push((
+            "refused",
+            0,
+            spawn_update(ids[0].clone(), body("other-id", "final"), None),
+        ));
+        tasks.push((
+            "new",
+            0,
+            spawn_update(
+                "client-chosen-1".into(),
+                body("client-chosen-1", "final"),
+                None,
+            ),
+        ));
+        let n = tasks.len() as u64;
+        for (kind, i, t) in tasks {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(60), t)
+                .await
+                .expect("an update in the lane got no answer")
+                .unwrap();
+            match (kind, r) {
+                ("match" | "retry", Ok(w)) => {
+                    assert!(!w.created, "{kind} {i}");
+                    assert!(w.record.version >= 2, "{kind} {i}");
+                    h.store().verify(&w.record).unwrap();
+                }
+                ("stale", Err(StoreError::Conflict { expected: 7, .. })) => {}
+                ("refused", Err(StoreError::Invalid(m))) => assert!(m.contains("id"), "{m}"),
+                ("new", Ok(w)) => {
+                    assert!(w.created);
+                    assert_eq!(w.record.version, 1);
+                    h.store().verify(&w.record).unwrap();
+                }
+                (kind, other) => panic!("{kind} {i}: {other:?}"),
+            }
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let r = h.read(&ctx, "Observation", id).await.unwrap();
+            let want = if (10..20).contains(&i) { 3 } else { 2 };
+            assert_eq!(r.version, want, "Observation {i}");
+            h.store().verify(&r).unwrap();
+        }
+        let (batches, writes) = {
+            let after = h.lane_counts();
+            (after.0 - lane_before.0, after.1 - lane_before.1)
+        };
+        // Retries after a lost race come through the lane again.
+        assert!(writes >= n, "{writes} writes in the lane for {n} updates");
+        assert!(batches < writes, "no batch held two updates");
         assert_eq!(h.store().backlog(), 0);
     }
 

@@ -18,15 +18,33 @@ use super::writer::{Member, Outcome, Writer};
 use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
 use heed::RoTxn;
 
-/// One unconditional create of a batch ([`Engine::create_many`]).
+/// One write of a batch ([`Engine::write_many`]).
 #[derive(Debug)]
-pub struct CreateItem {
-    /// Who creates.
-    pub ctx: AccessContext,
-    /// The resource.
-    pub resource: Value,
-    /// The author's detached JWS over its canonical bytes, if any.
-    pub author_jws: Option<String>,
+pub enum WriteItem {
+    /// An unconditional create ([`Engine::create`] without If-None-Exist).
+    Create {
+        /// Who creates.
+        ctx: AccessContext,
+        /// The resource.
+        resource: Value,
+        /// The author's detached JWS over its canonical bytes, if any.
+        author_jws: Option<String>,
+    },
+    /// An update, or a create with a client-chosen id ([`Engine::update`]).
+    Update {
+        /// Who writes.
+        ctx: AccessContext,
+        /// Type.
+        resource_type: String,
+        /// Id.
+        id: String,
+        /// The resource.
+        resource: Value,
+        /// If-Match version.
+        if_match: Option<u64>,
+        /// The author's detached JWS over its canonical bytes, if any.
+        author_jws: Option<String>,
+    },
 }
 
 /// A result that becomes available after the group commit that makes it durable.
@@ -387,16 +405,17 @@ impl Engine {
         self.submit_create(draft, prepared, if_none_exist, reader)
     }
 
-    /// Several unconditional creates, each as [`Engine::create`] would make it (its own
-    /// AuditEvent, its own writer member, its own answer, its own error), with their
+    /// Several writes, each as [`Engine::create`] or [`Engine::update`] would make it (its
+    /// own AuditEvent, its own writer member, its own answer, its own error), with their
     /// signatures made in one batch ([`super::Store::sign_versions`]). A registry thread
-    /// takes them from its pool's lane of creates ([`crate::registry`]).
-    pub fn create_many(&self, items: Vec<CreateItem>) -> Vec<StoreResult<Pending<WriteResult>>> {
+    /// takes them from its pool's lane ([`crate::registry`]).
+    pub fn write_many(&self, items: Vec<WriteItem>) -> Vec<StoreResult<Pending<WriteResult>>> {
         self.prepare_many(items)
             .into_iter()
             .map(|prepared| {
-                let (draft, prepared) = prepared?;
+                let (draft, prepared, update) = prepared?;
                 match prepared {
+                    Ok(p) if update => self.submit_update(draft, p),
                     Ok(p) => self.submit_create(draft, p, None, None),
                     Err(e) => self.fail(draft, e),
                 }
@@ -404,28 +423,54 @@ impl Engine {
             .collect()
     }
 
-    /// The registry-thread half of [`Engine::create_many`]: [`Engine::prepare_create`] of
-    /// each item, with the signatures made in one batch.
+    /// The registry-thread half of [`Engine::write_many`]: each write prepared up to its
+    /// signature, then the signatures in one batch. `true` marks an update.
+    #[allow(clippy::type_complexity)]
     fn prepare_many(
         &self,
-        items: Vec<CreateItem>,
-    ) -> Vec<StoreResult<(AuditDraft, StoreResult<super::Prepared>)>> {
-        // Each item reads in a snapshot of its own, as a single create does: the gate that
+        items: Vec<WriteItem>,
+    ) -> Vec<StoreResult<(AuditDraft, StoreResult<super::Prepared>, bool)>> {
+        // Each item reads in a snapshot of its own, as a single write does: the gate that
         // snapshot holds is not kept across the batch.
-        let drafted = items.into_iter().map(|it| {
-            self.store.with_read(|txn| {
-                self.prepare_create_unsigned(txn, &it.ctx, it.resource, it.author_jws, None)
-            })
+        let drafted = items.into_iter().map(|it| match it {
+            WriteItem::Create {
+                ctx,
+                resource,
+                author_jws,
+            } => self
+                .store
+                .with_read(|txn| {
+                    self.prepare_create_unsigned(txn, &ctx, resource, author_jws, None)
+                })
+                .map(|(d, u)| (d, u, false)),
+            WriteItem::Update {
+                ctx,
+                resource_type,
+                id,
+                resource,
+                if_match,
+                author_jws,
+            } => {
+                let (d, u) = self.prepare_update_unsigned(
+                    &ctx,
+                    &resource_type,
+                    &id,
+                    resource,
+                    if_match,
+                    author_jws,
+                );
+                Ok((d, u, true))
+            }
         });
         let mut unsigned = Vec::new();
         let mut slots = Vec::new();
         for d in drafted {
             slots.push(match d {
-                Ok((draft, Ok(u))) => {
+                Ok((draft, Ok(u), update)) => {
                     unsigned.push(u);
-                    Ok((draft, None))
+                    Ok((draft, None, update))
                 }
-                Ok((draft, Err(e))) => Ok((draft, Some(e))),
+                Ok((draft, Err(e), update)) => Ok((draft, Some(e), update)),
                 Err(e) => Err(e),
             });
         }
@@ -433,17 +478,17 @@ impl Engine {
         slots
             .into_iter()
             .map(|slot| {
-                let (mut draft, refused) = slot?;
+                let (mut draft, refused, update) = slot?;
                 if let Some(e) = refused {
-                    return Ok((draft, Err(e)));
+                    return Ok((draft, Err(e), update));
                 }
                 let prepared = signed.next().ok_or_else(|| {
-                    StoreError::Storage("a batch of creates lost a signature".into())
+                    StoreError::Storage("a batch of writes lost a signature".into())
                 })?;
-                if let Ok(p) = &prepared {
+                if let (Ok(p), false) = (&prepared, update) {
                     draft.touch(&p.record);
                 }
-                Ok((draft, prepared))
+                Ok((draft, prepared, update))
             })
             .collect()
     }
@@ -471,7 +516,7 @@ impl Engine {
         }))
     }
 
-    /// The registry-thread half of [`Engine::create_many`] without the writer: everything
+    /// The registry-thread half of [`Engine::write_many`] of creates, without the writer: everything
     /// the creates prepare (ids, policy, canonical bytes, signatures, seals, index keys,
     /// Provenance, AuditEvents), then dropped. Nothing is written or disclosed. For the
     /// `budget` bench, which times it on one thread against the required primitives;
@@ -484,7 +529,7 @@ impl Engine {
     ) -> StoreResult<usize> {
         let items = resources
             .into_iter()
-            .map(|resource| CreateItem {
+            .map(|resource| WriteItem::Create {
                 ctx: ctx.clone(),
                 resource,
                 author_jws: None,
@@ -492,7 +537,7 @@ impl Engine {
             .collect();
         let mut bytes = 0;
         for prepared in self.prepare_many(items) {
-            let (draft, prepared) = prepared?;
+            let (draft, prepared, _) = prepared?;
             let prepared = prepared?;
             let audit = prepare_audit(&self.store, &draft, None)?;
             bytes +=
@@ -511,6 +556,25 @@ impl Engine {
         if_match: Option<u64>,
         author_jws: Option<String>,
     ) -> StoreResult<Pending<WriteResult>> {
+        let (draft, unsigned) =
+            self.prepare_update_unsigned(ctx, ty, id, resource, if_match, author_jws);
+        match unsigned.and_then(|u| self.store.sign_version(u)) {
+            Ok(p) => self.submit_update(draft, p),
+            Err(e) => self.fail(draft, e),
+        }
+    }
+
+    /// [`Engine::update`] up to the signature: the AuditEvent's draft, and the version
+    /// prepared or the error the draft is to record.
+    fn prepare_update_unsigned(
+        &self,
+        ctx: &AccessContext,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<u64>,
+        author_jws: Option<String>,
+    ) -> (AuditDraft, StoreResult<super::Unsigned>) {
         let mut draft = AuditDraft::new(Interaction::Update, ctx);
         draft.entities.push(format!("{ty}/{id}"));
         let checked = resource_type_of(&resource).and_then(|rt| {
@@ -528,9 +592,9 @@ impl Engine {
             }
         });
         if let Err(e) = checked {
-            return self.fail(draft, e);
+            return (draft, Err(e));
         }
-        let prepared = self.store.with_read(|txn| {
+        let unsigned = self.store.with_read(|txn| {
             let base = self
                 .store
                 .current_in(txn, ty, id)?
@@ -546,15 +610,21 @@ impl Engine {
                     current: base,
                 });
             }
-            self.store.prepare_version(
+            self.store.prepare_unsigned(
                 txn,
                 self.spec(ty, id, base, resource, false, author_jws, ctx),
             )
         });
-        let prepared = match prepared {
-            Ok(p) => p,
-            Err(e) => return self.fail(draft, e),
-        };
+        (draft, unsigned)
+    }
+
+    /// Hands a prepared update (a create when it had no base) and its AuditEvent to the
+    /// writer.
+    fn submit_update(
+        &self,
+        mut draft: AuditDraft,
+        prepared: super::Prepared,
+    ) -> StoreResult<Pending<WriteResult>> {
         let created = prepared.write.base == 0;
         draft.interaction = if created {
             Interaction::Create
