@@ -197,11 +197,11 @@ where
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
 /// filed in the index, idle filing commits, idle filing ns, postings filed from the index
-/// journal, ns spent filing them, commits that waited for more members, batches of creates the
-/// registries took from their lanes and the creates in them), and of the process's CPU time and bytes written.
+/// journal, ns spent filing them, commits that waited for more members, batches of writes the
+/// registries took from their lanes and the writes in them), and of the process's CPU time and bytes written.
 fn writer_counters(f: &Fixture) -> ([u64; 12], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
-    let (lane_batches, lane_creates) = f.handle.lane_counts();
+    let (lane_batches, lane_writes) = f.handle.lane_counts();
     let w = [
         st.commits.load(Ordering::Relaxed),
         st.members.load(Ordering::Relaxed),
@@ -214,7 +214,7 @@ fn writer_counters(f: &Fixture) -> ([u64; 12], ProcUsage, ThreadCpu) {
         st.journal_nanos.load(Ordering::Relaxed),
         st.waits.load(Ordering::Relaxed),
         lane_batches,
-        lane_creates,
+        lane_writes,
     ];
     (w, ProcUsage::now(), ThreadCpu::now())
 }
@@ -240,7 +240,7 @@ fn report_writer(
         jnanos,
         waits,
         lane_batches,
-        lane_creates,
+        lane_writes,
     ] = std::array::from_fn(|i| after.0[i].saturating_sub(before.0[i]));
     if members == 0 {
         return; // filtered out
@@ -252,7 +252,7 @@ fn report_writer(
          commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
          ({idle_commits} idle commits, {:.0} ms); journal filed {jfiled} postings in {:.0} ms; \
          process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member; \
-         registries took {lane_creates} creates in {lane_batches} batches ({:.1}/batch)",
+         registries took {lane_writes} writes from their lanes in {lane_batches} batches ({:.1}/batch)",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
@@ -260,7 +260,7 @@ fn report_writer(
         wall.as_secs_f64(),
         idle as f64 / 1e6,
         jnanos as f64 / 1e6,
-        lane_creates as f64 / lane_batches.max(1) as f64
+        lane_writes as f64 / lane_batches.max(1) as f64
     );
     eprintln!(
         "writer[{label}]: CPU µs/member by thread: {}",
