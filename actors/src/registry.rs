@@ -769,6 +769,20 @@ mod tests {
         }
     }
 
+    /// Every task's answer, in order; fails the test if one has none within a minute (a
+    /// write left in a lane would wait forever).
+    async fn answers_within_a_minute<T>(tasks: Vec<actix_rt::task::JoinHandle<T>>) -> Vec<T> {
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+        .await
+        .expect("a write in the lane got no answer")
+    }
+
     /// Creates sent together are prepared in batches from the lane, and each still gets
     /// its own answer: a refused create its own error and AuditEvent, the others their
     /// records, signed as one by one.
@@ -794,15 +808,7 @@ mod tests {
                 })
             })
             .collect();
-        let answers = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        })
-        .await
-        .expect("a create in the lane got no answer");
+        let answers = answers_within_a_minute(tasks).await;
         let mut created = Vec::new();
         for (i, answer) in answers.into_iter().enumerate() {
             match answer {
@@ -963,15 +969,7 @@ mod tests {
                 })
             })
             .collect();
-        let all = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap());
-            }
-            out
-        })
-        .await
-        .expect("a create of the panicking batch got no answer");
+        let all = answers_within_a_minute(tasks).await;
         let unavailable = all
             .iter()
             .filter(|r| matches!(r, Err(StoreError::Unavailable(n)) if n == "SharedHealthRecord"))

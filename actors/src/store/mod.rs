@@ -908,53 +908,43 @@ impl Store {
 
     /// The rest of [`Store::prepare_version`]: the appliance's JWS over the canonical
     /// bytes goes into the envelope, which is sealed under its database, key and version.
-    pub(crate) fn finish_version(&self, u: Unsigned, signature: String) -> StoreResult<Prepared> {
-        let Unsigned {
-            mut env,
-            resource,
-            base,
-            component: c,
-            key,
-            add_index,
-            remove_index,
-            prov_sealed,
-            prov_id,
-        } = u;
-        env.jws = signature;
-        let version = env.version_id;
+    pub(crate) fn finish_version(
+        &self,
+        mut u: Unsigned,
+        signature: String,
+    ) -> StoreResult<Prepared> {
+        u.env.jws = signature;
+        let (c, version) = (u.component, u.env.version_id);
         let sealed = self.seal_versions[c.index()]
             .seal(
-                &env.to_bytes()?,
+                &u.env.to_bytes()?,
                 &Aad {
                     database: &versions_db_name(c),
-                    key: &key,
+                    key: &u.key,
                     version,
                 },
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
-        let current = Current {
-            version,
-            last_updated: env.last_updated,
-            deleted: env.deleted,
-        };
-        let (resource_type, id, base_version) =
-            (env.resource_type.clone(), env.id.clone(), version - 1);
         Ok(Prepared {
-            base,
+            base: u.base,
             write: PreparedWrite {
-                resource_type,
-                id,
+                resource_type: u.env.resource_type.clone(),
+                id: u.env.id.clone(),
                 component: c,
-                base: base_version,
-                current,
-                key,
+                base: version - 1,
+                current: Current {
+                    version,
+                    last_updated: u.env.last_updated,
+                    deleted: u.env.deleted,
+                },
+                key: u.key,
                 sealed,
-                add_index,
-                remove_index,
-                prov_sealed,
-                prov_id,
+                add_index: u.add_index,
+                remove_index: u.remove_index,
+                prov_sealed: u.prov_sealed,
+                prov_id: u.prov_id,
             },
-            record: Record::from_parts(env, resource),
+            record: Record::from_parts(u.env, u.resource),
         })
     }
 
