@@ -16,7 +16,6 @@ use super::route::{client_writable, component_for, validate_id};
 use super::search::SearchQuery;
 use super::writer::{Member, Outcome, Writer};
 use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
-use heed::RoTxn;
 
 /// One write of a batch ([`Engine::write_many`]).
 #[derive(Debug)]
@@ -344,9 +343,8 @@ impl Engine {
         author_jws: Option<String>,
         if_none_exist: Option<&SearchQuery>,
     ) -> StoreResult<(AuditDraft, StoreResult<super::Prepared>)> {
-        let (mut draft, unsigned) = self.store.with_read(|txn| {
-            self.prepare_create_unsigned(txn, ctx, resource, author_jws, if_none_exist)
-        })?;
+        let (mut draft, unsigned) =
+            self.prepare_create_unsigned(ctx, resource, author_jws, if_none_exist)?;
         let prepared = unsigned.and_then(|u| self.store.sign_version(u));
         if let Ok(p) = &prepared {
             draft.touch(&p.record);
@@ -355,9 +353,9 @@ impl Engine {
     }
 
     /// [`Engine::prepare_create`] up to the signature ([`super::Store::prepare_unsigned`]).
+    /// A failure to open the read snapshot is the draft's error, audited like a refusal.
     fn prepare_create_unsigned(
         &self,
-        txn: &RoTxn,
         ctx: &AccessContext,
         resource: Value,
         author_jws: Option<String>,
@@ -376,7 +374,10 @@ impl Engine {
         }
         let id = new_id()?;
         let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
-        Ok((draft, self.store.prepare_unsigned(txn, spec)))
+        let unsigned = self
+            .store
+            .with_read(|txn| self.store.prepare_unsigned(txn, spec));
+        Ok((draft, unsigned))
     }
 
     /// Create with a server-assigned id; `if_none_exist` makes it conditional.
@@ -430,18 +431,15 @@ impl Engine {
         &self,
         items: Vec<WriteItem>,
     ) -> Vec<StoreResult<(AuditDraft, StoreResult<super::Prepared>, bool)>> {
-        // Each item reads in a snapshot of its own, as a single write does: the gate that
-        // snapshot holds is not kept across the batch.
+        // Each item reads in a snapshot of its own, as a single write does: the resize gate
+        // that a snapshot holds is not kept across the batch.
         let drafted = items.into_iter().map(|it| match it {
             WriteItem::Create {
                 ctx,
                 resource,
                 author_jws,
             } => self
-                .store
-                .with_read(|txn| {
-                    self.prepare_create_unsigned(txn, &ctx, resource, author_jws, None)
-                })
+                .prepare_create_unsigned(&ctx, resource, author_jws, None)
                 .map(|(d, u)| (d, u, false)),
             WriteItem::Update {
                 ctx,
