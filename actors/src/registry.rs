@@ -341,8 +341,8 @@ impl Registry {
         }
     }
 
-    /// Starts a pool of `threads` actors of component `c`, which take plain creates and updates from
-    /// `lane`.
+    /// Starts a pool of `threads` actors of component `c`, which take plain creates and
+    /// updates from `lane`.
     pub(crate) fn start_pool(
         c: Component,
         engine: Engine,

@@ -197,8 +197,9 @@ where
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
 /// filed in the index, idle filing commits, idle filing ns, postings filed from the index
-/// journal, ns spent filing them, commits that waited for more members, batches of writes the
-/// registries took from their lanes and the writes in them), and of the process's CPU time and bytes written.
+/// journal, ns spent filing them, commits that waited for more members, batches of writes
+/// the registries took from their lanes and the writes in them), and of the process's CPU
+/// time and bytes written.
 fn writer_counters(f: &Fixture) -> ([u64; 12], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
     let (lane_batches, lane_writes) = f.handle.lane_counts();

@@ -514,9 +514,9 @@ impl Engine {
         }))
     }
 
-    /// The registry-thread half of [`Engine::write_many`] of creates, without the writer: everything
-    /// the creates prepare (ids, policy, canonical bytes, signatures, seals, index keys,
-    /// Provenance, AuditEvents), then dropped. Nothing is written or disclosed. For the
+    /// The registry-thread half of [`Engine::write_many`] of creates, without the writer:
+    /// everything the creates prepare (ids, policy, canonical bytes, signatures, seals,
+    /// index keys, Provenance, AuditEvents), then dropped. Nothing is written or disclosed. For the
     /// `budget` bench, which times it on one thread against the required primitives;
     /// returns the sealed bytes prepared.
     #[doc(hidden)]
