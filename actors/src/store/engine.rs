@@ -17,33 +17,15 @@ use super::search::SearchQuery;
 use super::writer::{Member, Outcome, Writer};
 use super::{Record, SearchPage, Store, VersionSpec, new_id, policy, time};
 
-/// One write of a batch ([`Engine::write_many`]).
+/// One unconditional create of a batch ([`Engine::create_many`]).
 #[derive(Debug)]
-pub enum WriteItem {
-    /// An unconditional create ([`Engine::create`] without If-None-Exist).
-    Create {
-        /// Who creates.
-        ctx: AccessContext,
-        /// The resource.
-        resource: Value,
-        /// The author's detached JWS over its canonical bytes, if any.
-        author_jws: Option<String>,
-    },
-    /// An update, or a create with a client-chosen id ([`Engine::update`]).
-    Update {
-        /// Who writes.
-        ctx: AccessContext,
-        /// Type.
-        resource_type: String,
-        /// Id.
-        id: String,
-        /// The resource.
-        resource: Value,
-        /// If-Match version.
-        if_match: Option<u64>,
-        /// The author's detached JWS over its canonical bytes, if any.
-        author_jws: Option<String>,
-    },
+pub struct CreateItem {
+    /// Who creates.
+    pub ctx: AccessContext,
+    /// The resource.
+    pub resource: Value,
+    /// The author's detached JWS over its canonical bytes, if any.
+    pub author_jws: Option<String>,
 }
 
 /// A result that becomes available after the group commit that makes it durable.
@@ -406,17 +388,16 @@ impl Engine {
         self.submit_create(draft, prepared, if_none_exist, reader)
     }
 
-    /// Several writes, each as [`Engine::create`] or [`Engine::update`] would make it (its
-    /// own AuditEvent, its own writer member, its own answer, its own error), with their
+    /// Several unconditional creates, each as [`Engine::create`] would make it (its own
+    /// AuditEvent, its own writer member, its own answer, its own error), with their
     /// signatures made in one batch ([`super::Store::sign_versions`]). A registry thread
     /// takes them from its pool's lane ([`crate::registry`]).
-    pub fn write_many(&self, items: Vec<WriteItem>) -> Vec<StoreResult<Pending<WriteResult>>> {
+    pub fn create_many(&self, items: Vec<CreateItem>) -> Vec<StoreResult<Pending<WriteResult>>> {
         self.prepare_many(items)
             .into_iter()
             .map(|prepared| {
-                let (draft, prepared, update) = prepared?;
+                let (draft, prepared) = prepared?;
                 match prepared {
-                    Ok(p) if update => self.submit_update(draft, p),
                     Ok(p) => self.submit_create(draft, p, None, None),
                     Err(e) => self.fail(draft, e),
                 }
@@ -424,51 +405,26 @@ impl Engine {
             .collect()
     }
 
-    /// The registry-thread half of [`Engine::write_many`]: each write prepared up to its
-    /// signature, then the signatures in one batch. `true` marks an update.
-    #[allow(clippy::type_complexity)]
+    /// The registry-thread half of [`Engine::create_many`]: each create prepared up to its
+    /// signature ([`Engine::prepare_create`]'s first half), then the signatures in one batch.
     fn prepare_many(
         &self,
-        items: Vec<WriteItem>,
-    ) -> Vec<StoreResult<(AuditDraft, StoreResult<super::Prepared>, bool)>> {
-        // Each item reads in a snapshot of its own, as a single write does: the resize gate
+        items: Vec<CreateItem>,
+    ) -> Vec<StoreResult<(AuditDraft, StoreResult<super::Prepared>)>> {
+        // Each item reads in a snapshot of its own, as a single create does: the resize gate
         // that a snapshot holds is not kept across the batch.
-        let drafted = items.into_iter().map(|it| match it {
-            WriteItem::Create {
-                ctx,
-                resource,
-                author_jws,
-            } => self
-                .prepare_create_unsigned(&ctx, resource, author_jws, None)
-                .map(|(d, u)| (d, u, false)),
-            WriteItem::Update {
-                ctx,
-                resource_type,
-                id,
-                resource,
-                if_match,
-                author_jws,
-            } => {
-                let (d, u) = self.prepare_update_unsigned(
-                    &ctx,
-                    &resource_type,
-                    &id,
-                    resource,
-                    if_match,
-                    author_jws,
-                );
-                Ok((d, u, true))
-            }
-        });
+        let drafted = items
+            .into_iter()
+            .map(|it| self.prepare_create_unsigned(&it.ctx, it.resource, it.author_jws, None));
         let mut unsigned = Vec::new();
         let mut slots = Vec::new();
         for d in drafted {
             slots.push(match d {
-                Ok((draft, Ok(u), update)) => {
+                Ok((draft, Ok(u))) => {
                     unsigned.push(u);
-                    Ok((draft, None, update))
+                    Ok((draft, None))
                 }
-                Ok((draft, Err(e), update)) => Ok((draft, Some(e), update)),
+                Ok((draft, Err(e))) => Ok((draft, Some(e))),
                 Err(e) => Err(e),
             });
         }
@@ -476,17 +432,17 @@ impl Engine {
         slots
             .into_iter()
             .map(|slot| {
-                let (mut draft, refused, update) = slot?;
+                let (mut draft, refused) = slot?;
                 if let Some(e) = refused {
-                    return Ok((draft, Err(e), update));
+                    return Ok((draft, Err(e)));
                 }
                 let prepared = signed.next().ok_or_else(|| {
-                    StoreError::Storage("a batch of writes lost a signature".into())
+                    StoreError::Storage("a batch of creates lost a signature".into())
                 })?;
-                if let (Ok(p), false) = (&prepared, update) {
+                if let Ok(p) = &prepared {
                     draft.touch(&p.record);
                 }
-                Ok((draft, prepared, update))
+                Ok((draft, prepared))
             })
             .collect()
     }
@@ -514,7 +470,7 @@ impl Engine {
         }))
     }
 
-    /// The registry-thread half of [`Engine::write_many`] of creates, without the writer:
+    /// The registry-thread half of [`Engine::create_many`], without the writer:
     /// everything the creates prepare (ids, policy, canonical bytes, signatures, seals,
     /// index keys, Provenance, AuditEvents), then dropped. Nothing is written or disclosed. For the
     /// `budget` bench, which times it on one thread against the required primitives;
@@ -527,7 +483,7 @@ impl Engine {
     ) -> StoreResult<usize> {
         let items = resources
             .into_iter()
-            .map(|resource| WriteItem::Create {
+            .map(|resource| CreateItem {
                 ctx: ctx.clone(),
                 resource,
                 author_jws: None,
@@ -535,7 +491,7 @@ impl Engine {
             .collect();
         let mut bytes = 0;
         for prepared in self.prepare_many(items) {
-            let (draft, prepared, _) = prepared?;
+            let (draft, prepared) = prepared?;
             let prepared = prepared?;
             let audit = prepare_audit(&self.store, &draft, None)?;
             bytes +=
