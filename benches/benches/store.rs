@@ -197,8 +197,8 @@ where
 
 /// Snapshot of the writer's counters: (commits, members, apply ns, commit ns, audit events
 /// filed in the index, idle filing commits, idle filing ns, postings filed from the index
-/// journal, ns spent filing them, commits that waited for more members, batches of writes
-/// the registries took from their lanes and the writes in them), and of the process's CPU
+/// journal, ns spent filing them, commits that waited for more members, batches of creates
+/// the registries took from their lanes and the creates in them), and of the process's CPU
 /// time and bytes written.
 fn writer_counters(f: &Fixture) -> ([u64; 12], ProcUsage, ThreadCpu) {
     let st = f.handle.engine().writer.stats();
@@ -253,7 +253,7 @@ fn report_writer(
          commit {:.2} ms/commit, writer busy {:.0} % of {:.1} s; audit filed {filed} \
          ({idle_commits} idle commits, {:.0} ms); journal filed {jfiled} postings in {:.0} ms; \
          process CPU {cpu:.0} µs/member, {kib:.1} KiB written/member; \
-         registries took {lane_writes} writes from their lanes in {lane_batches} batches ({:.1}/batch)",
+         registries took {lane_writes} creates from their lanes in {lane_batches} batches ({:.1}/batch)",
         m / c,
         apply as f64 / 1e3 / m,
         commit as f64 / 1e6 / c,
