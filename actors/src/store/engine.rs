@@ -510,25 +510,6 @@ impl Engine {
         if_match: Option<u64>,
         author_jws: Option<String>,
     ) -> StoreResult<Pending<WriteResult>> {
-        let (draft, unsigned) =
-            self.prepare_update_unsigned(ctx, ty, id, resource, if_match, author_jws);
-        match unsigned.and_then(|u| self.store.sign_version(u)) {
-            Ok(p) => self.submit_update(draft, p),
-            Err(e) => self.fail(draft, e),
-        }
-    }
-
-    /// [`Engine::update`] up to the signature: the AuditEvent's draft, and the version
-    /// prepared or the error the draft is to record.
-    fn prepare_update_unsigned(
-        &self,
-        ctx: &AccessContext,
-        ty: &str,
-        id: &str,
-        resource: Value,
-        if_match: Option<u64>,
-        author_jws: Option<String>,
-    ) -> (AuditDraft, StoreResult<super::Unsigned>) {
         let mut draft = AuditDraft::new(Interaction::Update, ctx);
         draft.entities.push(format!("{ty}/{id}"));
         let checked = resource_type_of(&resource).and_then(|rt| {
@@ -546,9 +527,9 @@ impl Engine {
             }
         });
         if let Err(e) = checked {
-            return (draft, Err(e));
+            return self.fail(draft, e);
         }
-        let unsigned = self.store.with_read(|txn| {
+        let prepared = self.store.with_read(|txn| {
             let base = self
                 .store
                 .current_in(txn, ty, id)?
@@ -564,21 +545,15 @@ impl Engine {
                     current: base,
                 });
             }
-            self.store.prepare_unsigned(
+            self.store.prepare_version(
                 txn,
                 self.spec(ty, id, base, resource, false, author_jws, ctx),
             )
         });
-        (draft, unsigned)
-    }
-
-    /// Hands a prepared update (a create when it had no base) and its AuditEvent to the
-    /// writer.
-    fn submit_update(
-        &self,
-        mut draft: AuditDraft,
-        prepared: super::Prepared,
-    ) -> StoreResult<Pending<WriteResult>> {
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => return self.fail(draft, e),
+        };
         let created = prepared.write.base == 0;
         draft.interaction = if created {
             Interaction::Create
