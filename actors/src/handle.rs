@@ -664,11 +664,11 @@ impl StoreHandle {
                 None
             } else {
                 match store.current_in(txn, ty, id)? {
-                    Some(c) => store.version_in(txn, ty, id, c.version)?,
+                    Some(c) => store.base_facts_in(txn, ty, id, c.version)?,
                     None => None,
                 }
             };
-            store.authorize_write(system, &ctx.facility_id, ty, id, base.as_ref(), resource)
+            store.authorize_write(system, &ctx.facility_id, ty, id, base.as_deref(), resource)
         })
     }
 

@@ -247,7 +247,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn spec(
+    pub(crate) fn spec(
         &self,
         ty: &str,
         id: &str,
@@ -593,22 +593,21 @@ impl Engine {
                     resource_type: ty.into(),
                     id: id.into(),
                 })?;
+            let rec = self
+                .store
+                .version_in(txn, ty, id, cur.version)?
+                .ok_or_else(|| StoreError::NotFound {
+                    resource_type: ty.into(),
+                    id: id.into(),
+                })?;
             if cur.deleted {
-                let rec = self
-                    .store
-                    .version_in(txn, ty, id, cur.version)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        resource_type: ty.into(),
-                        id: id.into(),
-                    })?;
                 return Ok(Err(rec));
             }
-            let mut prepared = self.store.prepare_version(
+            let prepared = self.store.prepare_version(
                 txn,
                 self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx),
             )?;
-            let old = prepared.base.take();
-            Ok(Ok((prepared, old)))
+            Ok(Ok((prepared, rec)))
         });
         match r {
             Err(e) => self.fail(draft, e),
@@ -627,12 +626,10 @@ impl Engine {
             Ok(Ok((prepared, old))) => {
                 draft.entities.clear();
                 draft.touch(&prepared.record);
-                if let Some(old) = &old {
-                    // The deletion body has no subject: name the patient of the old version.
-                    for p in super::audit::patients_of(ty, id, &old.resource) {
-                        if !draft.patients.contains(&p) {
-                            draft.patients.push(p);
-                        }
+                // The deletion body has no subject: name the patient of the old version.
+                for p in super::audit::patients_of(ty, id, &old.resource) {
+                    if !draft.patients.contains(&p) {
+                        draft.patients.push(p);
                     }
                 }
                 let p = self.submit_versions(vec![prepared], vec![draft], None, vec![false])?;

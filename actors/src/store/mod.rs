@@ -12,6 +12,7 @@
 pub(crate) mod ack;
 pub mod audit;
 pub mod audit_index;
+pub(crate) mod bases;
 pub mod compress;
 pub mod consent;
 pub mod engine;
@@ -46,6 +47,7 @@ use hexa_crypto::{jcs, jws};
 use serde_json::{Value, json};
 
 pub use audit::AccessContext;
+use bases::BaseFacts;
 pub use error::{StoreError, StoreResult};
 use format::{Current, Envelope, FORMAT_VERSION};
 pub use route::{Component, component_for};
@@ -107,6 +109,11 @@ pub struct StoreConfig {
     pub group_commit_wait: std::time::Duration,
     /// The batch size from which the writer commits without waiting.
     pub group_commit_fill: usize,
+    /// Most bytes of memory the facts of recently written versions may hold
+    /// ([`bases`]: their index terms, source and kind, which the next version of the same
+    /// resource needs, about 0.5 KB for an Observation and 1.5 KB for a Patient). 0 keeps
+    /// none: every update then opens and parses the version it replaces.
+    pub base_cache_bytes: usize,
     /// This appliance's id (the `Device` that signs and records).
     pub appliance_id: String,
     /// The facility this appliance serves (names the audit-log origin).
@@ -117,7 +124,7 @@ impl StoreConfig {
     /// Defaults for a data directory: 64 MiB initial map, batches of up to 4096 members,
     /// checkpoints every 1000 entries or 60 s, audit index lag of 16 384 events, index
     /// journal lag of 262 144 entries filed 8 192 per commit, writer at nice -10, waiting
-    /// up to 1 ms under load for a batch of 128.
+    /// up to 1 ms under load for a batch of 128, 32 MiB for the facts of recent versions.
     pub fn new(data_dir: impl Into<PathBuf>, appliance_id: &str, facility_id: &str) -> Self {
         StoreConfig {
             data_dir: data_dir.into(),
@@ -132,6 +139,7 @@ impl StoreConfig {
             writer_nice: DEFAULT_WRITER_NICE,
             group_commit_wait: std::time::Duration::from_millis(1),
             group_commit_fill: 128,
+            base_cache_bytes: 32 << 20,
             appliance_id: appliance_id.to_string(),
             facility_id: facility_id.to_string(),
         }
@@ -245,6 +253,8 @@ pub struct Store {
     pub(crate) seal_log: SealKey,
     pub(crate) seal_provenance: SealKey,
     pub(crate) blind: Vec<BlindIndexKey>,
+    /// Facts of recently written versions, for the versions that replace them.
+    pub(crate) bases: bases::BaseCache,
     pub(crate) config: StoreConfig,
     pub(crate) origin: String,
 }
@@ -468,6 +478,7 @@ impl Store {
             journal,
             gate: RwLock::new(()),
             backlog: AtomicUsize::new(0),
+            bases: bases::BaseCache::new(config.base_cache_bytes),
             config,
             origin,
         })
@@ -644,6 +655,49 @@ impl Store {
         }
     }
 
+    /// What a new version of `ty/id` needs from its `version` ([`bases`]): kept facts if
+    /// the stored sealed value is the one they were derived from, else derived from the
+    /// opened version (and kept). `None` if that version was never written.
+    pub(crate) fn base_facts_in(
+        &self,
+        txn: &RoTxn,
+        ty: &str,
+        id: &str,
+        version: u64,
+    ) -> StoreResult<Option<Arc<BaseFacts>>> {
+        let c = component_for(ty)?;
+        let key = format::version_key(ty, id, version);
+        let Some(sealed) = self.dbs(c).versions.get(txn, &key)? else {
+            return Ok(None);
+        };
+        let sealed_id = bases::SealedId::of(sealed);
+        if let Some(facts) = sealed_id.and_then(|s| self.bases.get(&key, &s)) {
+            return Ok(Some(facts));
+        }
+        let Some(old) = self.version_in(txn, ty, id, version)? else {
+            return Ok(None);
+        };
+        let facts = Arc::new(self.facts_of(c, ty, &old.resource, old.deleted));
+        if let Some(s) = sealed_id {
+            self.bases.put(key, s, facts.clone());
+        }
+        Ok(Some(facts))
+    }
+
+    /// The facts of a version of `ty/id` whose resource is `resource`.
+    fn facts_of(&self, c: Component, ty: &str, resource: &Value, deleted: bool) -> BaseFacts {
+        BaseFacts {
+            deleted,
+            source: resource["meta"]["source"].as_str().map(str::to_string),
+            enrolment_device: ty == "Device" && policy::is_enrolment_device(resource),
+            blinds: if deleted {
+                Vec::new()
+            } else {
+                self.index_blinds(c, ty, resource)
+            },
+        }
+    }
+
     /// The current version of a live resource within `txn` (NotFound / Gone otherwise).
     pub(crate) fn read_in(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Record> {
         if component_for(ty)? == Component::Audit {
@@ -796,10 +850,10 @@ impl Store {
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
         let version = spec.base + 1;
-        // The version this one replaces, read once: the write policy looks at it, and its
+        // The version this one replaces: the write policy looks at who wrote it, and its
         // index keys are the ones this version's replace.
         let base = if spec.base > 0 {
-            self.version_in(txn, ty, &spec.id, spec.base)?
+            self.base_facts_in(txn, ty, &spec.id, spec.base)?
         } else {
             None
         };
@@ -808,7 +862,7 @@ impl Store {
             &spec.source,
             ty,
             &spec.id,
-            base.as_ref(),
+            base.as_deref(),
             &spec.resource,
         )?;
         let mut resource = spec.resource;
@@ -838,30 +892,18 @@ impl Store {
                 .map_err(|e| StoreError::Invalid(format!("canonical JSON: {e}")))?;
         }
 
-        // Index keys: new terms minus old terms, old minus new (both sorted, so each stays
-        // sorted). A create's are all new, and move without a copy.
-        let new_keys = if spec.deleted {
-            Vec::new()
-        } else {
-            self.index_keys(c, ty, &spec.id, &resource)
-        };
-        let old_keys = match &base {
-            Some(old) if !old.deleted => self.index_keys(c, ty, &spec.id, &old.resource),
-            _ => Vec::new(),
-        };
-        let remove_index: Vec<Vec<u8>> = old_keys
-            .iter()
-            .filter(|k| new_keys.binary_search(k).is_err())
-            .cloned()
-            .collect();
-        let add_index: Vec<Vec<u8>> = if old_keys.is_empty() {
-            new_keys
-        } else {
-            new_keys
-                .into_iter()
-                .filter(|k| old_keys.binary_search(k).is_err())
+        // Index keys: new terms minus old terms, old minus new (both sorted, and so are
+        // the keys they make).
+        let facts = Arc::new(self.facts_of(c, ty, &resource, spec.deleted));
+        let old_blinds: &[[u8; 32]] = base.as_ref().map_or(&[], |b| &b.blinds);
+        let keys_of = |from: &[[u8; 32]], minus: &[[u8; 32]]| -> Vec<Vec<u8>> {
+            from.iter()
+                .filter(|b| minus.binary_search(b).is_err())
+                .map(|b| format::index_key(ty, b, &spec.id))
                 .collect()
         };
+        let remove_index = keys_of(old_blinds, &facts.blinds);
+        let add_index = keys_of(&facts.blinds, old_blinds);
 
         let key = format::version_key(ty, &spec.id, version);
         let prov_id = new_id()?;
@@ -896,7 +938,7 @@ impl Store {
                 author_jws: spec.author_jws,
             },
             resource,
-            base,
+            facts,
             component: c,
             key,
             add_index,
@@ -925,8 +967,15 @@ impl Store {
                 },
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        // A first version is not kept: most resources are never updated, and keeping
+        // every create's facts cost creates more than it saved updates. Its first update
+        // derives them from the stored version, and keeps them.
+        if version > 1
+            && let Some(s) = bases::SealedId::of(&sealed)
+        {
+            self.bases.put(u.key.clone(), s, u.facts);
+        }
         Ok(Prepared {
-            base: u.base,
             write: PreparedWrite {
                 resource_type: u.env.resource_type.clone(),
                 id: u.env.id.clone(),
@@ -948,35 +997,24 @@ impl Store {
         })
     }
 
-    /// Blind index keys of a resource, sorted and distinct.
-    pub(crate) fn index_keys(
-        &self,
-        c: Component,
-        ty: &str,
-        id: &str,
-        resource: &Value,
-    ) -> Vec<Vec<u8>> {
+    /// The blind terms of a resource's index keys, sorted and distinct (so in the order of
+    /// its keys, `type 0x00 blind id`).
+    pub(crate) fn index_blinds(&self, c: Component, ty: &str, resource: &Value) -> Vec<[u8; 32]> {
         let blind = &self.blind[c.index()];
-        let mut keys = Vec::with_capacity(24);
-        let mut key = |field: &str, term: &str| {
-            keys.push(format::index_key(
-                ty,
-                &blind.index(field, term.as_bytes()),
-                id,
-            ));
-        };
-        params::each_term(ty, resource, |field, term| key(field, &term));
+        let mut blinds = Vec::with_capacity(24);
+        let mut add = |field: &str, term: &str| blinds.push(blind.index(field, term.as_bytes()));
+        params::each_term(ty, resource, |field, term| add(field, &term));
         if ty == "Patient" {
             for (field, term) in pmatch::match_terms(resource) {
-                key(&field, &term);
+                add(&field, &term);
             }
         }
         if let Some((field, term)) = policy::source_term(ty, resource) {
-            key(&field, &term);
+            add(&field, &term);
         }
-        keys.sort_unstable();
-        keys.dedup();
-        keys
+        blinds.sort_unstable();
+        blinds.dedup();
+        blinds
     }
 
     /// The blind index of a (field, term) pair.
@@ -1010,7 +1048,8 @@ pub(crate) struct Unsigned {
     pub env: Envelope,
     /// The resource as read back from `env.canonical`.
     pub resource: Value,
-    pub base: Option<Record>,
+    /// What the version after this one will need from it ([`bases`]).
+    pub facts: Arc<BaseFacts>,
     pub component: Component,
     /// The version's key in `<component>.versions`.
     pub key: Vec<u8>,
@@ -1026,8 +1065,6 @@ pub(crate) struct Unsigned {
 pub(crate) struct Prepared {
     pub write: PreparedWrite,
     pub record: Record,
-    /// The version this one replaces (`None` for a create).
-    pub base: Option<Record>,
 }
 
 /// The writer's part of a prepared version: only bytes to check and put (kept small, as

@@ -31,6 +31,7 @@ use hexa_crypto::jcs;
 use serde_json::{Value, json};
 
 use super::audit::{AccessContext, AuditDraft, AuditEntry, audit_record, patients_of};
+use super::bases::BaseFacts;
 use super::consent::ConsentRule;
 use super::error::{StoreError, StoreResult};
 use super::pmatch::PatientMatch;
@@ -648,14 +649,14 @@ impl Store {
         source: &str,
         ty: &str,
         id: &str,
-        base: Option<&Record>,
+        base: Option<&BaseFacts>,
         resource: &Value,
     ) -> StoreResult<()> {
         if system {
             return Ok(());
         }
         if let Some(old) = base
-            && old.resource["meta"]["source"].as_str() != Some(source_of(source).as_str())
+            && old.source.as_deref() != Some(source_of(source).as_str())
         {
             return Err(StoreError::Forbidden(format!(
                 "{ty}/{id} was written by another facility: only its author changes or deletes it"
@@ -674,7 +675,7 @@ impl Store {
                 return refuse("enrolment Devices");
             }
             if let Some(old) = base
-                && is_enrolment_device(&old.resource)
+                && old.enrolment_device
             {
                 return refuse("enrolment Devices");
             }

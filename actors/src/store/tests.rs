@@ -501,3 +501,65 @@ fn postings_removed_again_count_toward_filing() {
         super::search::SearchQuery::from_pairs("Observation", &[("status", "amended")]).unwrap();
     assert_eq!(e.store.search(&q).unwrap().total, 0);
 }
+
+/// An update takes the index terms to remove from the facts kept of the version it
+/// replaces ([`super::bases`]) only if they were derived from the stored sealed value. A
+/// version prepared and never committed (one that lost a race for the same base) leaves
+/// its facts under the key the winner was written at; the next update must not use them.
+#[test]
+fn facts_of_a_version_that_never_committed_are_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let ctx = AccessContext::system("fac");
+    let obs = |status: &str| {
+        json!({"resourceType": "Observation", "status": status,
+               "code": {"text": "pulse"}, "subject": {"reference": "Patient/p1"}})
+    };
+    let id = created(&e, &ctx, obs("final"), None).record.id;
+    let update = |status: &str| {
+        let mut r = obs(status);
+        r["id"] = json!(id);
+        e.update(&ctx, "Observation", &id, r, None, None)
+            .unwrap()
+            .wait_blocking()
+            .unwrap()
+    };
+    assert_eq!(update("cancelled").record.version, 2);
+    let key = format::version_key("Observation", &id, 2);
+    let stored = |e: &Engine| {
+        e.store
+            .with_read(|t| {
+                let v = e.store.dbs(Component::Shr).versions.get(t, &key)?.unwrap();
+                Ok(super::bases::SealedId::of(v).unwrap())
+            })
+            .unwrap()
+    };
+    assert!(
+        e.store.bases.get(&key, &stored(&e)).is_some(),
+        "the winner's facts are kept"
+    );
+
+    // Another version 2 of the same base, prepared and dropped: its facts replace the
+    // winner's under the same key.
+    let mut loser = obs("amended");
+    loser["id"] = json!(id);
+    let spec = e.spec("Observation", &id, 1, loser, false, None, &ctx);
+    e.store
+        .with_read(|t| e.store.prepare_version(t, spec))
+        .unwrap();
+    assert!(e.store.bases.get(&key, &stored(&e)).is_none());
+
+    assert_eq!(update("final").record.version, 3);
+    for (status, want) in [
+        ("cancelled", vec![]),
+        ("amended", vec![]),
+        ("final", vec![id.clone()]),
+    ] {
+        assert_eq!(
+            search_ids(&e, "Observation", "status", status),
+            want,
+            "{status}"
+        );
+    }
+    let _ = e.close(std::time::Duration::from_secs(10));
+}
