@@ -126,8 +126,11 @@ impl BaseCache {
             return;
         }
         let mut g = self.lock();
+        // The dropped generation is freed after the lock is released.
+        let mut dropped = None;
         if g.young_bytes + bytes > self.budget / 2 {
-            g.old = std::mem::take(&mut g.young);
+            let young = std::mem::take(&mut g.young);
+            dropped = Some(std::mem::replace(&mut g.old, young));
             g.young_bytes = 0;
         }
         g.young_bytes += bytes;
@@ -139,6 +142,8 @@ impl BaseCache {
         if let Some(replaced) = g.young.insert(key, entry) {
             g.young_bytes -= replaced.bytes;
         }
+        drop(g);
+        drop(dropped);
     }
 
     /// Entries held (both generations; an entry in both counts twice).
