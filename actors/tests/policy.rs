@@ -618,7 +618,16 @@ async fn generic_writes_of_consents_and_enrolment_devices_are_refused() {
         "type": {"coding": [{"system": "urn:hexa:device-type", "code": "fido2-card"}]},
         "identifier": [{"system": "urn:hexa:fido2-credential-id", "value": "AAAA"}]});
     forbidden(h.create(&home(), device.clone(), None).await);
-    let enrolled = h.create(&sys(), device, None).await.unwrap().record;
+    let enrolled = h.create(&sys(), device.clone(), None).await.unwrap().record;
+    // The appliance updates it, so the facts kept of its version 2 (not read back from
+    // the stored version) are what the refusals below go by.
+    let mut again = device;
+    again["id"] = json!(enrolled.id);
+    let v2 = h
+        .update(&sys(), "Device", &enrolled.id, again, None, None)
+        .await
+        .unwrap();
+    assert_eq!(v2.record.version, 2);
     // Overwriting an enrolment Device with a plain body, or deleting it, is refused too.
     let plain = json!({"resourceType": "Device", "id": enrolled.id, "status": "inactive"});
     forbidden(
