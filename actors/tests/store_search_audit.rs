@@ -730,3 +730,58 @@ fn every_write_read_and_search_is_audited_with_proofs() {
     );
     assert!(e.store.audit_inclusion_proof(n, n).is_err());
 }
+
+/// An update that moves a record to another patient, and a deletion, name the patients of
+/// the version they replace in their AuditEvent: the first patient's trail shows who changed
+/// what was in their record. The replaced version's patients come from its kept facts (the
+/// second update) or from the stored version (the first update, and after reopening).
+#[test]
+fn a_record_moved_to_another_patient_stays_in_the_first_patients_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path());
+    let c = ctx();
+    let id = created_id(&e, &c, observation("p1", "8867-4", "2024-01-10"));
+    let update = |e: &Engine, patient: &str, version: u64| {
+        let mut o = observation(patient, "8867-4", "2024-01-10");
+        o["id"] = json!(id);
+        let w = e.update(&c, "Observation", &id, o, Some(version), None);
+        assert_eq!(
+            w.unwrap().wait_blocking().unwrap().record.version,
+            version + 1
+        );
+    };
+    // The entities of the AuditEvents that name `patient`.
+    let trail = |e: &Engine, patient: &str| -> Vec<String> {
+        let mut q = SearchQuery::from_pairs("AuditEvent", &[("patient", patient)]).unwrap();
+        q.count = 100;
+        let page = e.store.search(&q).unwrap();
+        page.items
+            .iter()
+            .flat_map(|r| r.resource["entity"].as_array().unwrap().clone())
+            .filter_map(|x| x["what"]["reference"].as_str().map(str::to_string))
+            .collect()
+    };
+    update(&e, "p2", 1);
+    update(&e, "p3", 2);
+    close(e);
+    e = open(dir.path());
+    update(&e, "p4", 3);
+    let deleted = e.delete(&c, "Observation", &id).unwrap().wait_blocking();
+    assert_eq!(deleted.unwrap().record.version, 5);
+    let version = |n: u64| format!("Observation/{id}/_history/{n}");
+    for (patient, versions) in [
+        ("p1", [1, 2]),
+        ("p2", [2, 3]),
+        ("p3", [3, 4]),
+        ("p4", [4, 5]),
+    ] {
+        let t = trail(&e, patient);
+        for n in versions {
+            assert!(
+                t.contains(&version(n)),
+                "{patient}: {t:?} lacks version {n}"
+            );
+        }
+    }
+    close(e);
+}

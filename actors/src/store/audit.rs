@@ -171,7 +171,19 @@ impl AuditDraft {
     /// Adds a touched resource and the patient(s) it belongs to.
     pub fn touch(&mut self, r: &Record) {
         self.entities.push(r.versioned_reference());
-        for p in patients_of(&r.resource_type, &r.id, &r.resource) {
+        self.name_patients(patients_of(&r.resource_type, &r.id, &r.resource));
+    }
+
+    /// [`AuditDraft::touch`] for a version about to be written: its record, and the
+    /// patients of the version it replaces (a record moved to another patient, or
+    /// deleted, is in the first patient's trail too).
+    pub(crate) fn touch_prepared(&mut self, p: &super::Prepared) {
+        self.touch(&p.record);
+        self.name_patients(p.replaced_patients.iter().cloned());
+    }
+
+    fn name_patients(&mut self, patients: impl IntoIterator<Item = String>) {
+        for p in patients {
             if !self.patients.contains(&p) {
                 self.patients.push(p);
             }

@@ -36,6 +36,10 @@ pub(crate) struct BaseFacts {
     pub source: Option<String>,
     /// An enrolment `Device` ([`super::policy::is_enrolment_device`]).
     pub enrolment_device: bool,
+    /// The patients it belongs to ([`super::audit::patients_of`]): the AuditEvent of the
+    /// version that replaces it names them too, so a record moved to another patient, or
+    /// deleted, shows in the first patient's trail.
+    pub patients: Vec<String>,
     /// Its blind index terms, sorted and distinct. A posting's key is
     /// `type 0x00 blind id`, so within one resource this is also the order of its keys.
     pub blinds: Vec<[u8; 32]>,
@@ -45,7 +49,10 @@ impl BaseFacts {
     /// Bytes an entry of these facts under `key` holds (an estimate that includes the
     /// maps' overhead).
     fn footprint(&self, key: &[u8]) -> usize {
-        128 + key.len() + self.blinds.len() * 32 + self.source.as_ref().map_or(0, String::len)
+        128 + key.len()
+            + self.blinds.len() * 32
+            + self.source.as_ref().map_or(0, String::len)
+            + self.patients.iter().map(|p| 24 + p.len()).sum::<usize>()
     }
 }
 
@@ -163,6 +170,7 @@ mod tests {
             deleted: false,
             source: Some("Organization/f".into()),
             enrolment_device: false,
+            patients: vec!["Patient/p".into()],
             blinds: vec![[7u8; 32]; n],
         })
     }

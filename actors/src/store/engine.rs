@@ -329,7 +329,7 @@ impl Engine {
             self.prepare_create_unsigned(ctx, resource, author_jws, if_none_exist)?;
         let prepared = unsigned.and_then(|u| self.store.sign_version(u));
         if let Ok(p) = &prepared {
-            draft.touch(&p.record);
+            draft.touch_prepared(p);
         }
         Ok((draft, prepared))
     }
@@ -440,7 +440,7 @@ impl Engine {
                     StoreError::Storage("a batch of creates lost a signature".into())
                 })?;
                 if let Ok(p) = &prepared {
-                    draft.touch(&p.record);
+                    draft.touch_prepared(p);
                 }
                 Ok((draft, prepared))
             })
@@ -561,7 +561,7 @@ impl Engine {
             Interaction::Update
         };
         draft.entities.clear();
-        draft.touch(&prepared.record);
+        draft.touch_prepared(&prepared);
         let p = self.submit_versions(vec![prepared], vec![draft], None, vec![created])?;
         Ok(p.map(first_write))
     }
@@ -593,21 +593,22 @@ impl Engine {
                     resource_type: ty.into(),
                     id: id.into(),
                 })?;
-            let rec = self
-                .store
-                .version_in(txn, ty, id, cur.version)?
-                .ok_or_else(|| StoreError::NotFound {
-                    resource_type: ty.into(),
-                    id: id.into(),
-                })?;
             if cur.deleted {
+                let rec = self
+                    .store
+                    .version_in(txn, ty, id, cur.version)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        resource_type: ty.into(),
+                        id: id.into(),
+                    })?;
                 return Ok(Err(rec));
             }
-            let prepared = self.store.prepare_version(
-                txn,
-                self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx),
-            )?;
-            Ok(Ok((prepared, rec)))
+            self.store
+                .prepare_version(
+                    txn,
+                    self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx),
+                )
+                .map(Ok)
         });
         match r {
             Err(e) => self.fail(draft, e),
@@ -623,15 +624,10 @@ impl Engine {
                     })
                 }))
             }
-            Ok(Ok((prepared, old))) => {
+            Ok(Ok(prepared)) => {
                 draft.entities.clear();
-                draft.touch(&prepared.record);
-                // The deletion body has no subject: name the patient of the old version.
-                for p in super::audit::patients_of(ty, id, &old.resource) {
-                    if !draft.patients.contains(&p) {
-                        draft.patients.push(p);
-                    }
-                }
+                // The deletion body has no subject: this names the old version's patients.
+                draft.touch_prepared(&prepared);
                 let p = self.submit_versions(vec![prepared], vec![draft], None, vec![false])?;
                 Ok(p.map(first_write))
             }
@@ -649,7 +645,7 @@ impl Engine {
             Err(e) => self.fail(tx_draft, e),
             Ok((prepared, mut drafts, created)) => {
                 for p in &prepared {
-                    tx_draft.touch(&p.record);
+                    tx_draft.touch_prepared(p);
                 }
                 drafts.insert(0, tx_draft);
                 self.submit_versions(prepared, drafts, None, created)
@@ -767,7 +763,7 @@ impl Engine {
                 .zip(interactions)
                 .map(|(p, interaction)| {
                     let mut d = AuditDraft::new(interaction, ctx);
-                    d.touch(&p.record);
+                    d.touch_prepared(p);
                     d
                 })
                 .collect();

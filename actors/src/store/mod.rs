@@ -677,7 +677,7 @@ impl Store {
         let Some(old) = self.version_in(txn, ty, id, version)? else {
             return Ok(None);
         };
-        let facts = Arc::new(self.facts_of(c, ty, &old.resource, old.deleted));
+        let facts = Arc::new(self.facts_of(c, ty, id, &old.resource, old.deleted));
         if let Some(s) = sealed_id {
             self.bases.put(key, s, facts.clone());
         }
@@ -685,11 +685,19 @@ impl Store {
     }
 
     /// The facts of a version of `ty/id` whose resource is `resource`.
-    fn facts_of(&self, c: Component, ty: &str, resource: &Value, deleted: bool) -> BaseFacts {
+    fn facts_of(
+        &self,
+        c: Component,
+        ty: &str,
+        id: &str,
+        resource: &Value,
+        deleted: bool,
+    ) -> BaseFacts {
         BaseFacts {
             deleted,
             source: resource["meta"]["source"].as_str().map(str::to_string),
             enrolment_device: ty == "Device" && policy::is_enrolment_device(resource),
+            patients: audit::patients_of(ty, id, resource),
             blinds: if deleted {
                 Vec::new()
             } else {
@@ -894,7 +902,7 @@ impl Store {
 
         // Index keys: new terms minus old terms, old minus new (both sorted, and so are
         // the keys they make).
-        let facts = Arc::new(self.facts_of(c, ty, &resource, spec.deleted));
+        let facts = Arc::new(self.facts_of(c, ty, &spec.id, &resource, spec.deleted));
         let old_blinds: &[[u8; 32]] = base.as_ref().map_or(&[], |b| &b.blinds);
         let keys_of = |from: &[[u8; 32]], minus: &[[u8; 32]]| -> Vec<Vec<u8>> {
             from.iter()
@@ -945,6 +953,7 @@ impl Store {
             remove_index,
             prov_sealed,
             prov_id,
+            replaced_patients: base.map(|b| b.patients.clone()).unwrap_or_default(),
         })
     }
 
@@ -994,6 +1003,7 @@ impl Store {
                 prov_id: u.prov_id,
             },
             record: Record::from_parts(u.env, u.resource),
+            replaced_patients: u.replaced_patients,
         })
     }
 
@@ -1057,6 +1067,8 @@ pub(crate) struct Unsigned {
     pub remove_index: Vec<Vec<u8>>,
     pub prov_sealed: Vec<u8>,
     pub prov_id: String,
+    /// The patients of the version this one replaces ([`BaseFacts::patients`]).
+    pub replaced_patients: Vec<String>,
 }
 
 /// A version prepared on a registry thread: what the writer needs, and the record the
@@ -1065,6 +1077,8 @@ pub(crate) struct Unsigned {
 pub(crate) struct Prepared {
     pub write: PreparedWrite,
     pub record: Record,
+    /// The patients of the version it replaces ([`BaseFacts::patients`]).
+    pub replaced_patients: Vec<String>,
 }
 
 /// The writer's part of a prepared version: only bytes to check and put (kept small, as
