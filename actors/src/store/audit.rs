@@ -174,11 +174,12 @@ impl AuditDraft {
         self.name_patients(patients_of(&r.resource_type, &r.id, &r.resource));
     }
 
-    /// [`AuditDraft::touch`] for a version about to be written: its record, and the
-    /// patients of the version it replaces (a record moved to another patient, or
-    /// deleted, is in the first patient's trail too).
+    /// [`AuditDraft::touch`] for a version about to be written (its patients were found
+    /// when it was prepared), and the patients of the version it replaces (a record moved
+    /// to another patient, or deleted, is in the first patient's trail too).
     pub(crate) fn touch_prepared(&mut self, p: &super::Prepared) {
-        self.touch(&p.record);
+        self.entities.push(p.record.versioned_reference());
+        self.name_patients(p.patients.iter().cloned());
         self.name_patients(p.replaced_patients.iter().cloned());
     }
 

@@ -30,8 +30,6 @@ use std::sync::{Arc, Mutex};
 /// What a new version needs from the version it replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BaseFacts {
-    /// A deletion version (it has no index terms).
-    pub deleted: bool,
     /// `meta.source`: the facility that wrote it.
     pub source: Option<String>,
     /// An enrolment `Device` ([`super::policy::is_enrolment_device`]).
@@ -40,7 +38,7 @@ pub(crate) struct BaseFacts {
     /// version that replaces it names them too, so a record moved to another patient, or
     /// deleted, shows in the first patient's trail.
     pub patients: Vec<String>,
-    /// Its blind index terms, sorted and distinct. A posting's key is
+    /// Its blind index terms (none for a deletion), sorted and distinct. A posting's key is
     /// `type 0x00 blind id`, so within one resource this is also the order of its keys.
     pub blinds: Vec<[u8; 32]>,
 }
@@ -167,7 +165,6 @@ mod tests {
 
     fn facts(n: usize) -> Arc<BaseFacts> {
         Arc::new(BaseFacts {
-            deleted: false,
             source: Some("Organization/f".into()),
             enrolment_device: false,
             patients: vec!["Patient/p".into()],

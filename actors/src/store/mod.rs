@@ -641,18 +641,31 @@ impl Store {
         let key = format::version_key(ty, id, version);
         match self.dbs(c).versions.get(txn, &key)? {
             None => Ok(None),
-            Some(sealed) => {
-                let env = self.open_envelope(c, &key, version, sealed)?;
-                if env.resource_type != ty || env.id != id || env.version_id != version {
-                    return Err(StoreError::Corrupt {
-                        database: versions_db_name(c),
-                        key: format::printable_key(&key),
-                        reason: "envelope does not match its key".into(),
-                    });
-                }
-                Record::from_envelope(env).map(Some)
-            }
+            Some(sealed) => self
+                .open_version(c, &key, ty, id, version, sealed)
+                .map(Some),
         }
+    }
+
+    /// The record stored as `sealed` under `key`, the key of `ty/id` at `version`.
+    fn open_version(
+        &self,
+        c: Component,
+        key: &[u8],
+        ty: &str,
+        id: &str,
+        version: u64,
+        sealed: &[u8],
+    ) -> StoreResult<Record> {
+        let env = self.open_envelope(c, key, version, sealed)?;
+        if env.resource_type != ty || env.id != id || env.version_id != version {
+            return Err(StoreError::Corrupt {
+                database: versions_db_name(c),
+                key: format::printable_key(key),
+                reason: "envelope does not match its key".into(),
+            });
+        }
+        Record::from_envelope(env)
     }
 
     /// What a new version of `ty/id` needs from its `version` ([`bases`]): kept facts if
@@ -674,9 +687,7 @@ impl Store {
         if let Some(facts) = sealed_id.and_then(|s| self.bases.get(&key, &s)) {
             return Ok(Some(facts));
         }
-        let Some(old) = self.version_in(txn, ty, id, version)? else {
-            return Ok(None);
-        };
+        let old = self.open_version(c, &key, ty, id, version, sealed)?;
         let facts = Arc::new(self.facts_of(c, ty, id, &old.resource, old.deleted));
         if let Some(s) = sealed_id {
             self.bases.put(key, s, facts.clone());
@@ -694,7 +705,6 @@ impl Store {
         deleted: bool,
     ) -> BaseFacts {
         BaseFacts {
-            deleted,
             source: resource["meta"]["source"].as_str().map(str::to_string),
             enrolment_device: ty == "Device" && policy::is_enrolment_device(resource),
             patients: audit::patients_of(ty, id, resource),
@@ -976,6 +986,7 @@ impl Store {
                 },
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let patients = u.facts.patients.clone();
         // A first version is not kept: most resources are never updated, and keeping
         // every create's facts cost creates more than it saved updates. Its first update
         // derives them from the stored version, and keeps them.
@@ -1003,6 +1014,7 @@ impl Store {
                 prov_id: u.prov_id,
             },
             record: Record::from_parts(u.env, u.resource),
+            patients,
             replaced_patients: u.replaced_patients,
         })
     }
@@ -1077,7 +1089,9 @@ pub(crate) struct Unsigned {
 pub(crate) struct Prepared {
     pub write: PreparedWrite,
     pub record: Record,
-    /// The patients of the version it replaces ([`BaseFacts::patients`]).
+    /// The patients `record` belongs to ([`BaseFacts::patients`]).
+    pub patients: Vec<String>,
+    /// The patients of the version it replaces.
     pub replaced_patients: Vec<String>,
 }
 
