@@ -254,7 +254,8 @@ fn a_format_1_store_is_read_as_fully_filed_and_upgraded() {
 }
 
 /// Format 4 filed Patient postings in the commit that made them and journaled only the
-/// shared health record's. Opening such a directory marks it 5; what it holds stays
+/// shared health record's. Opening such a directory marks it 5 (and 6, see
+/// `store_format_upgrade.rs`); what it holds stays
 /// searchable and matchable, and new Patients go through the journal.
 #[test]
 fn a_format_4_store_is_upgraded_to_5() {
@@ -299,7 +300,7 @@ fn a_format_4_store_is_upgraded_to_5() {
     close(e);
     edit_meta(dir.path(), |w, meta| {
         let v = meta.get(w, b"format").unwrap().unwrap().to_vec();
-        assert_eq!(v, 5u32.to_be_bytes());
+        assert_eq!(v, hexa_actors::store::format::FORMAT_VERSION.to_be_bytes());
     });
 }
 

@@ -298,6 +298,15 @@ fn now_instant() -> String {
     format!("2026-12-04T12:00:{:02}.{:03}Z", (ms / 1000) % 60, ms % 1000)
 }
 
+/// `{type}/{id}/{version BE}`: the floor keeps format 5's version key (a first version
+/// under a time-ordered id appends, as a format-6 stamp key does).
+fn version_key(ty: &str, id: &str, version: u64) -> Vec<u8> {
+    let mut k = format::current_key(ty, id);
+    k.push(b'/');
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
 fn prepare(k: &Keys, i: u64) -> Prepared {
     let id = hexa_actors::store::new_id().expect("id");
     let now = now_instant();
@@ -310,7 +319,7 @@ fn prepare(k: &Keys, i: u64) -> Prepared {
     );
     let canonical = jcs::canonicalize(&resource).expect("jcs");
     let jws = hexa_crypto::jws::sign_detached(&k.node, &canonical);
-    let version_key = format::version_key("Observation", &id, 1);
+    let version_key = version_key("Observation", &id, 1);
     let mut envelope = Vec::with_capacity(canonical.len() + jws.len() + 16);
     envelope.push(2);
     envelope.extend_from_slice(&(canonical.len() as u32).to_be_bytes());

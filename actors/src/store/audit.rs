@@ -892,16 +892,23 @@ impl Store {
         self.with_read(|txn| self.audit_index_of(txn, id))
     }
 
-    /// Provenance stored under a version key: composed from the version's envelope and
-    /// the [`StoredProvenance`] (format 3), or the JSON a format-2 directory stored.
+    /// Provenance stored under a version key ([`format::stamp_key`]): composed from the
+    /// version's envelope and the [`StoredProvenance`] (format 3), or the JSON a format-2
+    /// directory stored.
     pub(crate) fn provenance_at(&self, txn: &RoTxn, key: &[u8]) -> StoreResult<Record> {
         let corrupt = |reason: String| StoreError::Corrupt {
             database: "audit.provenance".into(),
             key: format::printable_key(key),
             reason,
         };
-        let (ty, target_id, version) =
-            format::parse_version_key(key).ok_or_else(|| corrupt("bad key".into()))?;
+        let (ty, _) = format::parse_stamp_key(key).ok_or_else(|| corrupt("bad key".into()))?;
+        let c = super::component_for(ty)?;
+        // The version it describes: the seal binds the Provenance to that version's number.
+        let target = match self.dbs(c).versions.get(txn, key)? {
+            Some(value) => self.open_stored(c, key, value)?,
+            None => return Err(corrupt("the version it describes is missing".into())),
+        };
+        let version = target.version;
         let sealed = self
             .audit_provenance
             .get(txn, key)?
@@ -932,9 +939,6 @@ impl Store {
             (id, resource, bytes)
         } else {
             let stored = StoredProvenance::from_bytes(&bytes).map_err(corrupt)?;
-            let target = self
-                .version_in(txn, ty, target_id, version)?
-                .ok_or_else(|| corrupt("the version it describes is missing".into()))?;
             let canon = provenance_canon(
                 &stored.custodian,
                 &target,
@@ -969,24 +973,24 @@ impl Store {
         let (ty, id) = base
             .split_once('/')
             .ok_or_else(|| StoreError::Invalid(format!("`{target}` is not Type/id")))?;
-        let mut out = Vec::new();
-        match version {
-            Some(v) => {
-                let key = format::version_key(ty, id, v);
-                if self.audit_provenance.get(txn, &key)?.is_some() {
-                    out.push(self.provenance_at(txn, &key)?);
-                }
-            }
+        let c = super::component_for(ty)?;
+        let Some(cur) = self.current_in(txn, ty, id)? else {
+            return Ok(Vec::new());
+        };
+        let stamps = match version {
+            Some(v) => self.stamp_of(txn, c, ty, &cur, v)?.into_iter().collect(),
+            // Oldest first, as they were written.
             None => {
-                let prefix = format::history_prefix(ty, id);
-                let keys: Vec<Vec<u8>> = self
-                    .audit_provenance
-                    .prefix_iter(txn, &prefix)?
-                    .map(|r| r.map(|(k, _)| k.to_vec()))
-                    .collect::<Result<_, _>>()?;
-                for k in keys {
-                    out.push(self.provenance_at(txn, &k)?);
-                }
+                let mut all = self.stamps_in(txn, c, ty, &cur)?;
+                all.reverse();
+                all
+            }
+        };
+        let mut out = Vec::new();
+        for stamp in stamps {
+            let key = format::stamp_key(ty, stamp);
+            if self.audit_provenance.get(txn, &key)?.is_some() {
+                out.push(self.provenance_at(txn, &key)?);
             }
         }
         Ok(out)

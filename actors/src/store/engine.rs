@@ -495,7 +495,7 @@ impl Engine {
             let prepared = prepared?;
             let audit = prepare_audit(&self.store, &draft, None)?;
             bytes +=
-                prepared.write.sealed.len() + prepared.write.prov_sealed.len() + audit.stored.len();
+                prepared.write.value.len() + prepared.write.prov_sealed.len() + audit.stored.len();
         }
         Ok(bytes)
     }
@@ -594,13 +594,7 @@ impl Engine {
                     id: id.into(),
                 })?;
             if cur.deleted {
-                let rec = self
-                    .store
-                    .version_in(txn, ty, id, cur.version)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        resource_type: ty.into(),
-                        id: id.into(),
-                    })?;
+                let rec = self.store.current_version_in(txn, ty, id, &cur)?;
                 return Ok(Err(rec));
             }
             self.store

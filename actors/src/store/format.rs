@@ -2,15 +2,21 @@
 //!
 //! Format version [`FORMAT_VERSION`] is recorded in the `meta` database; a data directory
 //! with a newer version is refused. Layout per component `<c>`:
-//! - `<c>.versions`: `{type}/{id}/{version:u64 BE}` -> sealed postcard [`Envelope`]
-//! - `<c>.current`:  `{type}/{id}` -> [`Current`] (17 bytes, plaintext: version, time, deleted)
+//! - `<c>.versions`: `{type}/{stamp:u64 BE}` -> [`VersionHead`] (16 bytes: version, stamp
+//!   of the version before it) then the sealed postcard [`Envelope`]. Stamps are issued in
+//!   time order ([`super::Store::next_stamp`]), so a new version, an update's too, goes to
+//!   the right edge of its type's keys; a resource's versions are found from its current
+//!   pointer, each one naming the one before it.
+//! - `<c>.current`:  `{type}/{id}` -> [`Current`] (25 bytes, plaintext: version, time,
+//!   deleted, stamp)
 //! - `<c>.index`:    `{type} 0x00 {blind index:32} {id}` -> empty (blind search index)
 //!
 //! The audit component adds `audit.log` (entry index BE -> sealed AuditEvent JCS bytes),
 //! `audit.tree` (level u8 + index u64 BE -> subtree hash), `audit.checkpoints`
 //! (size BE -> signed note), `audit.ids` (AuditEvent id -> entry index BE),
-//! `audit.provenance` (`{type}/{id}/{version BE}` -> sealed [`StoredProvenance`]; JSON
-//! of the whole Provenance in directories written before format 3) and
+//! `audit.provenance` (the version's key `{type}/{stamp BE}` -> sealed
+//! [`StoredProvenance`]; JSON of the whole Provenance in directories written before format
+//! 3) and
 //! `audit.provids` (Provenance id -> its `audit.provenance` key); `shr.journal` (write
 //! transaction id BE -> the postings of the shared health record and of the client registry
 //! a group commit added to or removed from the index journal, see [`super::journal`]); `meta` holds the format,
@@ -21,6 +27,13 @@ use serde::{Deserialize, Serialize};
 use super::error::{StoreError, StoreResult};
 
 /// Current on-disk format version.
+///
+/// 6: versions are keyed by a time-ordered stamp instead of `{type}/{id}/{version}`, each
+/// value headed by its version and the stamp of the version before it; the current
+/// pointer holds the latest version's stamp; `audit.provenance` is keyed like the versions.
+/// Under format 5 every update inserted its version beside its resource's earlier ones,
+/// dirtying a page of its own; now it appends. A format-5 (or older) directory is
+/// rewritten on open, a batch of resources per transaction ([`super::upgrade`]).
 ///
 /// 5: the client registry's new postings (Patient) wait in the index journal too, before
 /// they are filed in `patient.index` ([`super::journal`]); a format-4 journal holds
@@ -38,7 +51,7 @@ use super::error::{StoreError, StoreResult};
 /// 2: AuditEvent search terms are filed after the event's commit (the `audit-indexed`
 /// watermark in `meta`, see [`super::audit_index`]); a format-1 directory (every entry
 /// filed inline, no watermark) is read as fully filed and upgraded in place on open.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// One stored version of a resource (postcard-encoded, then sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,28 +158,87 @@ pub struct Current {
     pub last_updated: u64,
     /// True if the latest version is a deletion.
     pub deleted: bool,
+    /// Its stamp: its key in `<component>.versions` is [`stamp_key`]`(type, stamp)`.
+    pub stamp: u64,
 }
 
 impl Current {
-    /// Fixed 17-byte encoding.
-    pub fn to_bytes(self) -> [u8; 17] {
-        let mut b = [0u8; 17];
+    /// Fixed 25-byte encoding.
+    pub fn to_bytes(self) -> [u8; 25] {
+        let mut b = [0u8; 25];
         b[..8].copy_from_slice(&self.version.to_be_bytes());
         b[8..16].copy_from_slice(&self.last_updated.to_be_bytes());
         b[16] = u8::from(self.deleted);
+        b[17..].copy_from_slice(&self.stamp.to_be_bytes());
         b
     }
 
-    /// Decodes the 17-byte encoding.
+    /// Decodes the 25-byte encoding.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        if b.len() != 17 {
+        if b.len() != 25 {
             return None;
         }
         Some(Current {
             version: u64::from_be_bytes(b[..8].try_into().ok()?),
             last_updated: u64::from_be_bytes(b[8..16].try_into().ok()?),
             deleted: b[16] != 0,
+            stamp: u64::from_be_bytes(b[17..].try_into().ok()?),
         })
+    }
+}
+
+/// A format-5 current pointer (17 bytes: version, time, deleted), which [`super::upgrade`]
+/// rewrites.
+pub(crate) fn legacy_current(b: &[u8]) -> Option<(u64, u64, bool)> {
+    if b.len() != 17 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(b[..8].try_into().ok()?),
+        u64::from_be_bytes(b[8..16].try_into().ok()?),
+        b[16] != 0,
+    ))
+}
+
+/// What precedes the sealed envelope in a `<component>.versions` value (plaintext): the
+/// version number, which the seal's associated data binds (so it is known before the value
+/// is opened), and the stamp of the version before it (0 for a first version), by which
+/// history walks back. A changed head fails the seal (the version) or the walk's check that
+/// each step is the version before (the stamp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionHead {
+    /// The version number.
+    pub version: u64,
+    /// The stamp of version `version - 1`; 0 when `version` is 1.
+    pub prev: u64,
+}
+
+impl VersionHead {
+    /// Bytes of the head.
+    pub const LEN: usize = 16;
+
+    /// The value stored for a version: the head, then `sealed`.
+    pub fn value(self, sealed: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::LEN + sealed.len());
+        v.extend_from_slice(&self.version.to_be_bytes());
+        v.extend_from_slice(&self.prev.to_be_bytes());
+        v.extend_from_slice(sealed);
+        v
+    }
+
+    /// Splits a stored value into its head and sealed envelope.
+    pub fn split(value: &[u8]) -> Option<(Self, &[u8])> {
+        if value.len() < Self::LEN {
+            return None;
+        }
+        let (head, sealed) = value.split_at(Self::LEN);
+        Some((
+            VersionHead {
+                version: u64::from_be_bytes(head[..8].try_into().ok()?),
+                prev: u64::from_be_bytes(head[8..].try_into().ok()?),
+            },
+            sealed,
+        ))
     }
 }
 
@@ -179,30 +251,37 @@ pub fn current_key(resource_type: &str, id: &str) -> Vec<u8> {
     k
 }
 
-/// `{type}/{id}/` — prefix of every version of a resource.
-pub fn history_prefix(resource_type: &str, id: &str) -> Vec<u8> {
-    let mut k = current_key(resource_type, id);
+/// `{type}/{stamp BE}` — key of one version in `<component>.versions` (and of its
+/// Provenance in `audit.provenance`).
+pub fn stamp_key(resource_type: &str, stamp: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(resource_type.len() + 9);
+    k.extend_from_slice(resource_type.as_bytes());
     k.push(b'/');
+    k.extend_from_slice(&stamp.to_be_bytes());
     k
 }
 
-/// `{type}/{id}/{version BE}` — key of one version.
-pub fn version_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
-    let mut k = history_prefix(resource_type, id);
-    k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-/// Splits a version key into (type, id, version).
-pub fn parse_version_key(k: &[u8]) -> Option<(&str, &str, u64)> {
-    if k.len() < 8 + 4 {
+/// Splits a version key into (type, stamp).
+pub fn parse_stamp_key(k: &[u8]) -> Option<(&str, u64)> {
+    if k.len() < 9 + 1 {
         return None;
     }
-    let (head, ver) = k.split_at(k.len() - 8);
-    let version = u64::from_be_bytes(ver.try_into().ok()?);
-    let head = std::str::from_utf8(head.strip_suffix(b"/")?).ok()?;
-    let (t, id) = head.split_once('/')?;
-    Some((t, id, version))
+    let (head, stamp) = k.split_at(k.len() - 8);
+    let stamp = u64::from_be_bytes(stamp.try_into().ok()?);
+    let ty = std::str::from_utf8(head.strip_suffix(b"/")?).ok()?;
+    if ty.is_empty() || ty.contains('/') {
+        return None;
+    }
+    Some((ty, stamp))
+}
+
+/// `{type}/{id}/{version BE}` — the key of one version, and of its Provenance, up to
+/// format 5 ([`super::upgrade`] reads them).
+pub(crate) fn legacy_version_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+    let mut k = current_key(resource_type, id);
+    k.push(b'/');
+    k.extend_from_slice(&version.to_be_bytes());
+    k
 }
 
 /// `{type} 0x00 {blind}` — prefix of an index posting list.
@@ -329,19 +408,61 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let k = version_key("Observation", "o-1", 300);
-        assert_eq!(parse_version_key(&k), Some(("Observation", "o-1", 300)));
-        assert!(k.starts_with(&history_prefix("Observation", "o-1")));
-        assert!(
-            !version_key("Observation", "o-10", 1)
-                .starts_with(&history_prefix("Observation", "o-1"))
+        let k = stamp_key("Observation", 0x0102_0304_0506_0708);
+        assert_eq!(k, b"Observation/\x01\x02\x03\x04\x05\x06\x07\x08");
+        assert_eq!(
+            parse_stamp_key(&k),
+            Some(("Observation", 0x0102_0304_0506_0708))
         );
+        // A format-5 key of a version is not a stamp key.
+        assert_eq!(
+            parse_stamp_key(&legacy_version_key("Patient", "p", 3)),
+            None
+        );
+        assert_eq!(parse_stamp_key(b"/\0\0\0\0\0\0\0\x01"), None);
         let c = Current {
             version: 7,
             last_updated: 99,
             deleted: true,
+            stamp: 1 << 40,
         };
         assert_eq!(Current::from_bytes(&c.to_bytes()), Some(c));
         assert_eq!(Current::from_bytes(&[1, 2]), None);
+        assert_eq!(Current::from_bytes(&c.to_bytes()[..17]), None);
+    }
+
+    /// Pins the bytes of a current pointer and of a version's head: changing them must bump
+    /// FORMAT_VERSION and add an upgrade path.
+    #[test]
+    fn current_pointer_and_version_head_bytes_are_pinned() {
+        let c = Current {
+            version: 2,
+            last_updated: 0x0102,
+            deleted: false,
+            stamp: 0x0a0b,
+        };
+        let mut expected = [0u8; 25];
+        expected[7] = 2;
+        expected[14..16].copy_from_slice(&[1, 2]);
+        expected[23..25].copy_from_slice(&[0x0a, 0x0b]);
+        assert_eq!(c.to_bytes(), expected);
+        let head = VersionHead {
+            version: 3,
+            prev: 0x0c0d,
+        };
+        let v = head.value(b"sealed");
+        assert_eq!(
+            v,
+            [
+                &[0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0x0c, 0x0d][..],
+                b"sealed"
+            ]
+            .concat()
+        );
+        assert_eq!(VersionHead::split(&v), Some((head, &b"sealed"[..])));
+        assert_eq!(VersionHead::split(&v[..15]), None);
+        let legacy = [&[0u8; 7][..], &[4], &[0; 6], &[0, 9], &[1]].concat();
+        assert_eq!(legacy_current(&legacy), Some((4, 9, true)));
+        assert_eq!(legacy_current(&c.to_bytes()), None);
     }
 }

@@ -25,6 +25,7 @@ pub mod policy;
 pub mod route;
 pub mod search;
 pub mod time;
+pub(crate) mod upgrade;
 pub mod writer;
 
 #[cfg(test)]
@@ -33,7 +34,7 @@ mod audit_canon_tests;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use heed::types::Bytes;
@@ -49,7 +50,7 @@ use serde_json::{Value, json};
 pub use audit::AccessContext;
 use bases::BaseFacts;
 pub use error::{StoreError, StoreResult};
-use format::{Current, Envelope, FORMAT_VERSION};
+use format::{Current, Envelope, FORMAT_VERSION, VersionHead};
 pub use route::{Component, component_for};
 
 /// Raw LMDB database of byte keys and values.
@@ -255,6 +256,8 @@ pub struct Store {
     pub(crate) blind: Vec<BlindIndexKey>,
     /// Facts of recently written versions, for the versions that replace them.
     pub(crate) bases: bases::BaseCache,
+    /// The last version stamp issued ([`Store::next_stamp`]).
+    pub(crate) stamps: AtomicU64,
     pub(crate) config: StoreConfig,
     pub(crate) origin: String,
 }
@@ -292,6 +295,9 @@ const META_FORMAT: &[u8] = b"format";
 const META_KEYCHECK: &[u8] = b"keycheck";
 pub(crate) const META_FRONTIER: &[u8] = b"frontier";
 pub(crate) const META_LAST_CKPT: &[u8] = b"last-checkpoint";
+/// The greatest version stamp a commit has written (u64 BE): stamps issued after a restart
+/// start above it, whatever the clock says.
+pub(crate) const META_STAMPS: &[u8] = b"stamps";
 const MAX_DBS: u32 = 40;
 
 /// Opens an LMDB environment directory.
@@ -392,6 +398,7 @@ impl Store {
             dbs[24], dbs[25], dbs[26], dbs[27], dbs[28], dbs[29], dbs[30], dbs[31],
         ];
         let mut wtxn = env.write_txn()?;
+        let mut upgrade_from = None;
 
         let master = &secrets.master_key;
         let seal_meta = master.sealing_key("meta");
@@ -420,16 +427,7 @@ impl Store {
                     });
                 }
                 if found < FORMAT_VERSION {
-                    // Format 1 is format 2 with every audit entry filed (no watermark),
-                    // format 2 is format 3 with every Provenance stored as JSON (which
-                    // format 3 still reads), format 3 is format 4 with an empty index
-                    // journal, and format 4 is format 5 with no Patient posting in the
-                    // journal: mark the directory as 5 so an older binary, which would not
-                    // look at the unfiled tail, read a compact Provenance, search the
-                    // journal or file a Patient posting from it into the right index,
-                    // refuses it from now on.
-                    meta.put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
-                    tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
+                    upgrade_from = Some(found);
                 }
                 let check = meta
                     .get(&wtxn, META_KEYCHECK)?
@@ -448,10 +446,19 @@ impl Store {
             journal.replay(item?.1)?;
         }
         journal.replayed();
+        let stamps = meta
+            .get(&wtxn, META_STAMPS)?
+            .map(|b| {
+                <[u8; 8]>::try_from(b)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Storage("meta.stamps is malformed".into()))
+            })
+            .transpose()?
+            .unwrap_or(0);
         wtxn.commit()?;
 
         let origin = format!("hexa.{}/audit", config.facility_id);
-        Ok(Store {
+        let store = Store {
             seal_versions: Component::ALL
                 .iter()
                 .map(|c| master.sealing_key(&versions_db_name(*c)))
@@ -479,9 +486,49 @@ impl Store {
             gate: RwLock::new(()),
             backlog: AtomicUsize::new(0),
             bases: bases::BaseCache::new(config.base_cache_bytes),
+            stamps: AtomicU64::new(stamps),
             config,
             origin,
-        })
+        };
+        if let Some(found) = upgrade_from {
+            // Format 1 is format 2 with every audit entry filed (no watermark), format 2 is
+            // format 3 with every Provenance stored as JSON (which format 3 still reads),
+            // format 3 is format 4 with an empty index journal, format 4 is format 5 with
+            // no Patient posting in the journal, and format 5 is format 6 with its versions
+            // keyed by resource: those are rewritten ([`upgrade`]), then the directory is
+            // marked 6, so an older binary, which would not look at the unfiled tail, read
+            // a compact Provenance, search the journal, file a Patient posting from it into
+            // the right index or find a version by its stamp, refuses it from now on.
+            upgrade::versions_by_stamp(&store)?;
+            let mut wtxn = store.env.write_txn()?;
+            store
+                .meta
+                .put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+            wtxn.commit()?;
+            tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
+        }
+        Ok(store)
+    }
+
+    /// A new version stamp: greater than every stamp issued before, in this process or
+    /// (through [`META_STAMPS`]) before a restart, and at least the current unix
+    /// millisecond shifted left by 16 bits, so that stamps follow time and a version's key
+    /// (`{type}/{stamp}`) goes to the right edge of its type's keys.
+    pub(crate) fn next_stamp(&self) -> u64 {
+        let now = time::now_millis() << 16;
+        let mut last = self.stamps.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.stamps.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
     }
 
     /// Requests queued for a registry thread that none has taken yet.
@@ -630,6 +677,7 @@ impl Store {
         }
     }
 
+    /// Version `version` of `ty/id`, `None` if it was never written.
     pub(crate) fn version_in(
         &self,
         txn: &RoTxn,
@@ -638,16 +686,74 @@ impl Store {
         version: u64,
     ) -> StoreResult<Option<Record>> {
         let c = component_for(ty)?;
-        let key = format::version_key(ty, id, version);
-        match self.dbs(c).versions.get(txn, &key)? {
-            None => Ok(None),
-            Some(sealed) => self
-                .open_version(c, &key, ty, id, version, sealed)
-                .map(Some),
+        let Some(cur) = self.current_in(txn, ty, id)? else {
+            return Ok(None);
+        };
+        let Some(stamp) = self.stamp_of(txn, c, ty, &cur, version)? else {
+            return Ok(None);
+        };
+        let key = format::stamp_key(ty, stamp);
+        let value = self.stored_version(txn, c, &key)?;
+        self.open_version(c, &key, ty, id, version, value).map(Some)
+    }
+
+    /// The stamp of version `version` of the resource `ty/..` whose current pointer is
+    /// `cur`: walks back from the current version, one stored head per version (`None` if
+    /// `version` is 0 or later than the current one). A head that names no stored value is
+    /// corruption; so is one whose version is not the one before (checked here and, for the
+    /// version found, when it is opened).
+    pub(crate) fn stamp_of(
+        &self,
+        txn: &RoTxn,
+        c: Component,
+        ty: &str,
+        cur: &Current,
+        version: u64,
+    ) -> StoreResult<Option<u64>> {
+        if version == 0 || version > cur.version {
+            return Ok(None);
+        }
+        let mut stamp = cur.stamp;
+        for expected in ((version + 1)..=cur.version).rev() {
+            let key = format::stamp_key(ty, stamp);
+            let head = self.head_of(c, &key, self.stored_version(txn, c, &key)?)?;
+            if head.version != expected {
+                return Err(self.corrupt_version(c, &key, "not the version before"));
+            }
+            stamp = head.prev;
+        }
+        Ok(Some(stamp))
+    }
+
+    /// The value stored under a version key (a missing one is corruption: something named
+    /// it).
+    fn stored_version<'t>(
+        &self,
+        txn: &'t RoTxn,
+        c: Component,
+        key: &[u8],
+    ) -> StoreResult<&'t [u8]> {
+        self.dbs(c)
+            .versions
+            .get(txn, key)?
+            .ok_or_else(|| self.corrupt_version(c, key, "a version it names is missing"))
+    }
+
+    fn head_of(&self, c: Component, key: &[u8], value: &[u8]) -> StoreResult<VersionHead> {
+        VersionHead::split(value)
+            .map(|(h, _)| h)
+            .ok_or_else(|| self.corrupt_version(c, key, "value shorter than its head"))
+    }
+
+    fn corrupt_version(&self, c: Component, key: &[u8], reason: &str) -> StoreError {
+        StoreError::Corrupt {
+            database: versions_db_name(c),
+            key: format::printable_key(key),
+            reason: reason.into(),
         }
     }
 
-    /// The record stored as `sealed` under `key`, the key of `ty/id` at `version`.
+    /// The record stored as `value` under `key`, which must be `ty/id` at `version`.
     fn open_version(
         &self,
         c: Component,
@@ -655,44 +761,64 @@ impl Store {
         ty: &str,
         id: &str,
         version: u64,
-        sealed: &[u8],
+        value: &[u8],
     ) -> StoreResult<Record> {
-        let env = self.open_envelope(c, key, version, sealed)?;
-        if env.resource_type != ty || env.id != id || env.version_id != version {
-            return Err(StoreError::Corrupt {
-                database: versions_db_name(c),
-                key: format::printable_key(key),
-                reason: "envelope does not match its key".into(),
-            });
+        let r = self.open_stored(c, key, value)?;
+        if r.resource_type != ty || r.id != id || r.version != version {
+            return Err(self.corrupt_version(c, key, "envelope does not match its key"));
+        }
+        Ok(r)
+    }
+
+    /// The record stored as `value` under the version key `key` (its type checked against
+    /// the key's, its version against the head's, which the seal binds).
+    pub(crate) fn open_stored(
+        &self,
+        c: Component,
+        key: &[u8],
+        value: &[u8],
+    ) -> StoreResult<Record> {
+        let Some((head, sealed)) = VersionHead::split(value) else {
+            return Err(self.corrupt_version(c, key, "value shorter than its head"));
+        };
+        let env = self.open_envelope(c, key, head.version, sealed)?;
+        let key_type = format::parse_stamp_key(key).map(|(t, _)| t);
+        if key_type != Some(env.resource_type.as_str()) || env.version_id != head.version {
+            return Err(self.corrupt_version(c, key, "envelope does not match its key"));
         }
         Record::from_envelope(env)
     }
 
-    /// What a new version of `ty/id` needs from its `version` ([`bases`]): kept facts if
-    /// the stored sealed value is the one they were derived from, else derived from the
-    /// opened version (and kept). `None` if that version was never written.
+    /// What a new version of `ty/id` needs from its `version` ([`bases`]), and that
+    /// version's stamp: kept facts if the stored sealed value is the one they were derived
+    /// from, else derived from the opened version (and kept). `None` if that version was
+    /// never written.
     pub(crate) fn base_facts_in(
         &self,
         txn: &RoTxn,
         ty: &str,
         id: &str,
         version: u64,
-    ) -> StoreResult<Option<Arc<BaseFacts>>> {
+    ) -> StoreResult<Option<(Arc<BaseFacts>, u64)>> {
         let c = component_for(ty)?;
-        let key = format::version_key(ty, id, version);
-        let Some(sealed) = self.dbs(c).versions.get(txn, &key)? else {
+        let Some(cur) = self.current_in(txn, ty, id)? else {
             return Ok(None);
         };
-        let sealed_id = bases::SealedId::of(sealed);
+        let Some(stamp) = self.stamp_of(txn, c, ty, &cur, version)? else {
+            return Ok(None);
+        };
+        let key = format::stamp_key(ty, stamp);
+        let value = self.stored_version(txn, c, &key)?;
+        let sealed_id = VersionHead::split(value).and_then(|(_, s)| bases::SealedId::of(s));
         if let Some(facts) = sealed_id.and_then(|s| self.bases.get(&key, &s)) {
-            return Ok(Some(facts));
+            return Ok(Some((facts, stamp)));
         }
-        let old = self.open_version(c, &key, ty, id, version, sealed)?;
+        let old = self.open_version(c, &key, ty, id, version, value)?;
         let facts = Arc::new(self.facts_of(c, ty, id, &old.resource, old.deleted));
         if let Some(s) = sealed_id {
             self.bases.put(key, s, facts.clone());
         }
-        Ok(Some(facts))
+        Ok(Some((facts, stamp)))
     }
 
     /// The facts of a version of `ty/id` whose resource is `resource`.
@@ -733,8 +859,21 @@ impl Store {
                 version: cur.version,
             });
         }
-        self.version_in(txn, ty, id, cur.version)?
-            .ok_or_else(not_found)
+        self.current_version_in(txn, ty, id, &cur)
+    }
+
+    /// The version `cur` points to.
+    pub(crate) fn current_version_in(
+        &self,
+        txn: &RoTxn,
+        ty: &str,
+        id: &str,
+        cur: &Current,
+    ) -> StoreResult<Record> {
+        let c = component_for(ty)?;
+        let key = format::stamp_key(ty, cur.stamp);
+        let value = self.stored_version(txn, c, &key)?;
+        self.open_version(c, &key, ty, id, cur.version, value)
     }
 
     /// Reads the current version of `ty/id`.
@@ -768,30 +907,57 @@ impl Store {
 
     /// Every version of `ty/id`, newest first.
     pub fn history(&self, ty: &str, id: &str) -> StoreResult<Vec<Record>> {
+        self.with_read(|txn| self.history_in(txn, ty, id))
+    }
+
+    /// [`Store::history`] within `txn`: from the current version back, each version's head
+    /// naming the one before, down to version 1.
+    pub(crate) fn history_in(&self, txn: &RoTxn, ty: &str, id: &str) -> StoreResult<Vec<Record>> {
         let c = component_for(ty)?;
-        self.with_read(|txn| {
-            let prefix = format::history_prefix(ty, id);
-            let mut out = Vec::new();
-            for item in self.dbs(c).versions.rev_prefix_iter(txn, &prefix)? {
-                let (k, sealed) = item?;
-                let (_, _, version) =
-                    format::parse_version_key(k).ok_or_else(|| StoreError::Corrupt {
-                        database: versions_db_name(c),
-                        key: format::printable_key(k),
-                        reason: "bad version key".into(),
-                    })?;
-                out.push(Record::from_envelope(
-                    self.open_envelope(c, k, version, sealed)?,
-                )?);
+        let cur = self
+            .current_in(txn, ty, id)?
+            .ok_or_else(|| StoreError::NotFound {
+                resource_type: ty.into(),
+                id: id.into(),
+            })?;
+        let mut out = Vec::with_capacity(cur.version.min(64) as usize);
+        let mut stamp = cur.stamp;
+        for version in (1..=cur.version).rev() {
+            let key = format::stamp_key(ty, stamp);
+            let value = self.stored_version(txn, c, &key)?;
+            out.push(self.open_version(c, &key, ty, id, version, value)?);
+            stamp = self.head_of(c, &key, value)?.prev;
+        }
+        if stamp != 0 {
+            return Err(self.corrupt_version(
+                c,
+                &format::stamp_key(ty, cur.stamp),
+                "version 1 names a version before it",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The stamps of every version of `ty/id` whose current pointer is `cur`, newest first.
+    pub(crate) fn stamps_in(
+        &self,
+        txn: &RoTxn,
+        c: Component,
+        ty: &str,
+        cur: &Current,
+    ) -> StoreResult<Vec<u64>> {
+        let mut out = Vec::with_capacity(cur.version.min(64) as usize);
+        let mut stamp = cur.stamp;
+        for version in (1..=cur.version).rev() {
+            let key = format::stamp_key(ty, stamp);
+            let head = self.head_of(c, &key, self.stored_version(txn, c, &key)?)?;
+            if head.version != version {
+                return Err(self.corrupt_version(c, &key, "not the version before"));
             }
-            if out.is_empty() {
-                return Err(StoreError::NotFound {
-                    resource_type: ty.into(),
-                    id: id.into(),
-                });
-            }
-            Ok(out)
-        })
+            out.push(stamp);
+            stamp = head.prev;
+        }
+        Ok(out)
     }
 
     /// Every version of every resource of `ty`, newest first, paged.
@@ -802,11 +968,9 @@ impl Store {
             prefix.push(b'/');
             let mut all = Vec::new();
             for item in self.dbs(c).versions.prefix_iter(txn, &prefix)? {
-                let (k, sealed) = item?;
-                if let Some((_, _, version)) = format::parse_version_key(k) {
-                    all.push(Record::from_envelope(
-                        self.open_envelope(c, k, version, sealed)?,
-                    )?);
+                let (k, value) = item?;
+                if format::parse_stamp_key(k).is_some_and(|(t, _)| t == ty) {
+                    all.push(self.open_stored(c, k, value)?);
                 }
             }
             all.sort_by(|a, b| {
@@ -870,10 +1034,13 @@ impl Store {
         let version = spec.base + 1;
         // The version this one replaces: the write policy looks at who wrote it, and its
         // index keys are the ones this version's replace.
-        let base = if spec.base > 0 {
-            self.base_facts_in(txn, ty, &spec.id, spec.base)?
-        } else {
-            None
+        let (base, prev) = match spec.base {
+            0 => (None, 0),
+            b => match self.base_facts_in(txn, ty, &spec.id, b)? {
+                Some((facts, stamp)) => (Some(facts), stamp),
+                // The writer refuses it as a conflict (its base is not current).
+                None => (None, 0),
+            },
         };
         self.authorize_write(
             spec.system,
@@ -923,7 +1090,8 @@ impl Store {
         let remove_index = keys_of(old_blinds, &facts.blinds);
         let add_index = keys_of(&facts.blinds, old_blinds);
 
-        let key = format::version_key(ty, &spec.id, version);
+        let stamp = self.next_stamp();
+        let key = format::stamp_key(ty, stamp);
         let prov_id = new_id()?;
         let prov_plain = format::StoredProvenance {
             format: FORMAT_VERSION,
@@ -959,6 +1127,8 @@ impl Store {
             facts,
             component: c,
             key,
+            stamp,
+            prev,
             add_index,
             remove_index,
             prov_sealed,
@@ -986,6 +1156,11 @@ impl Store {
                 },
             )
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let value = VersionHead {
+            version,
+            prev: u.prev,
+        }
+        .value(&sealed);
         let patients = u.facts.patients.clone();
         // A first version is not kept: most resources are never updated, and keeping
         // every create's facts cost creates more than it saved updates. Its first update
@@ -1005,9 +1180,10 @@ impl Store {
                     version,
                     last_updated: u.env.last_updated,
                     deleted: u.env.deleted,
+                    stamp: u.stamp,
                 },
                 key: u.key,
-                sealed,
+                value,
                 add_index: u.add_index,
                 remove_index: u.remove_index,
                 prov_sealed: u.prov_sealed,
@@ -1073,8 +1249,11 @@ pub(crate) struct Unsigned {
     /// What the version after this one will need from it ([`bases`]).
     pub facts: Arc<BaseFacts>,
     pub component: Component,
-    /// The version's key in `<component>.versions`.
+    /// The version's key in `<component>.versions`: [`format::stamp_key`] of `stamp`.
     pub key: Vec<u8>,
+    pub stamp: u64,
+    /// The stamp of the version it replaces (0 for a first version).
+    pub prev: u64,
     pub add_index: Vec<Vec<u8>>,
     pub remove_index: Vec<Vec<u8>>,
     pub prov_sealed: Vec<u8>,
@@ -1105,7 +1284,8 @@ pub(crate) struct PreparedWrite {
     pub base: u64,
     pub current: Current,
     pub key: Vec<u8>,
-    pub sealed: Vec<u8>,
+    /// [`VersionHead`], then the sealed envelope.
+    pub value: Vec<u8>,
     pub add_index: Vec<Vec<u8>>,
     pub remove_index: Vec<Vec<u8>>,
     pub prov_sealed: Vec<u8>,
@@ -1149,7 +1329,8 @@ pub(crate) fn put_prepared<'a>(
     let ck = format::current_key(&p.resource_type, &p.id);
     dbs.current.put(wtxn, &ck, &p.current.to_bytes())?;
     let (vs, is) = (slot::versions(p.component), slot::index(p.component));
-    staged.push(vs, dbs.versions, Borrowed(&p.key), Put(Borrowed(&p.sealed)));
+    staged.push(vs, dbs.versions, Borrowed(&p.key), Put(Borrowed(&p.value)));
+    staged.stamps = staged.stamps.max(p.current.stamp);
     for k in &p.remove_index {
         staged.push(is, dbs.index, Borrowed(k), Delete);
     }

@@ -20,6 +20,18 @@ fn engine(dir: &std::path::Path) -> Engine {
     Engine::start(Arc::new(store)).unwrap()
 }
 
+/// The key in `<component>.versions` of version `version` of `ty/id`.
+fn key_of(e: &Engine, ty: &str, id: &str, version: u64) -> Vec<u8> {
+    let c = super::component_for(ty).unwrap();
+    e.store
+        .with_read(|t| {
+            let cur = e.store.current_in(t, ty, id)?.unwrap();
+            Ok(e.store.stamp_of(t, c, ty, &cur, version)?.unwrap())
+        })
+        .map(|stamp| format::stamp_key(ty, stamp))
+        .unwrap()
+}
+
 /// Creates `resource` as `ctx` (with the author's JWS, if any) and waits for its commit.
 fn created(
     e: &Engine,
@@ -52,27 +64,60 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     );
     let s = &e.store;
     let dbs = s.dbs(Component::Patient);
-    let ka = format::version_key("Patient", &a.record.id, 1);
-    let kb = format::version_key("Patient", &b.record.id, 1);
-    // Copy A's sealed value over B's key: B no longer opens, with a typed error.
+    let ka = key_of(&e, "Patient", &a.record.id, 1);
+    let kb = key_of(&e, "Patient", &b.record.id, 1);
+    let (stamp_a, cur_a) = (
+        format::parse_stamp_key(&ka).unwrap().1,
+        s.with_read(|t| s.current_in(t, "Patient", &a.record.id))
+            .unwrap()
+            .unwrap(),
+    );
+    let k2 = format::stamp_key("Patient", stamp_a + 1000);
+    // Copy A's stored value over B's key: B no longer opens, with a typed error.
+    let set_current_a = |cur: format::Current| {
+        let _g = s.gate.read().unwrap();
+        let mut wtxn = s.env.write_txn().unwrap();
+        let ck = format::current_key("Patient", &a.record.id);
+        dbs.current.put(&mut wtxn, &ck, &cur.to_bytes()).unwrap();
+        wtxn.commit().unwrap();
+    };
     {
         let _g = s.gate.read().unwrap();
         let mut wtxn = s.env.write_txn().unwrap();
         let va = dbs.versions.get(&wtxn, &ka).unwrap().unwrap().to_vec();
         dbs.versions.put(&mut wtxn, &kb, &va).unwrap();
-        // And as version 2 of A (a replayed value under a newer version).
-        let k2 = format::version_key("Patient", &a.record.id, 2);
-        dbs.versions.put(&mut wtxn, &k2, &va).unwrap();
+        // And as version 2 of A (a replayed value under a newer key), its head saying so.
+        let (_, sealed) = format::VersionHead::split(&va).unwrap();
+        let head = format::VersionHead {
+            version: 2,
+            prev: stamp_a,
+        };
+        dbs.versions
+            .put(&mut wtxn, &k2, &head.value(sealed))
+            .unwrap();
         wtxn.commit().unwrap();
     }
     assert!(matches!(
         s.read("Patient", &b.record.id),
         Err(StoreError::Corrupt { .. })
     ));
-    assert!(matches!(
+    set_current_a(format::Current {
+        version: 2,
+        stamp: stamp_a + 1000,
+        ..cur_a
+    });
+    for r in [
         s.vread("Patient", &a.record.id, 2),
-        Err(StoreError::Corrupt { .. })
-    ));
+        s.read("Patient", &a.record.id),
+    ] {
+        assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+    }
+    // The walk to version 1 goes through the replayed head, which names A's version 1.
+    assert_eq!(
+        s.vread("Patient", &a.record.id, 1).unwrap().resource["gender"],
+        "male"
+    );
+    set_current_a(cur_a);
     assert_eq!(
         s.read("Patient", &a.record.id).unwrap().resource["gender"],
         "male"
@@ -80,8 +125,9 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
 
     // Without the master key, a stored value does not open (another key) and is not plaintext.
     let rtxn = s.env.read_txn().unwrap();
-    let sealed = dbs.versions.get(&rtxn, &ka).unwrap().unwrap().to_vec();
+    let value = dbs.versions.get(&rtxn, &ka).unwrap().unwrap().to_vec();
     drop(rtxn);
+    let sealed = format::VersionHead::split(&value).unwrap().1;
     let db = versions_db_name(Component::Patient);
     let aad = Aad {
         database: &db,
@@ -91,20 +137,20 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     assert!(
         MasterKey::from_bytes([5; 32])
             .sealing_key(&db)
-            .open(&sealed, &aad)
+            .open(sealed, &aad)
             .is_err()
     );
     assert!(
         MasterKey::from_bytes([4; 32])
             .sealing_key("shr.versions")
-            .open(&sealed, &aad)
+            .open(sealed, &aad)
             .is_err()
     );
     let plain = MasterKey::from_bytes([4; 32])
         .sealing_key(&db)
-        .open(&sealed, &aad)
+        .open(sealed, &aad)
         .unwrap();
-    assert!(String::from_utf8_lossy(&sealed).find("male").is_none());
+    assert!(String::from_utf8_lossy(sealed).find("male").is_none());
     let env = format::Envelope::from_bytes(&plain).unwrap();
     assert_eq!(env.id, a.record.id);
 
@@ -188,7 +234,7 @@ fn provenance_is_stored_compact_and_format_2_json_still_reads() {
         Some("eyJraWQiOiJ3In0..YXV0aG9y".into()),
     );
     let s = &e.store;
-    let key = format::version_key("Patient", &w.record.id, 1);
+    let key = key_of(&e, "Patient", &w.record.id, 1);
     let aad = Aad {
         database: "audit.provenance",
         key: &key,
@@ -503,9 +549,11 @@ fn postings_removed_again_count_toward_filing() {
 }
 
 /// An update takes the index terms to remove from the facts kept of the version it
-/// replaces ([`super::bases`]) only if they were derived from the stored sealed value. A
-/// version prepared and never committed (one that lost a race for the same base) leaves
-/// its facts under the key the winner was written at; the next update must not use them.
+/// replaces ([`super::bases`]), and those are the facts of the version stored. A version
+/// prepared and never committed (one that lost a race for the same base) leaves its facts
+/// behind, under its own stamp key (up to format 5 it was the key the winner was written
+/// at; the sealed value's identity kept them from being used); the next update must not
+/// use them.
 #[test]
 fn facts_of_a_version_that_never_committed_are_not_used() {
     let dir = tempfile::tempdir().unwrap();
@@ -525,12 +573,13 @@ fn facts_of_a_version_that_never_committed_are_not_used() {
             .unwrap()
     };
     assert_eq!(update("cancelled").record.version, 2);
-    let key = format::version_key("Observation", &id, 2);
+    let key = key_of(&e, "Observation", &id, 2);
     let stored = |e: &Engine| {
         e.store
             .with_read(|t| {
                 let v = e.store.dbs(Component::Shr).versions.get(t, &key)?.unwrap();
-                Ok(super::bases::SealedId::of(v).unwrap())
+                let sealed = format::VersionHead::split(v).unwrap().1;
+                Ok(super::bases::SealedId::of(sealed).unwrap())
             })
             .unwrap()
     };
@@ -539,15 +588,21 @@ fn facts_of_a_version_that_never_committed_are_not_used() {
         "the winner's facts are kept"
     );
 
-    // Another version 2 of the same base, prepared and dropped: its facts replace the
-    // winner's under the same key.
+    // Another version 2 of the same base, prepared and dropped: its facts are kept under
+    // its own key, and the winner's stay.
     let mut loser = obs("amended");
     loser["id"] = json!(id);
     let spec = e.spec("Observation", &id, 1, loser, false, None, &ctx);
-    e.store
+    let lost = e
+        .store
         .with_read(|t| e.store.prepare_version(t, spec))
         .unwrap();
-    assert!(e.store.bases.get(&key, &stored(&e)).is_none());
+    assert_ne!(lost.write.key, key);
+    let lost_id =
+        super::bases::SealedId::of(format::VersionHead::split(&lost.write.value).unwrap().1)
+            .unwrap();
+    assert!(e.store.bases.get(&lost.write.key, &lost_id).is_some());
+    assert!(e.store.bases.get(&key, &stored(&e)).is_some());
 
     assert_eq!(update("final").record.version, 3);
     for (status, want) in [

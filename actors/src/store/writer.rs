@@ -405,7 +405,7 @@ fn process(
         .map(|j| match j {
             Job::Member(Member::Versions { versions, .. }, _) => versions
                 .iter()
-                .map(|p| p.sealed.len() * 2 + p.prov_sealed.len() + p.add_index.len() * 96 + 2048)
+                .map(|p| p.value.len() * 2 + p.prov_sealed.len() + p.add_index.len() * 96 + 2048)
                 .sum(),
             _ => 2048,
         })
@@ -550,6 +550,11 @@ fn apply_in<'a>(
     let filed = indexer.forced(appender.frontier.size(), store.config.audit_index_lag);
     indexer.stage(store, &mut wtxn, &mut staged, filed)?;
     staged.flush(&mut wtxn)?;
+    if staged.stamps > 0 {
+        store
+            .meta
+            .put(&mut wtxn, super::META_STAMPS, &staged.stamps.to_be_bytes())?;
+    }
     journal_commit(store, &mut wtxn, &staged, stats)?;
     appender.persist(store, &mut wtxn)?;
     appender.maybe_checkpoint(store, &mut wtxn, time::now_millis(), force_ckpt)?;
@@ -785,6 +790,8 @@ pub(crate) struct Staged<'a> {
     ops: Vec<(u8, Db, Cow<'a, [u8]>, StagedOp<'a>)>,
     /// This commit's record of the index journal (see [`super::journal`]).
     pub(crate) journal: Vec<u8>,
+    /// The greatest version stamp staged ([`super::META_STAMPS`]), 0 if none.
+    pub(crate) stamps: u64,
 }
 
 impl<'a> Staged<'a> {
