@@ -232,7 +232,10 @@ fn a_format_5_directory_is_rewritten_and_reads_back_what_format_5_read() {
             .len(),
         4
     );
-    assert_eq!(ids(&e, "Patient", &[("given", "Alice")]), std::slice::from_ref(&three));
+    assert_eq!(
+        ids(&e, "Patient", &[("given", "Alice")]),
+        std::slice::from_ref(&three)
+    );
     close(e);
 
     // Marked as format 6; no key is left the format-5 way.
@@ -254,5 +257,75 @@ fn a_format_5_directory_is_rewritten_and_reads_back_what_format_5_read() {
     let mut manifest = manifest;
     manifest.remove(&format!("Patient/{three}"));
     reads_as_manifest(&e, &manifest);
+    close(e);
+}
+
+/// Sets `meta.format` and the `upgrading` note with raw heed.
+fn mark(dir: &std::path::Path, format: u32, upgrading: bool) {
+    #[allow(unsafe_code)]
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .max_dbs(40)
+            .map_size(1 << 30)
+            .open(dir.join("store"))
+            .unwrap()
+    };
+    let wtxn = env.write_txn().unwrap();
+    let meta = env
+        .create_databases_and_commit(wtxn, |o, w| {
+            o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some("meta"))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    meta.put(&mut wtxn, b"format", &format.to_be_bytes())
+        .unwrap();
+    if upgrading {
+        meta.put(&mut wtxn, b"upgrading", &5u32.to_be_bytes())
+            .unwrap();
+    } else {
+        meta.delete(&mut wtxn, b"upgrading").unwrap();
+    }
+    wtxn.commit().unwrap();
+    env.prepare_for_closing().wait();
+}
+
+/// The directory is marked 6 before its rewrite, with a note that the rewrite is under
+/// way: an older binary refuses it from the start, and a rewrite interrupted after the
+/// mark (here: before its first batch) resumes at the next open.
+#[test]
+fn an_upgrade_interrupted_after_its_mark_resumes_at_the_next_open() {
+    let (dir, manifest) = fixture();
+    mark(dir.path(), FORMAT_VERSION, true);
+    let e = open(dir.path());
+    reads_as_manifest(&e, &manifest);
+    close(e);
+    let (format_now, dbs) = raw(
+        dir.path(),
+        [
+            "patient.versions",
+            "shr.versions",
+            "facility.versions",
+            "audit.provenance",
+        ],
+    );
+    assert_eq!(format_now, FORMAT_VERSION);
+    assert!(
+        dbs.iter()
+            .all(|(_, keys)| keys.iter().all(|k| format::parse_stamp_key(k).is_some()))
+    );
+
+    // Without the note, a directory marked 6 is not rewritten: its format-5 pointers are
+    // corruption, reported as such.
+    let (dir, manifest) = fixture();
+    mark(dir.path(), FORMAT_VERSION, false);
+    let e = open(dir.path());
+    let (reference, _) = manifest.iter().next().unwrap();
+    let (ty, id) = reference.split_once('/').unwrap();
+    assert!(matches!(
+        e.store.read(ty, id),
+        Err(hexa_actors::store::StoreError::Corrupt { .. })
+    ));
     close(e);
 }

@@ -33,7 +33,8 @@ use super::error::{StoreError, StoreResult};
 /// pointer holds the latest version's stamp; `audit.provenance` is keyed like the versions.
 /// Under format 5 every update inserted its version beside its resource's earlier ones,
 /// dirtying a page of its own; now it appends. A format-5 (or older) directory is
-/// rewritten on open, a batch of resources per transaction ([`super::upgrade`]).
+/// rewritten on open, a batch of resources per transaction ([`super::upgrade`]), marked 6
+/// first (with a note that the rewrite is under way) so that older binaries refuse it.
 ///
 /// 5: the client registry's new postings (Patient) wait in the index journal too, before
 /// they are filed in `patient.index` ([`super::journal`]); a format-4 journal holds

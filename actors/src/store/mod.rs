@@ -298,6 +298,9 @@ pub(crate) const META_LAST_CKPT: &[u8] = b"last-checkpoint";
 /// The greatest version stamp a commit has written (u64 BE): stamps issued after a restart
 /// start above it, whatever the clock says.
 pub(crate) const META_STAMPS: &[u8] = b"stamps";
+/// Present while [`upgrade`] rewrites the directory (which is already marked with the new
+/// format, so that an older binary refuses it meanwhile).
+const META_UPGRADING: &[u8] = b"upgrading";
 const MAX_DBS: u32 = 40;
 
 /// Opens an LMDB environment directory.
@@ -426,7 +429,7 @@ impl Store {
                         supported: FORMAT_VERSION,
                     });
                 }
-                if found < FORMAT_VERSION {
+                if found < FORMAT_VERSION || meta.get(&wtxn, META_UPGRADING)?.is_some() {
                     upgrade_from = Some(found);
                 }
                 let check = meta
@@ -496,14 +499,22 @@ impl Store {
             // format 3 is format 4 with an empty index journal, format 4 is format 5 with
             // no Patient posting in the journal, and format 5 is format 6 with its versions
             // keyed by resource: those are rewritten ([`upgrade`]), then the directory is
-            // marked 6, so an older binary, which would not look at the unfiled tail, read
-            // a compact Provenance, search the journal, file a Patient posting from it into
-            // the right index or find a version by its stamp, refuses it from now on.
-            upgrade::versions_by_stamp(&store)?;
+            // marked 6 (before the rewrite, with a note that it is under way, which the
+            // rewrite's end removes), so an older binary, which would not look at the
+            // unfiled tail, read a compact Provenance, search the journal, file a Patient
+            // posting from it into the right index or find a version by its stamp, refuses
+            // it from now on, and an interrupted rewrite resumes at the next open.
             let mut wtxn = store.env.write_txn()?;
             store
                 .meta
                 .put(&mut wtxn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+            store
+                .meta
+                .put(&mut wtxn, META_UPGRADING, &found.to_be_bytes())?;
+            wtxn.commit()?;
+            upgrade::versions_by_stamp(&store)?;
+            let mut wtxn = store.env.write_txn()?;
+            store.meta.delete(&mut wtxn, META_UPGRADING)?;
             wtxn.commit()?;
             tracing::info!(from = found, to = FORMAT_VERSION, "store format upgraded");
         }

@@ -618,3 +618,110 @@ fn facts_of_a_version_that_never_committed_are_not_used() {
     }
     let _ = e.close(std::time::Duration::from_secs(10));
 }
+
+/// Stamps are issued above every stamp written before a restart, whatever the clock says:
+/// the writer records the greatest stamp it commits in `meta`, and a store opened later
+/// issues above it (here: a stamp a year ahead of the clock, as a clock set back leaves).
+#[test]
+fn stamps_after_a_restart_are_above_every_stamp_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let ctx = AccessContext::system("fac");
+    let patient = || json!({"resourceType": "Patient", "gender": "female"});
+    let a = created(&e, &ctx, patient(), None).record.id;
+    let stamp = |e: &Engine, id: &str| {
+        format::parse_stamp_key(&key_of(e, "Patient", id, 1))
+            .unwrap()
+            .1
+    };
+    let recorded = |e: &Engine| {
+        e.store
+            .with_read(|t| {
+                let v = e.store.meta.get(t, super::META_STAMPS)?.unwrap();
+                Ok(u64::from_be_bytes(v.try_into().unwrap()))
+            })
+            .unwrap()
+    };
+    assert_eq!(recorded(&e), stamp(&e, &a));
+    let ahead = (super::time::now_millis() + 365 * 86_400_000) << 16;
+    {
+        let s = &e.store;
+        let _g = s.gate.read().unwrap();
+        let mut wtxn = s.env.write_txn().unwrap();
+        s.meta
+            .put(&mut wtxn, super::META_STAMPS, &ahead.to_be_bytes())
+            .unwrap();
+        wtxn.commit().unwrap();
+    }
+    e.close(std::time::Duration::from_secs(10)).unwrap();
+    let e = engine(dir.path());
+    let b = created(&e, &ctx, patient(), None).record.id;
+    assert_eq!(stamp(&e, &b), ahead + 1);
+    assert_eq!(recorded(&e), ahead + 1);
+    let _ = e.close(std::time::Duration::from_secs(10));
+}
+
+/// A version's head is not sealed; the walk back through a resource's versions checks each
+/// step, and what it reaches must be the requested resource and version. A head that names
+/// another resource's version, or its own, is corruption, never another record.
+#[test]
+fn a_head_that_names_another_version_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let ctx = AccessContext::system("fac");
+    let a = created(
+        &e,
+        &ctx,
+        json!({"resourceType": "Patient", "gender": "male"}),
+        None,
+    );
+    let b = created(
+        &e,
+        &ctx,
+        json!({"resourceType": "Patient", "gender": "female"}),
+        None,
+    );
+    let (a, b) = (a.record.id, b.record.id);
+    let mut r = json!({"resourceType": "Patient", "gender": "other", "id": a});
+    e.update(&ctx, "Patient", &a, r.take(), None, None)
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    let s = &e.store;
+    let dbs = s.dbs(Component::Patient);
+    let a2 = key_of(&e, "Patient", &a, 2);
+    let original = s
+        .with_read(|t| Ok(dbs.versions.get(t, &a2)?.unwrap().to_vec()))
+        .unwrap();
+    let set_prev = |prev: u64| {
+        let (head, sealed) = format::VersionHead::split(&original).unwrap();
+        let _g = s.gate.read().unwrap();
+        let mut wtxn = s.env.write_txn().unwrap();
+        let v = format::VersionHead { prev, ..head }.value(sealed);
+        dbs.versions.put(&mut wtxn, &a2, &v).unwrap();
+        wtxn.commit().unwrap();
+    };
+    let stamp_of = |k: &[u8]| format::parse_stamp_key(k).unwrap().1;
+    let b1 = stamp_of(&key_of(&e, "Patient", &b, 1));
+    let a1 = stamp_of(&key_of(&e, "Patient", &a, 1));
+    set_prev(a1);
+    assert_eq!(s.history("Patient", &a).unwrap().len(), 2);
+    for prev in [b1, stamp_of(&a2), 0] {
+        set_prev(prev);
+        assert!(
+            matches!(s.vread("Patient", &a, 1), Err(StoreError::Corrupt { .. })),
+            "prev {prev}"
+        );
+        assert!(
+            matches!(s.history("Patient", &a), Err(StoreError::Corrupt { .. })),
+            "prev {prev}"
+        );
+        assert_eq!(s.read("Patient", &a).unwrap().resource["gender"], "other");
+    }
+    set_prev(a1);
+    assert_eq!(
+        s.vread("Patient", &a, 1).unwrap().resource["gender"],
+        "male"
+    );
+    let _ = e.close(std::time::Duration::from_secs(10));
+}

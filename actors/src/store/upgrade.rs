@@ -7,8 +7,8 @@
 //! the stamp of the version before it; its Provenance moves with it the same way, and
 //! `audit.provids` names the new key; the old keys are deleted and the pointer gets the
 //! latest version's stamp. A resource is rewritten whole in one transaction, so an upgrade
-//! that is interrupted resumes with the resources still pointing the old way, and the
-//! directory is marked format 6 only once none is left.
+//! that is interrupted resumes (at the next open, which `meta`'s `upgrading` note tells to)
+//! with the resources still pointing the old way.
 //!
 //! What the versions say does not change: each envelope, with its signatures, is the bytes
 //! format 5 stored (and its `format` field still says which format wrote it).
