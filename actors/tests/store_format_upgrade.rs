@@ -179,7 +179,11 @@ fn a_format_5_directory_is_rewritten_and_reads_back_what_format_5_read() {
     }
     assert!(manifest.len() >= 15);
 
-    let e = open(dir.path());
+    // A full map: the rewrite has to grow it.
+    fill_map(dir.path());
+    let mut cfg = config(dir.path());
+    cfg.initial_map_size = 64 << 10;
+    let e = open_with(cfg, 1);
     reads_as_manifest(&e, &manifest);
 
     // What the fixture holds stays searchable.
@@ -258,6 +262,38 @@ fn a_format_5_directory_is_rewritten_and_reads_back_what_format_5_read() {
     manifest.remove(&format!("Patient/{three}"));
     reads_as_manifest(&e, &manifest);
     close(e);
+}
+
+/// Fills the directory's map (no larger than the pages in use) with a database of
+/// scratch values, one per transaction until it is full.
+fn fill_map(dir: &std::path::Path) {
+    #[allow(unsafe_code)]
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .max_dbs(40)
+            .map_size(4096)
+            .open(dir.join("store"))
+            .unwrap()
+    };
+    let wtxn = env.write_txn().unwrap();
+    let scratch = env
+        .create_databases_and_commit(wtxn, |o, w| {
+            o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some("scratch"))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut filled = 0u32;
+    loop {
+        let mut wtxn = env.write_txn().unwrap();
+        let put = scratch.put(&mut wtxn, &filled.to_be_bytes(), &[7u8; 1500]);
+        match put.and_then(|()| wtxn.commit()) {
+            Ok(()) => filled += 1,
+            Err(heed::Error::Mdb(heed::MdbError::MapFull)) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    env.prepare_for_closing().wait();
 }
 
 /// Sets `meta.format` and the `upgrading` note with raw heed.

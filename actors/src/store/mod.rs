@@ -614,8 +614,9 @@ impl Store {
         // transaction. Every read transaction of the store is opened through `with_read`,
         // which holds `gate` shared for the transaction's whole life, and the only write
         // transactions are the writer thread's, which calls this function between batches
-        // (its transaction is committed or aborted). Holding `gate` exclusively therefore
-        // guarantees no transaction is open.
+        // (its transaction is committed or aborted), and, before the writer starts, the
+        // format upgrade's ([`upgrade`]), which calls it between its own transactions.
+        // Holding `gate` exclusively therefore guarantees no transaction is open.
         unsafe { self.env.resize(new_size)? };
         tracing::info!(new_size, "grew the LMDB map");
         Ok(())

@@ -32,49 +32,24 @@ pub(crate) fn versions_by_stamp(store: &Store) -> StoreResult<u64> {
     for c in Component::ALL {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let mut wtxn = store.env.write_txn()?;
-            let batch: Vec<(Vec<u8>, (u64, u64, bool))> = {
-                let lower = match &after {
-                    Some(k) => Bound::Excluded(k.as_slice()),
-                    None => Bound::Unbounded,
-                };
-                let mut out = Vec::with_capacity(BATCH);
-                let mut last = None;
-                for item in store
-                    .dbs(c)
-                    .current
-                    .range(&wtxn, &(lower, Bound::Unbounded))?
-                {
-                    let (k, v) = item?;
-                    last = Some(k.to_vec());
-                    if let Some(legacy) = format::legacy_current(v) {
-                        out.push((k.to_vec(), legacy));
-                        if out.len() == BATCH {
-                            break;
-                        }
+            // The map grows as the writer's does: ahead of a batch, and again (the batch
+            // retried) if it still filled.
+            store.grow_if_needed(64 << 20)?;
+            let mut attempt = 0;
+            let (done, last) = loop {
+                match rewrite_batch(store, c, after.as_deref()) {
+                    Err(StoreError::MapFull) if attempt < 8 => {
+                        attempt += 1;
+                        store.grow_after_full()?;
                     }
+                    other => break other?,
                 }
-                after = last;
-                out
             };
-            if batch.is_empty() {
+            if done == 0 {
                 break;
             }
-            let mut top = 0;
-            for (ck, (version, last_updated, deleted)) in &batch {
-                let stamp = rewrite_resource(store, &mut wtxn, c, ck, *version)?;
-                top = top.max(stamp);
-                let cur = Current {
-                    version: *version,
-                    last_updated: *last_updated,
-                    deleted: *deleted,
-                    stamp,
-                };
-                store.dbs(c).current.put(&mut wtxn, ck, &cur.to_bytes())?;
-            }
-            store.meta.put(&mut wtxn, META_STAMPS, &top.to_be_bytes())?;
-            wtxn.commit()?;
-            rewritten += batch.len() as u64;
+            after = last;
+            rewritten += done as u64;
             if rewritten.is_multiple_of(64 * BATCH as u64) {
                 tracing::info!(rewritten, "store upgrade: resources rewritten so far");
             }
@@ -98,6 +73,58 @@ pub(crate) fn versions_by_stamp(store: &Store) -> StoreResult<u64> {
         tracing::info!(rewritten, "store upgrade: versions keyed by stamp");
     }
     Ok(rewritten)
+}
+
+/// Rewrites the next [`BATCH`] resources of `c` still keyed the format-5 way after the
+/// current key `after`, in one transaction; returns how many, and the last current key it
+/// looked at.
+fn rewrite_batch(
+    store: &Store,
+    c: Component,
+    after: Option<&[u8]>,
+) -> StoreResult<(usize, Option<Vec<u8>>)> {
+    let mut wtxn = store.env.write_txn()?;
+    let (batch, last) = {
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::with_capacity(BATCH);
+        let mut last = None;
+        for item in store
+            .dbs(c)
+            .current
+            .range(&wtxn, &(lower, Bound::Unbounded))?
+        {
+            let (k, v) = item?;
+            last = Some(k.to_vec());
+            if let Some(legacy) = format::legacy_current(v) {
+                out.push((k.to_vec(), legacy));
+                if out.len() == BATCH {
+                    break;
+                }
+            }
+        }
+        (out, last)
+    };
+    if batch.is_empty() {
+        return Ok((0, last));
+    }
+    let mut top = 0;
+    for (ck, (version, last_updated, deleted)) in &batch {
+        let stamp = rewrite_resource(store, &mut wtxn, c, ck, *version)?;
+        top = top.max(stamp);
+        let cur = Current {
+            version: *version,
+            last_updated: *last_updated,
+            deleted: *deleted,
+            stamp,
+        };
+        store.dbs(c).current.put(&mut wtxn, ck, &cur.to_bytes())?;
+    }
+    store.meta.put(&mut wtxn, META_STAMPS, &top.to_be_bytes())?;
+    wtxn.commit()?;
+    Ok((batch.len(), last))
 }
 
 /// Rewrites versions 1..=`version` of the resource whose current key is `ck`; returns the
