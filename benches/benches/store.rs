@@ -272,12 +272,13 @@ fn report_writer(
 /// Length of the windows [`windows_of`] reports.
 const WINDOW: Duration = Duration::from_secs(10);
 
-/// Runs `body` while a thread samples the writer's member count every [`WINDOW`] of wall
-/// time, and returns the rate of each whole window (members per second): what a long run
-/// sustains once the store has grown, where the criterion figure is the mean of the whole
-/// run. The windows cover wall time, warm-up and criterion's pauses between samples
-/// included (those pauses are milliseconds).
-fn windows_of(f: &Fixture, body: impl FnOnce()) -> Vec<f64> {
+/// Runs `body` while a thread samples the writer's member count and the bytes the process
+/// wrote every [`WINDOW`] of wall time, and returns each whole window's rate (members per
+/// second) and bytes written per member: what a long run sustains once the store has grown,
+/// where the criterion figure is the mean of the whole run. The windows cover wall time,
+/// warm-up and criterion's pauses between samples included (those pauses are
+/// milliseconds).
+fn windows_of(f: &Fixture, body: impl FnOnce()) -> Vec<(f64, f64)> {
     let stats = f.handle.engine().writer.stats();
     let done = std::sync::Mutex::new(false);
     let wake = std::sync::Condvar::new();
@@ -285,14 +286,22 @@ fn windows_of(f: &Fixture, body: impl FnOnce()) -> Vec<f64> {
         let sampler = s.spawn(|| {
             let mut rates = Vec::new();
             let mut last = stats.members.load(Ordering::Relaxed);
+            let mut written = ProcUsage::now().written;
             let mut deadline = Instant::now() + WINDOW;
             let mut stop = done.lock().expect("sampler lock");
             loop {
                 let now = Instant::now();
                 if now >= deadline {
-                    let members = stats.members.load(Ordering::Relaxed);
-                    rates.push((members - last) as f64 / WINDOW.as_secs_f64());
-                    last = members;
+                    let (members, w) = (
+                        stats.members.load(Ordering::Relaxed),
+                        ProcUsage::now().written,
+                    );
+                    let n = (members - last) as f64;
+                    rates.push((
+                        n / WINDOW.as_secs_f64(),
+                        w.saturating_sub(written) as f64 / n.max(1.0),
+                    ));
+                    (last, written) = (members, w);
                     deadline += WINDOW;
                     continue;
                 }
@@ -312,13 +321,18 @@ fn windows_of(f: &Fixture, body: impl FnOnce()) -> Vec<f64> {
     })
 }
 
-/// Prints the window rates of [`windows_of`] in thousands per second, and the mean of the
-/// last three (the last 30 seconds) when the run had at least five windows.
-fn report_windows(label: &str, rates: &[f64]) {
-    if rates.is_empty() {
+/// Prints the window rates of [`windows_of`] in thousands per second (with the KiB written
+/// per member in each), and the mean rate of the last three (the last 30 seconds) when the
+/// run had at least five windows.
+fn report_windows(label: &str, windows: &[(f64, f64)]) {
+    if windows.is_empty() {
         return;
     }
-    let list: Vec<String> = rates.iter().map(|r| format!("{:.1}", r / 1e3)).collect();
+    let list: Vec<String> = windows
+        .iter()
+        .map(|(r, b)| format!("{:.1} ({:.1})", r / 1e3, b / 1024.0))
+        .collect();
+    let rates: Vec<f64> = windows.iter().map(|w| w.0).collect();
     let tail = if rates.len() >= 5 {
         let last = &rates[rates.len() - 3..];
         format!(
@@ -329,7 +343,7 @@ fn report_windows(label: &str, rates: &[f64]) {
         String::new()
     };
     eprintln!(
-        "writer[{label}]: k members/s by {} s window: {}{tail}",
+        "writer[{label}]: k members/s (KiB written/member) by {} s window: {}{tail}",
         WINDOW.as_secs(),
         list.join(" ")
     );
@@ -436,33 +450,35 @@ fn writes(c: &mut Criterion) {
     let round = Arc::new(AtomicU64::new(0));
     // The writer's counters once the pool exists, so that its creates are not reported.
     let after_pool = std::cell::Cell::new(None);
-    g.bench_function("observation_update_512_concurrent", |b| {
-        b.iter_custom(|n| {
-            let pool = pool.get_or_init(|| {
-                let pool = make_pool();
-                after_pool.set(Some((writer_counters(&f), Instant::now())));
-                pool
-            });
-            let (pool, round) = (pool.clone(), round.clone());
-            let base = round.fetch_add(n * BURST, Ordering::Relaxed);
-            run_concurrent(&f, n * BURST, 512, move |h, i| {
-                let i = base + i;
-                let len = pool.len() as u64;
-                let id = pool[(i % len) as usize].clone();
-                let mut o = observation(i % len);
-                o["id"] = json!(id);
-                o["status"] = json!(if (i / len).is_multiple_of(2) {
-                    "amended"
-                } else {
-                    "final"
+    let windows = windows_of(&f, || {
+        g.bench_function("observation_update_512_concurrent", |b| {
+            b.iter_custom(|n| {
+                let pool = pool.get_or_init(|| {
+                    let pool = make_pool();
+                    after_pool.set(Some((writer_counters(&f), Instant::now())));
+                    pool
                 });
-                async move {
-                    h.update(&ctx(), "Observation", &id, o, None, None)
-                        .await
-                        .expect("update");
-                }
+                let (pool, round) = (pool.clone(), round.clone());
+                let base = round.fetch_add(n * BURST, Ordering::Relaxed);
+                run_concurrent(&f, n * BURST, 512, move |h, i| {
+                    let i = base + i;
+                    let len = pool.len() as u64;
+                    let id = pool[(i % len) as usize].clone();
+                    let mut o = observation(i % len);
+                    o["id"] = json!(id);
+                    o["status"] = json!(if (i / len).is_multiple_of(2) {
+                        "amended"
+                    } else {
+                        "final"
+                    });
+                    async move {
+                        h.update(&ctx(), "Observation", &id, o, None, None)
+                            .await
+                            .expect("update");
+                    }
+                })
             })
-        })
+        });
     });
     if let Some((before, t)) = after_pool.take() {
         report_writer(
@@ -471,6 +487,7 @@ fn writes(c: &mut Criterion) {
             writer_counters(&f),
             t.elapsed(),
         );
+        report_windows("observation_update_512_concurrent", &windows);
     }
     let people = Arc::new(
         synth::population(7, 20_000)
