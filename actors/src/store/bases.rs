@@ -8,13 +8,15 @@
 //! write-policy check before the body is validated. That was about a tenth of an update's
 //! CPU.
 //!
-//! **Why a hit is the base's own facts.** Entries are keyed by the version's key and
-//! carry the identity of the sealed value they were derived from: its random 24-byte
-//! nonce, its 16-byte tag and its length. A lookup reads the stored sealed value (it does
-//! not open it) and uses the entry only if that identity matches. Facts are put when a
-//! version is prepared, before its commit, so a version that lost its race (a conflict)
-//! may leave an entry behind; its nonce is not the winner's, so it is never used. A
-//! restored or otherwise rewritten store has other sealed values, and misses too. What
+//! **Why a hit is the base's own facts.** Entries are keyed by the version's key (its
+//! stamp key, unique to the version since format 6) and carry the identity of the sealed
+//! value they were derived from: its random 24-byte nonce, its 16-byte tag and its length.
+//! A lookup reads the stored sealed value (it does not open it) and uses the entry only if
+//! that identity matches. Facts are put when a version is prepared, before its commit, so
+//! a version that lost its race (a conflict) may leave an entry behind, under a key no
+//! stored version has (up to format 5 it was the winner's key, and the nonce told them
+//! apart). A restored or otherwise rewritten store has other sealed values, and misses
+//! too. What
 //! the identity does not cover is a stored value altered between its nonce and its tag:
 //! such a value no longer opens, every read of it fails as corrupt, and an update of it
 //! proceeds from the facts of the version this appliance sealed.
@@ -91,7 +93,7 @@ struct Generations {
     old: HashMap<Vec<u8>, Entry>,
 }
 
-/// Facts of recently prepared versions, by version key ([`super::format::version_key`]).
+/// Facts of recently prepared versions, by version key ([`super::format::stamp_key`]).
 pub(crate) struct BaseCache {
     budget: usize,
     gens: Mutex<Generations>,
