@@ -188,33 +188,6 @@ fn sustained_load_beyond_the_lag_files_inside_group_commits() {
     close(e);
 }
 
-/// Rewrites `meta` keys of a closed store with raw heed (as an older hexa left them).
-fn edit_meta(
-    dir: &std::path::Path,
-    f: impl FnOnce(&mut heed::RwTxn, heed::Database<heed::types::Bytes, heed::types::Bytes>),
-) {
-    #[allow(unsafe_code)]
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .max_dbs(40)
-            .map_size(1 << 30)
-            .open(dir.join("store"))
-            .unwrap()
-    };
-    let wtxn = env.write_txn().unwrap();
-    let meta = env
-        .create_databases_and_commit(wtxn, |o, w| {
-            o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some("meta"))
-                .map(heed::CommitOrAbort::<_, ()>::Commit)
-        })
-        .unwrap()
-        .unwrap_commit();
-    let mut wtxn = env.write_txn().unwrap();
-    f(&mut wtxn, meta);
-    wtxn.commit().unwrap();
-    env.prepare_for_closing().wait();
-}
-
 #[test]
 fn a_format_1_store_is_read_as_fully_filed_and_upgraded() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,27 +30,9 @@ type Keys = Vec<(String, Vec<Vec<u8>>)>;
 
 /// Every key of the named databases, and `meta.format`, read with raw heed.
 fn raw(dir: &std::path::Path, names: [&str; 4]) -> (u32, Keys) {
-    #[allow(unsafe_code)]
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .max_dbs(40)
-            .map_size(1 << 30)
-            .open(dir.join("store"))
-            .unwrap()
-    };
+    let env = raw_env(dir, 1 << 30);
     let all = ["meta", names[0], names[1], names[2], names[3]];
-    let wtxn = env.write_txn().unwrap();
-    let dbs = env
-        .create_databases_and_commit(wtxn, |o, w| {
-            let mut v = Vec::new();
-            for n in all {
-                v.push(o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some(n))?);
-            }
-            let arr: [_; 5] = v.try_into().unwrap();
-            Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(arr))
-        })
-        .unwrap()
-        .unwrap_commit();
+    let dbs = raw_dbs(&env, all);
     let rtxn = env.read_txn().unwrap();
     let open = |n: &str| dbs[all.iter().position(|x| *x == n).unwrap()];
     let format = u32::from_be_bytes(
@@ -267,22 +249,8 @@ fn a_format_5_directory_is_rewritten_and_reads_back_what_format_5_read() {
 /// Fills the directory's map (no larger than the pages in use) with a database of
 /// scratch values, one per transaction until it is full.
 fn fill_map(dir: &std::path::Path) {
-    #[allow(unsafe_code)]
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .max_dbs(40)
-            .map_size(4096)
-            .open(dir.join("store"))
-            .unwrap()
-    };
-    let wtxn = env.write_txn().unwrap();
-    let scratch = env
-        .create_databases_and_commit(wtxn, |o, w| {
-            o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some("scratch"))
-                .map(heed::CommitOrAbort::<_, ()>::Commit)
-        })
-        .unwrap()
-        .unwrap_commit();
+    let env = raw_env(dir, 4096);
+    let [scratch] = raw_dbs(&env, ["scratch"]);
     let mut filled = 0u32;
     loop {
         let mut wtxn = env.write_txn().unwrap();
@@ -298,33 +266,14 @@ fn fill_map(dir: &std::path::Path) {
 
 /// Sets `meta.format` and the `upgrading` note with raw heed.
 fn mark(dir: &std::path::Path, format: u32, upgrading: bool) {
-    #[allow(unsafe_code)]
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .max_dbs(40)
-            .map_size(1 << 30)
-            .open(dir.join("store"))
-            .unwrap()
-    };
-    let wtxn = env.write_txn().unwrap();
-    let meta = env
-        .create_databases_and_commit(wtxn, |o, w| {
-            o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some("meta"))
-                .map(heed::CommitOrAbort::<_, ()>::Commit)
-        })
-        .unwrap()
-        .unwrap_commit();
-    let mut wtxn = env.write_txn().unwrap();
-    meta.put(&mut wtxn, b"format", &format.to_be_bytes())
-        .unwrap();
-    if upgrading {
-        meta.put(&mut wtxn, b"upgrading", &5u32.to_be_bytes())
-            .unwrap();
-    } else {
-        meta.delete(&mut wtxn, b"upgrading").unwrap();
-    }
-    wtxn.commit().unwrap();
-    env.prepare_for_closing().wait();
+    edit_meta(dir, |w, meta| {
+        meta.put(w, b"format", &format.to_be_bytes()).unwrap();
+        if upgrading {
+            meta.put(w, b"upgrading", &5u32.to_be_bytes()).unwrap();
+        } else {
+            meta.delete(w, b"upgrading").unwrap();
+        }
+    });
 }
 
 /// The directory is marked 6 before its rewrite, with a note that the rewrite is under

@@ -542,28 +542,9 @@ fn newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     close(open(dir.path()));
     // Bump meta.format with raw heed, as a future version of hexa would.
-    {
-        #[allow(unsafe_code)]
-        let env = unsafe {
-            heed::EnvOpenOptions::new()
-                .max_dbs(40)
-                .open(dir.path().join("store"))
-                .unwrap()
-        };
-        let wtxn = env.write_txn().unwrap();
-        let meta = env
-            .create_databases_and_commit(wtxn, |o, w| {
-                o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some("meta"))
-                    .map(heed::CommitOrAbort::<_, ()>::Commit)
-            })
-            .unwrap()
-            .unwrap_commit();
-        let mut wtxn = env.write_txn().unwrap();
-        meta.put(&mut wtxn, b"format", &99u32.to_be_bytes())
-            .unwrap();
-        wtxn.commit().unwrap();
-        env.prepare_for_closing().wait();
-    }
+    edit_meta(dir.path(), |w, meta| {
+        meta.put(w, b"format", &99u32.to_be_bytes()).unwrap();
+    });
     let err = Store::open(config(dir.path()), secrets(1)).unwrap_err();
     assert_eq!(
         err,

@@ -697,16 +697,36 @@ impl Store {
         id: &str,
         version: u64,
     ) -> StoreResult<Option<Record>> {
-        let c = component_for(ty)?;
+        let Some(at) = self.locate(txn, ty, id, version)? else {
+            return Ok(None);
+        };
+        self.open_version(at.component, &at.key, ty, id, version, at.value)
+            .map(Some)
+    }
+
+    /// Where version `version` of `ty/id` is stored (`None` if it was never written).
+    fn locate<'t>(
+        &self,
+        txn: &'t RoTxn,
+        ty: &str,
+        id: &str,
+        version: u64,
+    ) -> StoreResult<Option<Located<'t>>> {
+        let component = component_for(ty)?;
         let Some(cur) = self.current_in(txn, ty, id)? else {
             return Ok(None);
         };
-        let Some(stamp) = self.stamp_of(txn, c, ty, &cur, version)? else {
+        let Some(stamp) = self.stamp_of(txn, component, ty, &cur, version)? else {
             return Ok(None);
         };
         let key = format::stamp_key(ty, stamp);
-        let value = self.stored_version(txn, c, &key)?;
-        self.open_version(c, &key, ty, id, version, value).map(Some)
+        let value = self.stored_version(txn, component, &key)?;
+        Ok(Some(Located {
+            component,
+            stamp,
+            key,
+            value,
+        }))
     }
 
     /// The stamp of version `version` of the resource `ty/..` whose current pointer is
@@ -812,15 +832,15 @@ impl Store {
         id: &str,
         version: u64,
     ) -> StoreResult<Option<(Arc<BaseFacts>, u64)>> {
-        let c = component_for(ty)?;
-        let Some(cur) = self.current_in(txn, ty, id)? else {
+        let Some(Located {
+            component: c,
+            stamp,
+            key,
+            value,
+        }) = self.locate(txn, ty, id, version)?
+        else {
             return Ok(None);
         };
-        let Some(stamp) = self.stamp_of(txn, c, ty, &cur, version)? else {
-            return Ok(None);
-        };
-        let key = format::stamp_key(ty, stamp);
-        let value = self.stored_version(txn, c, &key)?;
         let sealed_id = VersionHead::split(value).and_then(|(_, s)| bases::SealedId::of(s));
         if let Some(facts) = sealed_id.and_then(|s| self.bases.get(&key, &s)) {
             return Ok(Some((facts, stamp)));
@@ -1231,6 +1251,16 @@ impl Store {
     pub(crate) fn blind(&self, c: Component, field: &str, term: &str) -> [u8; 32] {
         self.blind[c.index()].index(field, term.as_bytes())
     }
+}
+
+/// Where a version is stored ([`Store::locate`]).
+struct Located<'t> {
+    component: Component,
+    stamp: u64,
+    /// [`format::stamp_key`] of `stamp`.
+    key: Vec<u8>,
+    /// The stored value: [`VersionHead`], then the sealed envelope.
+    value: &'t [u8],
 }
 
 /// What a caller wants written as the next version of one resource.

@@ -45,30 +45,34 @@ fn created(
         .unwrap()
 }
 
+/// Creates a male and a female Patient; returns their ids.
+fn two_patients(e: &Engine, ctx: &AccessContext) -> (String, String) {
+    let [a, b] = ["male", "female"].map(|gender| {
+        created(
+            e,
+            ctx,
+            json!({"resourceType": "Patient", "gender": gender}),
+            None,
+        )
+        .record
+        .id
+    });
+    (a, b)
+}
+
 #[test]
 fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let ctx = AccessContext::system("fac");
-    let a = created(
-        &e,
-        &ctx,
-        json!({"resourceType": "Patient", "gender": "male"}),
-        None,
-    );
-    let b = created(
-        &e,
-        &ctx,
-        json!({"resourceType": "Patient", "gender": "female"}),
-        None,
-    );
+    let (a, b) = two_patients(&e, &ctx);
     let s = &e.store;
     let dbs = s.dbs(Component::Patient);
-    let ka = key_of(&e, "Patient", &a.record.id, 1);
-    let kb = key_of(&e, "Patient", &b.record.id, 1);
+    let ka = key_of(&e, "Patient", &a, 1);
+    let kb = key_of(&e, "Patient", &b, 1);
     let (stamp_a, cur_a) = (
         format::parse_stamp_key(&ka).unwrap().1,
-        s.with_read(|t| s.current_in(t, "Patient", &a.record.id))
+        s.with_read(|t| s.current_in(t, "Patient", &a))
             .unwrap()
             .unwrap(),
     );
@@ -77,7 +81,7 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
     let set_current_a = |cur: format::Current| {
         let _g = s.gate.read().unwrap();
         let mut wtxn = s.env.write_txn().unwrap();
-        let ck = format::current_key("Patient", &a.record.id);
+        let ck = format::current_key("Patient", &a);
         dbs.current.put(&mut wtxn, &ck, &cur.to_bytes()).unwrap();
         wtxn.commit().unwrap();
     };
@@ -98,7 +102,7 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
         wtxn.commit().unwrap();
     }
     assert!(matches!(
-        s.read("Patient", &b.record.id),
+        s.read("Patient", &b),
         Err(StoreError::Corrupt { .. })
     ));
     set_current_a(format::Current {
@@ -106,22 +110,16 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
         stamp: stamp_a + 1000,
         ..cur_a
     });
-    for r in [
-        s.vread("Patient", &a.record.id, 2),
-        s.read("Patient", &a.record.id),
-    ] {
+    for r in [s.vread("Patient", &a, 2), s.read("Patient", &a)] {
         assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
     }
     // The walk to version 1 goes through the replayed head, which names A's version 1.
     assert_eq!(
-        s.vread("Patient", &a.record.id, 1).unwrap().resource["gender"],
+        s.vread("Patient", &a, 1).unwrap().resource["gender"],
         "male"
     );
     set_current_a(cur_a);
-    assert_eq!(
-        s.read("Patient", &a.record.id).unwrap().resource["gender"],
-        "male"
-    );
+    assert_eq!(s.read("Patient", &a).unwrap().resource["gender"], "male");
 
     // Without the master key, a stored value does not open (another key) and is not plaintext.
     let rtxn = s.env.read_txn().unwrap();
@@ -152,7 +150,7 @@ fn sealed_value_moved_to_another_key_or_version_fails_to_open() {
         .unwrap();
     assert!(String::from_utf8_lossy(sealed).find("male").is_none());
     let env = format::Envelope::from_bytes(&plain).unwrap();
-    assert_eq!(env.id, a.record.id);
+    assert_eq!(env.id, a);
 
     // A tampered Provenance and audit entry are detected the same way.
     {
@@ -669,19 +667,7 @@ fn a_head_that_names_another_version_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let ctx = AccessContext::system("fac");
-    let a = created(
-        &e,
-        &ctx,
-        json!({"resourceType": "Patient", "gender": "male"}),
-        None,
-    );
-    let b = created(
-        &e,
-        &ctx,
-        json!({"resourceType": "Patient", "gender": "female"}),
-        None,
-    );
-    let (a, b) = (a.record.id, b.record.id);
+    let (a, b) = two_patients(&e, &ctx);
     let mut r = json!({"resourceType": "Patient", "gender": "other", "id": a});
     e.update(&ctx, "Patient", &a, r.take(), None, None)
         .unwrap()

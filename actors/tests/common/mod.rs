@@ -96,3 +96,46 @@ pub fn created_id(e: &Engine, ctx: &AccessContext, resource: Value) -> String {
         .record
         .id
 }
+
+/// A raw LMDB database of the store, as [`raw_dbs`] opens it.
+pub type RawDb<'e> = heed::Database<'e, heed::types::Bytes, heed::types::Bytes>;
+
+/// Opens `<dir>/store` with raw heed (no store around it), with a map of `map_size` bytes
+/// (LMDB makes it at least the pages in use): tests set up what an older, a future or a
+/// damaged store looks like with it. Close it with `env.prepare_for_closing().wait()`.
+pub fn raw_env(dir: &Path, map_size: usize) -> heed::Env {
+    #[allow(unsafe_code)]
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .max_dbs(40)
+            .map_size(map_size)
+            .open(dir.join("store"))
+            .unwrap()
+    };
+    env
+}
+
+/// The named databases of a [`raw_env`] (created if missing).
+pub fn raw_dbs<'e, const N: usize>(env: &'e heed::Env, names: [&str; N]) -> [RawDb<'e>; N] {
+    let wtxn = env.write_txn().unwrap();
+    env.create_databases_and_commit(wtxn, |o, w| {
+        let mut dbs = Vec::with_capacity(N);
+        for n in names {
+            dbs.push(o.create_database::<heed::types::Bytes, heed::types::Bytes>(w, Some(n))?);
+        }
+        let dbs: [RawDb<'e>; N] = dbs.try_into().unwrap();
+        Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit(dbs))
+    })
+    .unwrap()
+    .unwrap_commit()
+}
+
+/// Runs `f` on the store's `meta` database in one raw write transaction, then commits.
+pub fn edit_meta(dir: &Path, f: impl FnOnce(&mut heed::RwTxn, RawDb<'_>)) {
+    let env = raw_env(dir, 1 << 30);
+    let [meta] = raw_dbs(&env, ["meta"]);
+    let mut wtxn = env.write_txn().unwrap();
+    f(&mut wtxn, meta);
+    wtxn.commit().unwrap();
+    env.prepare_for_closing().wait();
+}
