@@ -26,9 +26,24 @@ use super::{Component, META_STAMPS, Store, versions_db_name};
 /// Resources rewritten per write transaction.
 const BATCH: usize = 256;
 
+/// For tests of an interrupted upgrade: (resources per batch, batches after which the
+/// upgrade stops with an error, as if the process had been killed there).
+#[cfg(test)]
+pub(crate) static INTERRUPT: std::sync::Mutex<Option<(usize, usize)>> = std::sync::Mutex::new(None);
+
+fn batch_size() -> usize {
+    #[cfg(test)]
+    if let Some((size, _)) = *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()) {
+        return size;
+    }
+    BATCH
+}
+
 /// Rewrites every resource still keyed the format-5 way; returns how many it rewrote.
 pub(crate) fn versions_by_stamp(store: &Store) -> StoreResult<u64> {
     let mut rewritten = 0u64;
+    #[cfg(test)]
+    let mut batches = 0;
     for c in Component::ALL {
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -50,6 +65,15 @@ pub(crate) fn versions_by_stamp(store: &Store) -> StoreResult<u64> {
             }
             after = last;
             rewritten += done as u64;
+            #[cfg(test)]
+            {
+                batches += 1;
+                if let Some((_, stop)) = *INTERRUPT.lock().unwrap_or_else(|e| e.into_inner())
+                    && batches == stop
+                {
+                    return Err(StoreError::Storage("upgrade interrupted (test)".into()));
+                }
+            }
             if rewritten.is_multiple_of(64 * BATCH as u64) {
                 tracing::info!(rewritten, "store upgrade: resources rewritten so far");
             }
@@ -89,7 +113,8 @@ fn rewrite_batch(
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
-        let mut out = Vec::with_capacity(BATCH);
+        let batch = batch_size();
+        let mut out = Vec::with_capacity(batch);
         let mut last = None;
         for item in store
             .dbs(c)
@@ -100,7 +125,7 @@ fn rewrite_batch(
             last = Some(k.to_vec());
             if let Some(legacy) = format::legacy_current(v) {
                 out.push((k.to_vec(), legacy));
-                if out.len() == BATCH {
+                if out.len() == batch {
                     break;
                 }
             }
