@@ -664,7 +664,7 @@ impl StoreHandle {
                 None
             } else {
                 match store.current_in(txn, ty, id)? {
-                    Some(c) => store.base_facts_in(txn, ty, id, c.version)?.map(|(f, _)| f),
+                    Some(c) => Some(store.base_facts_in(txn, ty, id, &c)?),
                     None => None,
                 }
             };

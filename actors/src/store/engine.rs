@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use super::ack::AckReceiver;
 use super::audit::{AccessContext, AuditDraft, Interaction, prepare_audit};
 use super::error::{StoreError, StoreResult};
+use super::format::Current;
 use super::route::{client_writable, component_for, validate_id};
 use super::search::SearchQuery;
 use super::writer::{Member, Outcome, Writer};
@@ -251,7 +252,7 @@ impl Engine {
         &self,
         ty: &str,
         id: &str,
-        base: u64,
+        base: Option<Current>,
         resource: Value,
         deleted: bool,
         author_jws: Option<String>,
@@ -355,7 +356,7 @@ impl Engine {
             return Ok((draft, Err(e)));
         }
         let id = new_id()?;
-        let spec = self.spec(&ty, &id, 0, resource, false, author_jws, ctx);
+        let spec = self.spec(&ty, &id, None, resource, false, author_jws, ctx);
         let unsigned = self
             .store
             .with_read(|txn| self.store.prepare_unsigned(txn, spec));
@@ -530,11 +531,8 @@ impl Engine {
             return self.fail(draft, e);
         }
         let prepared = self.store.with_read(|txn| {
-            let base = self
-                .store
-                .current_in(txn, ty, id)?
-                .map(|c| c.version)
-                .unwrap_or(0);
+            let cur = self.store.current_in(txn, ty, id)?;
+            let base = cur.map_or(0, |c| c.version);
             if let Some(m) = if_match
                 && m != base
             {
@@ -547,7 +545,7 @@ impl Engine {
             }
             self.store.prepare_version(
                 txn,
-                self.spec(ty, id, base, resource, false, author_jws, ctx),
+                self.spec(ty, id, cur, resource, false, author_jws, ctx),
             )
         });
         let prepared = match prepared {
@@ -600,7 +598,7 @@ impl Engine {
             self.store
                 .prepare_version(
                     txn,
-                    self.spec(ty, id, cur.version, deletion_body(ty, id), true, None, ctx),
+                    self.spec(ty, id, Some(cur), deletion_body(ty, id), true, None, ctx),
                 )
                 .map(Ok)
         });
@@ -736,7 +734,7 @@ impl Engine {
                 unsigned.push(
                     self.store.prepare_unsigned(
                         txn,
-                        self.spec(&ty, &id, base, body, deleted, None, ctx),
+                        self.spec(&ty, &id, cur, body, deleted, None, ctx),
                     )?,
                 );
                 interactions.push(interaction);

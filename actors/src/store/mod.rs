@@ -697,43 +697,21 @@ impl Store {
         id: &str,
         version: u64,
     ) -> StoreResult<Option<Record>> {
-        let Some(at) = self.locate(txn, ty, id, version)? else {
-            return Ok(None);
-        };
-        self.open_version(at.component, &at.key, ty, id, version, at.value)
-            .map(Some)
-    }
-
-    /// Where version `version` of `ty/id` is stored (`None` if it was never written).
-    fn locate<'t>(
-        &self,
-        txn: &'t RoTxn,
-        ty: &str,
-        id: &str,
-        version: u64,
-    ) -> StoreResult<Option<Located<'t>>> {
-        let component = component_for(ty)?;
+        let c = component_for(ty)?;
         let Some(cur) = self.current_in(txn, ty, id)? else {
             return Ok(None);
         };
-        let Some(stamp) = self.stamp_of(txn, component, ty, &cur, version)? else {
+        let Some(stamp) = self.stamp_of(txn, c, ty, &cur, version)? else {
             return Ok(None);
         };
         let key = format::stamp_key(ty, stamp);
-        let value = self.stored_version(txn, component, &key)?;
-        Ok(Some(Located {
-            component,
-            stamp,
-            key,
-            value,
-        }))
+        let value = self.stored_version(txn, c, &key)?;
+        self.open_version(c, &key, ty, id, version, value).map(Some)
     }
 
     /// The stamp of version `version` of the resource `ty/..` whose current pointer is
-    /// `cur`: walks back from the current version, one stored head per version (`None` if
-    /// `version` is 0 or later than the current one). A head that names no stored value is
-    /// corruption; so is one whose version is not the one before (checked here and, for the
-    /// version found, when it is opened).
+    /// `cur` (`None` if `version` is 0 or later than the current one), found by
+    /// [`Store::walk`]ing back to it.
     pub(crate) fn stamp_of(
         &self,
         txn: &RoTxn,
@@ -745,16 +723,57 @@ impl Store {
         if version == 0 || version > cur.version {
             return Ok(None);
         }
+        self.walk(txn, c, ty, cur, version + 1, |_, _, _, _| Ok(()))
+            .map(Some)
+    }
+
+    /// Walks back through the versions of the resource `ty/..` whose current pointer is
+    /// `cur`, from the current version down to version `to` (at least 1), calling `f` with
+    /// each one's version, stamp, key and stored value, newest first. Each stored head must
+    /// be the version the walk expects (else corruption); a head naming no stored value is
+    /// corruption too. Returns the stamp the last head names: that of version `to - 1`,
+    /// or 0 after version 1.
+    fn walk<'t>(
+        &self,
+        txn: &'t RoTxn,
+        c: Component,
+        ty: &str,
+        cur: &Current,
+        to: u64,
+        mut f: impl FnMut(u64, u64, &[u8], &'t [u8]) -> StoreResult<()>,
+    ) -> StoreResult<u64> {
         let mut stamp = cur.stamp;
-        for expected in ((version + 1)..=cur.version).rev() {
+        for version in (to..=cur.version).rev() {
             let key = format::stamp_key(ty, stamp);
-            let head = self.head_of(c, &key, self.stored_version(txn, c, &key)?)?;
-            if head.version != expected {
+            let value = self.stored_version(txn, c, &key)?;
+            let head = self.head_of(c, &key, value)?;
+            if head.version != version {
                 return Err(self.corrupt_version(c, &key, "not the version before"));
             }
+            f(version, stamp, &key, value)?;
             stamp = head.prev;
         }
-        Ok(Some(stamp))
+        Ok(stamp)
+    }
+
+    /// [`Store::walk`] over every version, down to version 1, whose head must name no
+    /// version before it.
+    fn walk_all<'t>(
+        &self,
+        txn: &'t RoTxn,
+        c: Component,
+        ty: &str,
+        cur: &Current,
+        f: impl FnMut(u64, u64, &[u8], &'t [u8]) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        if self.walk(txn, c, ty, cur, 1, f)? != 0 {
+            return Err(self.corrupt_version(
+                c,
+                &format::stamp_key(ty, cur.stamp),
+                "version 1 names a version before it",
+            ));
+        }
+        Ok(())
     }
 
     /// The value stored under a version key (a missing one is corruption: something named
@@ -821,36 +840,29 @@ impl Store {
         Record::from_envelope(env)
     }
 
-    /// What a new version of `ty/id` needs from its `version` ([`bases`]), and that
-    /// version's stamp: kept facts if the stored sealed value is the one they were derived
-    /// from, else derived from the opened version (and kept). `None` if that version was
-    /// never written.
+    /// What a new version of `ty/id` needs from the version `cur` points to ([`bases`]):
+    /// kept facts if the stored sealed value is the one they were derived from, else
+    /// derived from the opened version (and kept).
     pub(crate) fn base_facts_in(
         &self,
         txn: &RoTxn,
         ty: &str,
         id: &str,
-        version: u64,
-    ) -> StoreResult<Option<(Arc<BaseFacts>, u64)>> {
-        let Some(Located {
-            component: c,
-            stamp,
-            key,
-            value,
-        }) = self.locate(txn, ty, id, version)?
-        else {
-            return Ok(None);
-        };
+        cur: &Current,
+    ) -> StoreResult<Arc<BaseFacts>> {
+        let c = component_for(ty)?;
+        let key = format::stamp_key(ty, cur.stamp);
+        let value = self.stored_version(txn, c, &key)?;
         let sealed_id = VersionHead::split(value).and_then(|(_, s)| bases::SealedId::of(s));
         if let Some(facts) = sealed_id.and_then(|s| self.bases.get(&key, &s)) {
-            return Ok(Some((facts, stamp)));
+            return Ok(facts);
         }
-        let old = self.open_version(c, &key, ty, id, version, value)?;
+        let old = self.open_version(c, &key, ty, id, cur.version, value)?;
         let facts = Arc::new(self.facts_of(c, ty, id, &old.resource, old.deleted));
         if let Some(s) = sealed_id {
             self.bases.put(key, s, facts.clone());
         }
-        Ok(Some((facts, stamp)))
+        Ok(facts)
     }
 
     /// The facts of a version of `ty/id` whose resource is `resource`.
@@ -953,20 +965,10 @@ impl Store {
                 id: id.into(),
             })?;
         let mut out = Vec::with_capacity(cur.version.min(64) as usize);
-        let mut stamp = cur.stamp;
-        for version in (1..=cur.version).rev() {
-            let key = format::stamp_key(ty, stamp);
-            let value = self.stored_version(txn, c, &key)?;
-            out.push(self.open_version(c, &key, ty, id, version, value)?);
-            stamp = self.head_of(c, &key, value)?.prev;
-        }
-        if stamp != 0 {
-            return Err(self.corrupt_version(
-                c,
-                &format::stamp_key(ty, cur.stamp),
-                "version 1 names a version before it",
-            ));
-        }
+        self.walk_all(txn, c, ty, &cur, |version, _, key, value| {
+            out.push(self.open_version(c, key, ty, id, version, value)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -979,16 +981,10 @@ impl Store {
         cur: &Current,
     ) -> StoreResult<Vec<u64>> {
         let mut out = Vec::with_capacity(cur.version.min(64) as usize);
-        let mut stamp = cur.stamp;
-        for version in (1..=cur.version).rev() {
-            let key = format::stamp_key(ty, stamp);
-            let head = self.head_of(c, &key, self.stored_version(txn, c, &key)?)?;
-            if head.version != version {
-                return Err(self.corrupt_version(c, &key, "not the version before"));
-            }
+        self.walk_all(txn, c, ty, cur, |_, stamp, _, _| {
             out.push(stamp);
-            stamp = head.prev;
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -1063,16 +1059,12 @@ impl Store {
         let ty = spec.resource_type.as_str();
         let c = component_for(ty)?;
         route::validate_id(&spec.id)?;
-        let version = spec.base + 1;
+        let version = spec.base.map_or(0, |b| b.version) + 1;
         // The version this one replaces: the write policy looks at who wrote it, and its
         // index keys are the ones this version's replace.
-        let (base, prev) = match spec.base {
-            0 => (None, 0),
-            b => match self.base_facts_in(txn, ty, &spec.id, b)? {
-                Some((facts, stamp)) => (Some(facts), stamp),
-                // The writer refuses it as a conflict (its base is not current).
-                None => (None, 0),
-            },
+        let (base, prev) = match &spec.base {
+            None => (None, 0),
+            Some(b) => (Some(self.base_facts_in(txn, ty, &spec.id, b)?), b.stamp),
         };
         self.authorize_write(
             spec.system,
@@ -1253,23 +1245,14 @@ impl Store {
     }
 }
 
-/// Where a version is stored ([`Store::locate`]).
-struct Located<'t> {
-    component: Component,
-    stamp: u64,
-    /// [`format::stamp_key`] of `stamp`.
-    key: Vec<u8>,
-    /// The stored value: [`VersionHead`], then the sealed envelope.
-    value: &'t [u8],
-}
-
 /// What a caller wants written as the next version of one resource.
 #[derive(Debug, Clone)]
 pub(crate) struct VersionSpec {
     pub resource_type: String,
     pub id: String,
-    /// Version the new one replaces (0 = the resource must not exist yet).
-    pub base: u64,
+    /// The current pointer of the version the new one replaces, as read in the
+    /// transaction the new one is prepared in (`None`: the resource must not exist yet).
+    pub base: Option<Current>,
     pub resource: Value,
     pub deleted: bool,
     pub author_jws: Option<String>,

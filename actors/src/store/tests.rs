@@ -570,6 +570,11 @@ fn facts_of_a_version_that_never_committed_are_not_used() {
             .wait_blocking()
             .unwrap()
     };
+    // The pointer to version 1, which a write that loses the race to version 2 replaces.
+    let v1 = e
+        .store
+        .with_read(|t| e.store.current_in(t, "Observation", &id))
+        .unwrap();
     assert_eq!(update("cancelled").record.version, 2);
     let key = key_of(&e, "Observation", &id, 2);
     let stored = |e: &Engine| {
@@ -590,7 +595,7 @@ fn facts_of_a_version_that_never_committed_are_not_used() {
     // its own key, and the winner's stay.
     let mut loser = obs("amended");
     loser["id"] = json!(id);
-    let spec = e.spec("Observation", &id, 1, loser, false, None, &ctx);
+    let spec = e.spec("Observation", &id, v1, loser, false, None, &ctx);
     let lost = e
         .store
         .with_read(|t| e.store.prepare_version(t, spec))
